@@ -1,0 +1,48 @@
+# Switchboard: `make run` serves on the embedded defaults, `make test` lints and runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+REDIS_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+
+.PHONY: run test lint pytest bench servers clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps re-run pip only when a requirements file changes.
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	mkdir -p var
+	$(BIN)/python app.py serve
+
+# Servers the contract tests start on free ports: PostgreSQL comes with the machine
+# (PG_BIN or /usr/lib/postgresql/*/bin); redis-server is installed here when missing.
+servers:
+	@if command -v redis-server >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then echo "installing redis-server"; $(REDIS_INSTALL) >/dev/null; \
+	elif [ "$$CI" = true ]; then echo "redis-server is missing; run as root: $(REDIS_INSTALL)"; exit 1; \
+	else echo "redis-server is missing (tests that need it will skip): $(REDIS_INSTALL)"; fi
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+pytest: $(VENV)/.dev servers
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m tests.bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
