@@ -1,0 +1,74 @@
+"""An action as the pipeline runs it: its declaration, compiled validators and handler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from core.params import ParamSpec, ParamsValidator, ReturnsValidator, object_schema
+
+if TYPE_CHECKING:
+    from core.context import Context
+
+AuthMode = Literal["public", "user", "api_key", "any"]
+Invoker = Callable[["Context", dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """A validated declaration from ``actions.yaml`` (or ``actions/<file>.yaml``)."""
+
+    name: str  # full name: <module>.<action>
+    module: str
+    source: str  # file the declaration came from, relative to the project when possible
+    handler: str  # "handlers:transfer" or "function:_name" (seed form), for docs and errors
+    summary: str = ""
+    description: str = ""
+    auth: AuthMode = "user"
+    roles: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    rate_limit: tuple[str, ...] = ()
+    rate_limit_failure: Literal["open", "closed"] = "open"
+    idempotent: bool = False
+    timeout: float | None = None
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)
+    returns: Mapping[str, Any] | None = None
+    deprecated: bool = False
+    examples: tuple[Any, ...] = ()
+    url_pattern: str | None = None
+
+    @property
+    def secret_params(self) -> frozenset[str]:
+        return frozenset(n for n, p in self.params.items() if p.secret)
+
+    def describe(self) -> dict[str, Any]:
+        """The public description served by ``GET /api/v1/actions``."""
+        described: dict[str, Any] = {
+            "name": self.name,
+            "module": self.module,
+            "summary": self.summary,
+            "description": self.description,
+            "auth": self.auth,
+            "roles": sorted(self.roles),
+            "scopes": sorted(self.scopes),
+            "params": object_schema(self.params),
+            "returns": self.returns,
+            "idempotent": self.idempotent,
+            "rate_limit": list(self.rate_limit),
+            "timeout": self.timeout,
+            "deprecated": self.deprecated,
+        }
+        if self.examples:
+            described["examples"] = list(self.examples)
+        return described
+
+
+@dataclass(frozen=True)
+class Action:
+    """A runnable action: spec, compiled validators, and the call into the handler."""
+
+    spec: ActionSpec
+    validate: ParamsValidator
+    invoke: Invoker
+    returns: ReturnsValidator | None = None

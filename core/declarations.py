@@ -1,0 +1,302 @@
+"""From one parsed action declaration to a runnable ``Action``.
+
+Checks the declaration against the meta-schema, resolves the handler (a function of the
+module package, or the seed form's module-object method), checks that the handler
+accepts the declared params, and compiles the validators. Every problem names the file,
+module, action and field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from core.actions import Action, ActionSpec, Invoker
+from core.declaration_schema import NOT_BUILT, SEED_ACTION, SEED_TYPES, TYPED_ACTION
+from core.durations import parse_duration
+from core.errors import DeclarationError, Problem
+from core.module import MODULE_PACKAGE, BaseModule
+from core.params import (
+    ParamSpec,
+    ParamsValidator,
+    ReturnsValidator,
+    SchemaCompileError,
+    compile_schema,
+)
+
+_TYPED = jsonschema.Draft202012Validator(TYPED_ACTION)
+_SEED = jsonschema.Draft202012Validator(SEED_ACTION)
+
+
+@dataclass(frozen=True)
+class Where:
+    """The place a problem is reported at."""
+
+    file: str
+    module: str
+    action: str | None = None
+
+    def problem(self, message: str, field: str | None = None) -> Problem:
+        return Problem(message, file=self.file, module=self.module, action=self.action, field=field)
+
+    def fail(self, message: str, field: str | None = None) -> DeclarationError:
+        return DeclarationError([self.problem(message, field)])
+
+
+def schema_problems(
+    validator: jsonschema.Draft202012Validator, data: Any, where: Where
+) -> list[Problem]:
+    """Every meta-schema violation of ``data``; unknown keys are named one by one."""
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
+        path = ".".join(str(p) for p in error.path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - allowed):
+                problems.append(where.problem(f"unknown key {key!r}", f"{path}.{key}".strip(".")))
+        elif error.validator == "propertyNames":
+            problems.append(
+                where.problem(
+                    f"invalid param name {error.instance!r}: must be a Python identifier other "
+                    "than 'ctx'",
+                    path,
+                )
+            )
+        else:
+            problems.append(where.problem(error.message, path or None))
+    return problems
+
+
+def build_action(
+    where: Where, decl: Any, defaults: Mapping[str, Any], instance: BaseModule | None
+) -> Action:
+    """The ``Action`` for one declaration; ``DeclarationError`` lists what is wrong."""
+    if not isinstance(decl, dict):
+        raise where.fail("a declaration must be a mapping")
+    kind = decl.get("type")
+    if kind in NOT_BUILT:
+        raise where.fail(
+            f"type: {kind} actions are not supported yet; declare a handler for now", "type"
+        )
+    seed = kind == "function" or "function" in decl
+    problems = schema_problems(_SEED if seed else _TYPED, decl, where)
+    if problems:
+        raise DeclarationError(problems)
+    if seed:
+        params = _seed_params(where, decl)
+        method = _seed_method(where, instance, decl["function"])
+        handler_ref = f"function:{method.__name__}"
+
+        def invoke(ctx: Any, values: dict[str, Any]) -> Any:
+            return method(values)
+    else:
+        params = _typed_params(decl)
+        handler_ref = decl["handler"]
+        function = _resolve_handler(where, handler_ref)
+        check_signature(where, function, handler_ref, params)
+
+        def invoke(ctx: Any, values: dict[str, Any]) -> Any:
+            return function(ctx, **values)
+
+    return compile_action(where, _spec(where, decl, defaults, handler_ref, params), invoke)
+
+
+def _spec(
+    where: Where,
+    decl: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    handler: str,
+    params: dict[str, ParamSpec],
+) -> ActionSpec:
+    timeout = decl.get("timeout", defaults.get("default_timeout"))
+    description = decl.get("description", "")
+    return ActionSpec(
+        name=where.action or "",
+        module=where.module,
+        source=where.file,
+        handler=handler,
+        summary=decl.get("summary") or description.split("\n", 1)[0],
+        description=description,
+        auth=decl.get("auth", "user"),
+        roles=frozenset(decl.get("roles", ())),
+        scopes=frozenset(decl.get("scopes", ())),
+        rate_limit=tuple(decl.get("rate_limit", ())),
+        rate_limit_failure=decl.get("rate_limit_failure", "open"),
+        idempotent=bool(decl.get("idempotent", False)),
+        timeout=None if timeout is None else parse_duration(timeout),
+        params=params,
+        returns=decl.get("returns"),
+        deprecated=bool(decl.get("deprecated", False)),
+        examples=tuple(decl.get("examples", ())),
+        url_pattern=decl.get("url_pattern"),
+    )
+
+
+def compile_action(where: Where, spec: ActionSpec, invoke: Invoker) -> Action:
+    """Compile the params and returns validators once; bad schemas are load errors."""
+    problems: list[Problem] = []
+    for name, param in spec.params.items():
+        try:
+            checker = compile_schema(param.schema)
+        except SchemaCompileError as exc:
+            problems.append(where.problem(f"invalid schema: {exc}", f"params.{name}"))
+            continue
+        if param.has_default and param.required:
+            problems.append(
+                where.problem("a required param cannot have a default", f"params.{name}.default")
+            )
+        elif param.has_default and not checker.is_valid(param.schema["default"]):
+            problems.append(
+                where.problem(
+                    "default does not satisfy the param's own schema", f"params.{name}.default"
+                )
+            )
+    returns = None
+    if spec.returns is not None:
+        try:
+            returns = ReturnsValidator(spec.returns)
+        except SchemaCompileError as exc:
+            problems.append(where.problem(f"invalid schema: {exc}", "returns"))
+    if problems:
+        raise DeclarationError(problems)
+    return Action(spec=spec, validate=ParamsValidator(spec.params), invoke=invoke, returns=returns)
+
+
+# --- the typed form -------------------------------------------------------------------
+
+
+def _typed_params(decl: Mapping[str, Any]) -> dict[str, ParamSpec]:
+    return {
+        name: ParamSpec(
+            name=name,
+            schema={k: v for k, v in schema.items() if k not in ("required", "secret")},
+            required=bool(schema.get("required", False)),
+            secret=bool(schema.get("secret", False)),
+        )
+        for name, schema in (decl.get("params") or {}).items()
+    }
+
+
+def _resolve_handler(where: Where, ref: str) -> Callable[..., Any]:
+    """``"handlers:transfer"`` -> ``switchboard_modules.<module>.handlers.transfer``."""
+    module_path, _, attr = ref.partition(":")
+    qualified = f"{MODULE_PACKAGE}.{where.module}.{module_path}"
+    try:
+        python_module = importlib.import_module(qualified)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and qualified.startswith(exc.name):
+            raise where.fail(
+                f"{module_path}.py not found in module {where.module!r}", "handler"
+            ) from exc
+        raise where.fail(f"importing {module_path!r} failed: {exc}", "handler") from exc
+    except Exception as exc:
+        raise where.fail(
+            f"importing {module_path!r} failed: {type(exc).__name__}: {exc}", "handler"
+        ) from exc
+    function = getattr(python_module, attr, None)
+    if function is None:
+        raise where.fail(f"{module_path}.py has no function {attr!r}", "handler")
+    if not callable(function):
+        raise where.fail(f"{ref} is not callable", "handler")
+    return function  # type: ignore[no-any-return]
+
+
+def check_signature(
+    where: Where, function: Callable[..., Any], ref: str, params: Mapping[str, ParamSpec]
+) -> None:
+    """The handler takes ``ctx`` first and accepts every declared param by keyword."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return  # no introspectable signature (some builtins): trust the declaration
+    kinds = inspect.Parameter
+    listed = list(signature.parameters.values())
+    if not listed or listed[0].kind not in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD):
+        raise where.fail(
+            f"handler {ref} must take ctx as its first positional parameter", "handler"
+        )
+    rest = listed[1:]
+    takes_any = any(p.kind is kinds.VAR_KEYWORD for p in rest)
+    by_keyword = {
+        p.name for p in rest if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+    }
+    problems = [
+        where.problem(f"handler {ref} does not accept declared param {name!r}", f"params.{name}")
+        for name in params
+        if name not in by_keyword and not takes_any
+    ]
+    for p in rest:
+        if p.default is not kinds.empty or p.kind in (kinds.VAR_KEYWORD, kinds.VAR_POSITIONAL):
+            continue
+        declared = params.get(p.name)
+        if p.kind is kinds.POSITIONAL_ONLY or declared is None:
+            problems.append(
+                where.problem(
+                    f"handler {ref} requires {p.name!r}, which is not a declared param", "params"
+                )
+            )
+        elif not declared.required and not declared.has_default:
+            problems.append(
+                where.problem(
+                    f"param {p.name!r} is optional but handler {ref} has no default for it",
+                    f"params.{p.name}",
+                )
+            )
+    if problems:
+        raise DeclarationError(problems)
+
+
+# --- the seed form --------------------------------------------------------------------
+
+
+def _seed_params(where: Where, decl: Mapping[str, Any]) -> dict[str, ParamSpec]:
+    required: Sequence[str] = decl.get("required_params", ())
+    optional: Sequence[str] = decl.get("optional_params", ())
+    types: Mapping[str, str] = decl.get("parameter_types", {})
+    problems = [
+        where.problem(f"{name!r} is both required and optional", "optional_params")
+        for name in sorted(set(required) & set(optional))
+    ]
+    problems.extend(
+        where.problem(
+            f"{name!r} is typed but in neither required_params nor optional_params",
+            f"parameter_types.{name}",
+        )
+        for name in types
+        if name not in required and name not in optional
+    )
+    if problems:
+        raise DeclarationError(problems)
+    params = {}
+    for name in (*required, *optional):
+        json_type = SEED_TYPES[types[name]] if name in types else None  # untyped: any JSON
+        params[name] = ParamSpec(
+            name, {"type": json_type} if json_type else {}, required=name in required
+        )
+    return params
+
+
+def _seed_method(where: Where, instance: BaseModule | None, function: str) -> Callable[..., Any]:
+    """The module object's ``_<function>`` (or ``<function>``), taking the params dict."""
+    if instance is None:
+        raise where.fail(f"type: function needs a module folder named {where.module!r}", "function")
+    method = getattr(instance, f"_{function}", None) or getattr(instance, function, None)
+    owner = type(instance).__name__
+    if not callable(method):
+        raise where.fail(
+            f"module object {owner} has no method _{function} or {function}", "function"
+        )
+    try:
+        inspect.signature(method).bind({})
+    except TypeError:
+        raise where.fail(
+            f"{owner}.{method.__name__} must take the params as one dict argument", "function"
+        ) from None
+    except ValueError:  # no introspectable signature: trust it
+        pass
+    return method  # type: ignore[no-any-return]

@@ -1,0 +1,197 @@
+"""The typed table of every setting Switchboard knows.
+
+A key that is not in this table is a boot error wherever it appears (YAML file or
+``SB_*`` environment variable), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.durations import parse_duration
+
+Parser = Callable[[Any, bool], Any]  # (value, from_text) -> typed value; raises ValueError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _str(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, from_text: bool) -> int:
+    if from_text and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: Any, from_text: bool) -> bool:
+    if from_text and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _path_list(value: Any, from_text: bool) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p for p in value.split(os.pathsep) if p)
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError("expected a list of paths or an os.pathsep-separated string")
+
+
+def _mapping(value: Any, from_text: bool) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _seconds(value: Any, from_text: bool) -> float:
+    return parse_duration(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its parser, default, constraints and the env alias it may have."""
+
+    key: str
+    parse: Parser
+    default: Any
+    description: str
+    alias: str | None = None
+    choices: tuple[Any, ...] | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    secret: bool = False
+
+    @property
+    def env_name(self) -> str:
+        return "SB_" + self.key.replace(".", "__").upper()
+
+    @property
+    def is_mapping(self) -> bool:
+        return self.parse is _mapping
+
+    def coerce(self, value: Any, *, from_text: bool) -> Any:
+        """Parse ``value`` and check its constraints; raise ``ValueError`` with the reason."""
+        if value is None and self.default is None:
+            return None
+        typed = self.parse(value, from_text)
+        if self.choices is not None and typed not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise ValueError(f"expected one of {allowed}, got {typed!r}")
+        if self.minimum is not None and typed < self.minimum:
+            raise ValueError(f"must be at least {self.minimum}, got {typed}")
+        if self.maximum is not None and typed > self.maximum:
+            raise ValueError(f"must be at most {self.maximum}, got {typed}")
+        return typed
+
+
+ENVIRONMENTS = ("development", "test", "production")
+
+_TABLE = (
+    Setting(
+        "app.env",
+        _str,
+        "development",
+        "Environment: development, test or production; selects config/<env>.yaml",
+        alias="APP_ENV",
+        choices=ENVIRONMENTS,
+    ),
+    Setting("app.name", _str, "switchboard", "Service name reported by system.info and logs"),
+    Setting("app.debug", _bool, False, "Debug mode (never in production)"),
+    Setting("http.host", _str, "127.0.0.1", "Address `serve` binds"),
+    Setting("http.port", _int, 8000, "Port `serve` binds", alias="PORT", minimum=0, maximum=65535),
+    Setting("http.workers", _int, 1, "Worker processes of `serve`", minimum=1, maximum=64),
+    Setting("http.threads", _int, 8, "Threads per worker process", minimum=1, maximum=256),
+    Setting(
+        "http.max_body_bytes",
+        _int,
+        1024 * 1024,
+        "Largest accepted request body (413 above)",
+        minimum=0,
+    ),
+    Setting(
+        "logging.level",
+        _str,
+        "INFO",
+        "Log level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    ),
+    Setting(
+        "logging.format",
+        _str,
+        "json",
+        "Log format: json (one object a line) or text",
+        choices=("json", "text"),
+    ),
+    Setting(
+        "modules.path",
+        _path_list,
+        (),
+        "Extra module folders, os.pathsep-separated, loaded after modules/",
+        alias="MODULES_PATH",
+    ),
+    Setting(
+        "modules.strict",
+        _bool,
+        True,
+        "A module whose initialize() raises fails the boot; "
+        "false: it is reported failed and its actions answer 503",
+        alias="MODULES_STRICT",
+    ),
+    Setting(
+        "modules.settings",
+        _mapping,
+        {},
+        "Per-module overrides of module.yaml `config:` (YAML only): {module: {key: value}}",
+    ),
+    Setting(
+        "actions.timeout_workers",
+        _int,
+        16,
+        "Threads that run actions declaring `timeout:`",
+        minimum=1,
+    ),
+    Setting(
+        "database.url",
+        _str,
+        "sqlite:///var/switchboard.db",
+        "Database URL (used by the database manager)",
+        alias="DATABASE_URL",
+        secret=True,
+    ),
+    Setting(
+        "redis.url",
+        _str,
+        "memory://",
+        "Redis URL or memory:// (used by the Redis manager)",
+        alias="REDIS_URL",
+        secret=True,
+    ),
+    Setting("vault.addr", _str, None, "Vault address; unset disables Vault", alias="VAULT_ADDR"),
+    Setting("vault.config_path", _str, "switchboard/config", "KV v2 path of the config document"),
+    Setting("secrets.dir", _str, "secrets", "Directory of local secret files", alias="SECRETS_DIR"),
+    Setting("shutdown.grace", _seconds, 10.0, "Seconds `serve` waits for in-flight requests"),
+)
+
+SETTINGS: Mapping[str, Setting] = {s.key: s for s in _TABLE}
+MAPPING_KEYS = frozenset(k for k, s in SETTINGS.items() if s.is_mapping)
+ALIASES: Mapping[str, str] = {s.alias: s.key for s in _TABLE if s.alias}
