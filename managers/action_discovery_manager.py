@@ -1,0 +1,169 @@
+"""ActionDiscoveryManager: finds every declaration file and owns the action registry.
+
+Sources: ``<module>/actions.yaml`` of every loaded module (in module order), then the
+project's ``actions/*.yaml``. Every problem in every file is collected and raised
+together, each naming its file, module, action and field (``python app.py check``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+
+from core.actions import Action
+from core.declaration_schema import ACTION_KEY, FILE_KEYS, SEED_FILE_CONFIG
+from core.declarations import Where, build_action, schema_problems
+from core.errors import DeclarationError, Problem
+from core.manager import Health, Manager
+from core.module import MODULE_NAME, BaseModule, ModuleCatalog
+from core.yamlfile import YamlFileError, load_yaml_file
+
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+
+log = logging.getLogger("switchboard.actions")
+
+_FILE_CONFIG = jsonschema.Draft202012Validator(SEED_FILE_CONFIG)
+_ACTION_KEY = re.compile(ACTION_KEY)
+
+
+@dataclass
+class DeclarationFile:
+    """One parsed declaration file and the module its actions belong to."""
+
+    label: str
+    module: str
+    operator: bool  # actions/*.yaml (may set module:) rather than <module>/actions.yaml
+    instance: BaseModule | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    declarations: Mapping[Any, Any] = field(default_factory=dict)
+
+    def where(self, action: str | None = None) -> Where:
+        return Where(self.label, self.module, action)
+
+
+class ActionDiscoveryManager(Manager):
+    """Owns the action registry: ``lookup(name)`` is an exact dict lookup, never fuzzy."""
+
+    name = "actions"
+    requires = ("config", "modules")
+
+    def __init__(self) -> None:
+        self._actions: dict[str, Action] = {}
+        self._app: AppManager | None = None
+
+    # --- registry ---------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Action | None:
+        return self._actions.get(name)
+
+    def actions(self) -> list[Action]:
+        return [self._actions[n] for n in sorted(self._actions)]
+
+    def register(self, action: Action) -> None:
+        """Add an action (only while booting); a duplicate name raises ``DeclarationError``."""
+        if self._app is not None:
+            self._app.check_not_frozen(f"action {action.spec.name!r}")
+        spec = action.spec
+        existing = self._actions.get(spec.name)
+        if existing is not None:
+            raise Where(spec.source, spec.module, spec.name).fail(
+                f"action {spec.name!r} is declared twice: here and in {existing.spec.source}"
+            )
+        self._actions[spec.name] = action
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, app: AppManager) -> None:
+        self._app = app
+        catalog: ModuleCatalog = app.get("modules")
+        problems: list[Problem] = []
+        for file in self._files(app.config.root, catalog, problems):
+            for key, declaration in file.declarations.items():
+                where = file.where(f"{file.module}.{key}")
+                if not isinstance(key, str) or not _ACTION_KEY.match(key):
+                    problems.append(where.problem(f"action name {key!r} must match {ACTION_KEY}"))
+                    continue
+                try:
+                    self.register(build_action(where, declaration, file.defaults, file.instance))
+                except DeclarationError as exc:
+                    problems.extend(exc.problems)
+        if problems:
+            raise DeclarationError(problems)
+        log.info("loaded %d actions", len(self._actions))
+
+    def health(self) -> Health:
+        return Health("ok", {"actions": len(self._actions)})
+
+    # --- files ------------------------------------------------------------------------
+
+    def _files(
+        self, root: Path, catalog: ModuleCatalog, problems: list[Problem]
+    ) -> list[DeclarationFile]:
+        instances = {manifest.name: inst for manifest, inst in catalog.module_objects()}
+        candidates = [
+            (manifest.path / "actions.yaml", manifest.name, False)
+            for manifest, _ in catalog.module_objects()
+        ]
+        operator_dir = root / "actions"
+        if operator_dir.is_dir():
+            paths = sorted([*operator_dir.glob("*.yaml"), *operator_dir.glob("*.yml")])
+            candidates.extend((path, path.stem, True) for path in paths)
+        files = []
+        for path, module, operator in candidates:
+            if not path.is_file():
+                continue
+            label = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+            file = DeclarationFile(label, module, operator)
+            if self._parse(path, file, problems):
+                file.instance = instances.get(file.module)
+                files.append(file)
+        return files
+
+    def _parse(self, path: Path, file: DeclarationFile, problems: list[Problem]) -> bool:
+        """Read the file's top level into ``file``; false when nothing in it can load."""
+        where = file.where()
+        try:
+            data = load_yaml_file(path)
+        except YamlFileError as exc:
+            problems.append(where.problem(str(exc)))
+            return False
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            problems.append(where.problem("the top level must be a mapping with 'actions:'"))
+            return False
+        allowed = FILE_KEYS if file.operator else FILE_KEYS - {"module"}
+        problems.extend(
+            where.problem(
+                f"unknown top-level key {key!r}; allowed: {', '.join(sorted(allowed))}", str(key)
+            )
+            for key in data
+            if key not in allowed
+        )
+        declared = data.get("module", file.module) if file.operator else file.module
+        if not isinstance(declared, str) or not MODULE_NAME.match(declared):
+            hint = "" if "module" in data else " (the file name is used; set module: instead)"
+            problems.append(
+                where.problem(
+                    f"module {declared!r} must match {MODULE_NAME.pattern}{hint}", "module"
+                )
+            )
+            return False
+        file.module = declared
+        config = data.get("config") or {}
+        problems.extend(schema_problems(_FILE_CONFIG, config, file.where()))
+        file.defaults = config if isinstance(config, dict) else {}
+        actions = data.get("actions") or {}
+        if not isinstance(actions, dict):
+            problems.append(
+                where.problem("'actions' must map action names to declarations", "actions")
+            )
+            return False
+        file.declarations = actions
+        return True
