@@ -1,0 +1,31 @@
+"""Handlers of the system module."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import core
+
+
+def ping(ctx: Any) -> dict[str, bool]:
+    return {"pong": True}
+
+
+def echo(ctx: Any, *, message: str) -> dict[str, str]:
+    return {"message": message}
+
+
+def info(ctx: Any) -> dict[str, Any]:
+    modules = ctx.modules
+    system = modules.get("system")
+    started = getattr(system.instance, "started_at", 0.0) if system else 0.0
+    return {
+        "name": ctx.config["app.name"],
+        "version": core.__version__,
+        "env": ctx.config.env,
+        "uptime_seconds": round(time.monotonic() - started, 3),
+        "modules": [
+            {"name": m.name, "version": m.manifest.version, "status": m.status} for m in modules
+        ],
+    }
