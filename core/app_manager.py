@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from graphlib import CycleError, TopologicalSorter
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from core.config import Config, ConfigManager
 from core.errors import BootError, ManagerStopError, Problem, RegistryFrozen
@@ -58,7 +58,13 @@ class AppManager:
     def has(self, name: str) -> bool:
         return name in self._managers
 
-    def get(self, name: str, kind: type[M] | None = None) -> M:
+    @overload
+    def get(self, name: str) -> Any: ...
+
+    @overload
+    def get(self, name: str, kind: type[M]) -> M: ...
+
+    def get(self, name: str, kind: type[M] | None = None) -> Any:
         """The manager called ``name``; with ``kind``, checked to be an instance of it."""
         try:
             manager = self._managers[name]
@@ -66,7 +72,7 @@ class AppManager:
             raise LookupError(f"no manager named {name!r} in this app") from None
         if kind is not None and not isinstance(manager, kind):
             raise TypeError(f"manager {name!r} is {type(manager).__name__}, not {kind.__name__}")
-        return manager  # type: ignore[return-value]
+        return manager
 
     def __getattr__(self, name: str) -> Any:
         # app_manager.db, app_manager.hooks, ... for module authors; only reached when

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import logging
@@ -136,11 +136,14 @@ def _import_package(manifest: ModuleManifest) -> types.ModuleType:
     for loaded in [m for m in sys.modules if m == qualified or m.startswith(qualified + ".")]:
         del sys.modules[loaded]
     init = manifest.path / "__init__.py"
-    spec = importlib.util.spec_from_file_location(
-        qualified,
-        init if init.is_file() else None,
-        submodule_search_locations=[str(manifest.path)],
-    )
+    spec: importlib.machinery.ModuleSpec | None
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location(
+            qualified, init, submodule_search_locations=[str(manifest.path)]
+        )
+    else:  # YAML + handlers only: an empty package whose submodules live in the folder
+        spec = importlib.machinery.ModuleSpec(qualified, None, is_package=True)
+        spec.submodule_search_locations = [str(manifest.path)]
     if spec is None:  # pragma: no cover - spec_from_file_location only fails on odd paths
         raise ImportError(f"cannot build an import spec for {manifest.path}")
     package = importlib.util.module_from_spec(spec)
@@ -320,7 +323,7 @@ class ModuleManager(Manager):
 
     def _initialize_all(self, app: AppManager) -> None:
         strict = bool(app.config["modules.strict"])
-        hooks = app.get("hooks", HookEmitter) if app.has("hooks") else None
+        hooks: HookEmitter | None = app.get("hooks") if app.has("hooks") else None
         for name in self._order:
             loaded = self._modules[name]
             failed_deps = [d for d in loaded.depends_on if self._modules[d].status != "ok"]
