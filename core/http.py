@@ -27,6 +27,7 @@ from core.errors import (
     UnsupportedMediaType,
 )
 from core.logging import request_id_var
+from core.openapi import openapi_document
 from core.pipeline import CallRequest, Pipeline, may_call
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class SwitchboardState:
 
     app_manager: AppManager
     pipeline: Pipeline
+    openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
 
 
 def state(flask_app: Flask | None = None) -> SwitchboardState:
@@ -118,6 +120,10 @@ def create_blueprint() -> Blueprint:
     def list_actions() -> Response:
         return _json({"data": _caller_listing(state().pipeline)})
 
+    @bp.get("/openapi.json")
+    def openapi() -> Response:
+        return _json(state().openapi)
+
     @bp.get("/health/live")
     def live() -> Response:
         return _json({"status": "ok"})
@@ -184,7 +190,8 @@ def _unexpected(exc: Exception) -> Response:
 def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> None:
     """Install Switchboard on ``flask_app`` (routes, hooks, error handlers, body limit)."""
     flask_app.config["MAX_CONTENT_LENGTH"] = int(app_manager.config["http.max_body_bytes"])
-    flask_app.extensions[EXTENSION] = SwitchboardState(app_manager, pipeline)
+    document = openapi_document(pipeline.registry.actions(), str(app_manager.config["app.name"]))
+    flask_app.extensions[EXTENSION] = SwitchboardState(app_manager, pipeline, document)
     flask_app.register_blueprint(create_blueprint())
     flask_app.before_request(_assign_request_id)
     flask_app.after_request(_finish)

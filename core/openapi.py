@@ -1,0 +1,111 @@
+"""``/openapi.json``: an OpenAPI 3.1 document generated from the action declarations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import core
+from core.actions import Action
+from core.params import object_schema
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_PROBLEM_RESPONSE = {
+    "description": "problem+json (RFC 9457)",
+    "content": {"application/problem+json": {"schema": _PROBLEM}},
+}
+_SECURITY = {
+    "public": [],
+    "user": [{"bearer": []}],
+    "api_key": [{"apiKey": []}],
+    "any": [{"bearer": []}, {"apiKey": []}],
+}
+
+
+def _operation(action: Action) -> dict[str, Any]:
+    spec = action.spec
+    envelope = {
+        "type": "object",
+        "required": ["data", "meta"],
+        "properties": {"data": spec.returns or {}, "meta": {"$ref": "#/components/schemas/Meta"}},
+    }
+    operation: dict[str, Any] = {
+        "operationId": spec.name,
+        "summary": spec.summary or spec.name,
+        "tags": [spec.module],
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": object_schema(spec.params)}},
+        },
+        "responses": {
+            "200": {
+                "description": "the action's result",
+                "content": {"application/json": {"schema": envelope}},
+            },
+            "default": _PROBLEM_RESPONSE,
+        },
+        "security": _SECURITY[spec.auth],
+    }
+    if spec.description:
+        operation["description"] = spec.description
+    if spec.deprecated:
+        operation["deprecated"] = True
+    return operation
+
+
+def openapi_document(actions: Sequence[Action], title: str) -> dict[str, Any]:
+    """The document for ``actions`` (all of them: the listing filters, the spec does not)."""
+    paths: dict[str, Any] = {
+        f"/api/v1/actions/{a.spec.name}": {"post": _operation(a)} for a in actions
+    }
+    for path, summary in (("/health/live", "Liveness"), ("/health/ready", "Readiness")):
+        paths[path] = {
+            "get": {
+                "summary": summary,
+                "operationId": path.strip("/"),
+                "security": [],
+                "responses": {"200": {"description": "ok"}, "503": {"description": "not ready"}},
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": core.__version__},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Meta": {
+                    "type": "object",
+                    "properties": {
+                        "action": {"type": "string"},
+                        "request_id": {"type": "string"},
+                        "duration_ms": {"type": "number"},
+                    },
+                },
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "request_id": {"type": "string"},
+                        "errors": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "path": {"type": "string"},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
