@@ -144,7 +144,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         return 1
     finally:
         shutdown_app(app)
-    print(json.dumps(result.envelope(), indent=2))
+    print(json.dumps(result.envelope, indent=2))
     return 0
 
 

@@ -114,7 +114,7 @@ def create_blueprint() -> Blueprint:
         _check_content_type()
         params = parse_json_object(request.get_data(cache=False))
         result = state().pipeline.invoke(_call_request(name, params))
-        return _json(result.envelope())
+        return Response(result.body, status=200, mimetype="application/json")
 
     @bp.get("/api/v1/actions")
     def list_actions() -> Response:

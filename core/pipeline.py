@@ -9,6 +9,7 @@ Both transports (HTTP, Socket.IO, and the CLI) hand a ``CallRequest`` to ``invok
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,22 +91,32 @@ class Call:
 
 @dataclass(frozen=True)
 class CallResult:
-    """A successful call: what the transport puts in the envelope."""
+    """A successful call: the envelope, and its JSON text as the respond step encoded it."""
 
-    action: str
-    data: Any
-    request_id: str
-    duration_ms: float
+    envelope: dict[str, Any]
+    body: str
 
-    def envelope(self) -> dict[str, Any]:
-        return {
-            "data": self.data,
-            "meta": {
-                "action": self.action,
-                "request_id": self.request_id,
-                "duration_ms": self.duration_ms,
-            },
-        }
+    @property
+    def data(self) -> Any:
+        return self.envelope["data"]
+
+
+def respond(call: Call, duration_ms: float) -> CallResult:
+    """The respond step: build the envelope and encode it once, here, so that a result
+    that is not JSON (an object, NaN) fails the call as a 500 that the audit sees."""
+    envelope = {
+        "data": call.result,
+        "meta": {
+            "action": call.spec.name,
+            "request_id": call.request.request_id,
+            "duration_ms": duration_ms,
+        },
+    }
+    try:
+        body = json.dumps(envelope, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{call.spec.name} returned a value that is not JSON: {exc}") from exc
+    return CallResult(envelope, body)
 
 
 Step = Callable[[Call], None]
@@ -208,6 +219,8 @@ class Pipeline:
             for _name, step in self.steps:
                 step(call)
             self._run(call)
+            duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+            result = respond(call, duration_ms)
         except ActionError as exc:
             self._failed(call, exc)
             raise
@@ -220,11 +233,10 @@ class Pipeline:
             )
             self._failed(call, error)
             raise error from exc
-        duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
         self._audit(call, 200, duration_ms)
         if self.hooks is not None and self.hooks.has_listeners(ACTION_AFTER):
             self.hooks.emit(ACTION_AFTER, **self._hook_data(call), duration_ms=duration_ms)
-        return CallResult(call.spec.name, call.result, request.request_id, duration_ms)
+        return result
 
     # --- the run step -----------------------------------------------------------------
 

@@ -228,10 +228,15 @@ def test_a_result_that_breaks_returns_is_a_500_outside_production(tricky: FlaskC
     problem(tricky.post("/api/v1/actions/tricky.bad_return"), 500, "internal")
 
 
-def test_an_unserializable_result_is_a_clean_500(tricky: FlaskClient) -> None:
-    response = tricky.post("/api/v1/actions/tricky.unserializable")
+def test_an_unserializable_result_is_a_clean_500_and_audited_as_one(
+    tricky: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="switchboard.audit"):
+        response = tricky.post("/api/v1/actions/tricky.unserializable")
     problem(response, 500, "internal")
     assert "object at 0x" not in response.get_data(as_text=True)
+    audits = [r.audit for r in caplog.records if r.name == "switchboard.audit"]  # type: ignore[attr-defined]
+    assert [(a["action"], a["status"]) for a in audits] == [("tricky.unserializable", 500)]
 
 
 def test_past_its_timeout_an_action_answers_504(tricky: FlaskClient) -> None:
