@@ -39,7 +39,11 @@ class Manager:
         """Connect, load and validate. Raise ``BootError`` with the place that is wrong."""
 
     def stop(self) -> None:
-        """Release what ``start`` acquired. Must be safe to call after a failed start."""
+        """Release what ``start`` acquired.
+
+        Called (in reverse start order) only for managers whose ``start`` returned; a
+        ``start`` that raises must release what it acquired before raising.
+        """
 
     def health(self) -> Health:
         return Health()

@@ -1,0 +1,502 @@
+"""HooksManager on its own, and the events a real app fires around modules and actions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+import app as app_module
+from core.app_manager import AppManager
+from core.context import ANONYMOUS
+from core.hooks import BUILTIN_EVENTS, HookEvent
+from core.http import state
+from core.runtime import build_app, shutdown_app
+from managers.action_discovery_manager import ActionDiscoveryManager
+from managers.hooks_manager import HooksManager
+from managers.module_manager import ModuleManager
+from tests.conftest import MakeApp, WriteModule
+
+
+def recorder(seen: list[str], label: str) -> Any:
+    def callback(event: HookEvent) -> None:
+        seen.append(f"{label}:{event.name}:{event.data.get('n')}")
+
+    callback.__qualname__ = f"recorder_{label}"
+    return callback
+
+
+# --- HooksManager on its own ----------------------------------------------------------
+
+
+def test_callbacks_run_in_priority_order_then_registration_order() -> None:
+    hooks = HooksManager()
+    seen: list[str] = []
+    hooks.register("x", recorder(seen, "late"), priority=200)
+    hooks.register("x", recorder(seen, "default1"))
+    hooks.register("x", recorder(seen, "early"), priority=-5)
+    hooks.register("x", recorder(seen, "default2"))
+    hooks.register("x", recorder(seen, "mid"), priority=50)
+    hooks.register("y", recorder(seen, "other"))
+
+    hooks.emit("x", n=1)
+
+    assert seen == ["early:x:1", "mid:x:1", "default1:x:1", "default2:x:1", "late:x:1"]
+
+
+def test_callback_receives_event_name_and_data() -> None:
+    hooks = HooksManager()
+    received: list[HookEvent] = []
+    hooks.register("order.paid", received.append)
+
+    hooks.emit("order.paid", order=7, amount=12.5)
+
+    assert received == [HookEvent("order.paid", {"order": 7, "amount": 12.5})]
+
+
+def test_raising_callback_is_isolated_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hooks = HooksManager()
+    seen: list[str] = []
+
+    def explode(event: HookEvent) -> None:
+        seen.append("explode")
+        raise RuntimeError("kaboom")
+
+    hooks.register("x", recorder(seen, "first"), priority=1)
+    hooks.register("x", explode, priority=2, owner="billing")
+    hooks.register("x", recorder(seen, "last"), priority=3)
+
+    with caplog.at_level(logging.ERROR, logger="switchboard.hooks"):
+        hooks.emit("x", n=1)  # the emitter never sees the error
+        hooks.emit("x", n=2)
+
+    assert seen == ["first:x:1", "explode", "last:x:1", "first:x:2", "explode", "last:x:2"]
+    assert hooks.failures["x"] == 2
+    assert hooks.failures["y"] == 0
+    records = [r for r in caplog.records if r.name == "switchboard.hooks"]
+    assert len(records) == 2
+    assert records[0].levelno == logging.ERROR
+    message = records[0].getMessage()
+    assert "billing:" in message
+    assert "explode" in message
+    assert message.endswith("on x")
+    assert records[0].exc_info is not None
+    assert isinstance(records[0].exc_info[1], RuntimeError)
+    health = hooks.health()
+    assert health.status == "ok"
+    assert health.details == {"events": {"x": 3}, "failures": {"x": 2}}
+
+
+def test_unregister_removes_the_callback_and_says_whether_it_was_there() -> None:
+    hooks = HooksManager()
+    seen: list[str] = []
+    keep = recorder(seen, "keep")
+    drop = recorder(seen, "drop")
+    hooks.register("x", keep)
+    hooks.register("x", drop)
+
+    assert hooks.unregister("x", drop) is True
+    assert hooks.unregister("x", drop) is False
+    assert hooks.unregister("never", drop) is False
+    hooks.emit("x", n=1)
+
+    assert seen == ["keep:x:1"]
+    assert hooks.unregister("x", keep) is True
+    assert not hooks.has_listeners("x")
+    hooks.emit("x", n=2)
+    assert seen == ["keep:x:1"]
+
+
+def test_bound_methods_can_be_unregistered() -> None:
+    hooks = HooksManager()
+    received: list[HookEvent] = []
+    hooks.register("x", received.append)
+
+    assert hooks.unregister("x", received.append) is True
+    hooks.emit("x")
+    assert received == []
+
+
+def test_emit_without_listeners_is_a_no_op() -> None:
+    hooks = HooksManager()
+
+    hooks.emit("nobody.listens", n=1)
+
+    assert not hooks.has_listeners("nobody.listens")
+    assert hooks.failures == {}
+    assert hooks.health().details == {"events": {}, "failures": {}}
+
+
+def test_has_listeners() -> None:
+    hooks = HooksManager()
+    callback = recorder([], "a")
+    assert not hooks.has_listeners("x")
+
+    hooks.register("x", callback)
+
+    assert hooks.has_listeners("x")
+    assert not hooks.has_listeners("y")
+
+
+def test_register_rejects_a_non_callable() -> None:
+    hooks = HooksManager()
+
+    with pytest.raises(TypeError, match="'x'"):
+        hooks.register("x", "not a function")  # type: ignore[arg-type]
+    assert not hooks.has_listeners("x")
+
+
+def test_callback_registered_during_emit_runs_from_the_next_emit() -> None:
+    hooks = HooksManager()
+    seen: list[str] = []
+    late = recorder(seen, "late")
+
+    def adds_another(event: HookEvent) -> None:
+        seen.append(f"adder:{event.data['n']}")
+        if event.data["n"] == 1:
+            hooks.register("x", late)
+
+    hooks.register("x", adds_another)
+    hooks.emit("x", n=1)
+    hooks.emit("x", n=2)
+
+    assert seen == ["adder:1", "adder:2", "late:x:2"]
+
+
+# --- through a real app ---------------------------------------------------------------
+
+HOOKER_INIT = """
+    from __future__ import annotations
+
+    from typing import Any
+
+    from core.hooks import HookEvent
+    from core.module import BaseModule
+
+    __all__ = ["HookerModule"]
+
+    EVENTS = (
+        "module.loaded",
+        "app.started",
+        "action.before",
+        "action.after",
+        "action.failed",
+        "app.stopping",
+    )
+
+
+    class HookerModule(BaseModule):
+        def __init__(self, app_manager: Any = None) -> None:
+            super().__init__(app_manager)
+            self.seen: list[HookEvent] = []
+
+        def initialize(self, app_manager: Any) -> None:
+            super().initialize(app_manager)
+            for event in EVENTS:
+                app_manager.hooks.register(event, self.record, owner=self.module_name)
+
+        def record(self, event: HookEvent) -> None:
+            self.seen.append(event)
+"""
+
+HOOKER_ACTIONS = """
+    actions:
+      login:
+        summary: Pretend to log in
+        handler: handlers:login
+        auth: public
+        params:
+          user: {type: string, minLength: 1, required: true}
+          pin: {type: string, secret: true}
+          count: {type: integer, default: 1}
+      clash:
+        summary: Always a conflict
+        handler: handlers:clash
+        auth: public
+        params:
+          pin: {type: string, secret: true}
+      boom:
+        summary: Always crashes
+        handler: handlers:boom
+        auth: public
+      private:
+        summary: Needs a user
+        handler: handlers:boom
+"""
+
+HOOKER_HANDLERS = """
+    from __future__ import annotations
+
+    from typing import Any
+
+    from core.errors import Conflict
+
+
+    def login(ctx: Any, *, user: str, pin: str | None = None, count: int = 1) -> dict[str, Any]:
+        return {"user": user, "count": count}
+
+
+    def clash(ctx: Any, *, pin: str | None = None) -> None:
+        raise Conflict("already there")
+
+
+    def boom(ctx: Any) -> None:
+        raise RuntimeError("handler crashed")
+"""
+
+
+@pytest.fixture
+def modules_path(write_module: WriteModule) -> Path:
+    parent = write_module(
+        "hooker",
+        {
+            "__init__.py": HOOKER_INIT,
+            "actions.yaml": HOOKER_ACTIONS,
+            "handlers.py": HOOKER_HANDLERS,
+        },
+    )
+    # Loaded after hooker (it depends on it), so hooker sees its module.loaded.
+    write_module("zeta", {"module.yaml": "version: 2.0.0\ndepends_on: [hooker]\n"})
+    return parent
+
+
+@pytest.fixture
+def hooked_app(make_app: MakeApp, modules_path: Path) -> Flask:
+    return make_app(env={"MODULES_PATH": str(modules_path)})
+
+
+def seen_events(flask_app: Flask) -> list[HookEvent]:
+    loaded = state(flask_app).app_manager.modules.get("hooker")
+    assert loaded is not None
+    assert loaded.status == "ok"
+    seen: list[HookEvent] = loaded.instance.seen
+    return seen
+
+
+def action_events(flask_app: Flask) -> list[HookEvent]:
+    return [e for e in seen_events(flask_app) if e.name.startswith("action.")]
+
+
+def test_boot_events_seen_by_a_module(hooked_app: Flask) -> None:
+    app_manager = state(hooked_app).app_manager
+    assert app_manager.modules.names() == ["system", "hooker", "zeta"]
+
+    events = seen_events(hooked_app)
+
+    # hooker registers during its own initialize: it misses system's module.loaded (system
+    # loaded earlier) but sees its own (fired after initialize) and zeta's.
+    assert [(e.name, e.data.get("module")) for e in events] == [
+        ("module.loaded", "hooker"),
+        ("module.loaded", "zeta"),
+        ("app.started", None),
+    ]
+    assert events[0].data == {"module": "hooker", "version": "0.0.0"}
+    assert events[1].data == {"module": "zeta", "version": "2.0.0"}
+    assert events[2].data == {"app": app_manager}
+
+
+class RecordingHooks(HooksManager):
+    """A HooksManager that listens to every built-in event from the moment it starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[HookEvent] = []
+
+    def start(self, app: AppManager) -> None:
+        for event in BUILTIN_EVENTS:
+            self.register(event, self.seen.append)
+
+
+def test_module_loaded_fires_for_every_module_in_load_order(modules_path: Path) -> None:
+    config = app_module.load({"APP_ENV": "test", "MODULES_PATH": str(modules_path)})
+    hooks = RecordingHooks()
+    managers = [hooks, ModuleManager(), ActionDiscoveryManager()]
+    flask_app = build_app(config, managers)
+    try:
+        app_manager = state(flask_app).app_manager
+        assert app_manager.hooks is hooks
+        assert [(e.name, e.data.get("module")) for e in hooks.seen] == [
+            ("module.loaded", "system"),
+            ("module.loaded", "hooker"),
+            ("module.loaded", "zeta"),
+            ("app.started", None),
+        ]
+        assert hooks.seen[0].data == {"module": "system", "version": "0.1.0"}
+    finally:
+        shutdown_app(flask_app)
+    assert hooks.seen[-1] == HookEvent("app.stopping", {"app": app_manager})
+
+
+def test_failed_module_fires_no_module_loaded(
+    modules_path: Path, write_module: WriteModule
+) -> None:
+    write_module(
+        "broken",
+        {
+            "__init__.py": """
+                from core.module import BaseModule
+
+
+                class BrokenModule(BaseModule):
+                    def initialize(self, app_manager):
+                        raise RuntimeError("no")
+            """
+        },
+    )
+    config = app_module.load(
+        {"APP_ENV": "test", "MODULES_PATH": str(modules_path), "MODULES_STRICT": "false"}
+    )
+    hooks = RecordingHooks()
+    flask_app = build_app(config, [hooks, ModuleManager(), ActionDiscoveryManager()])
+    try:
+        loaded = [e.data["module"] for e in hooks.seen if e.name == "module.loaded"]
+        assert loaded == ["system", "hooker", "zeta"]
+        broken = state(flask_app).app_manager.modules.get("broken")
+        assert broken is not None
+        assert broken.status == "failed"
+    finally:
+        shutdown_app(flask_app)
+
+
+def test_successful_call_fires_before_then_after_with_masked_params(hooked_app: Flask) -> None:
+    client = hooked_app.test_client()
+    response = client.post(
+        "/api/v1/actions/hooker.login",
+        json={"user": "ada", "pin": "1234"},
+        headers={"X-Request-ID": "req-hooks-1"},
+    )
+    assert response.status_code == 200
+    assert response.get_json()["data"] == {"user": "ada", "count": 1}
+
+    events = action_events(hooked_app)
+    assert [e.name for e in events] == ["action.before", "action.after"]
+    before, after = events
+    for event in events:
+        assert event.data["action"] == "hooker.login"
+        assert event.data["module"] == "hooker"
+        assert event.data["caller"] == ANONYMOUS
+        assert event.data["request_id"] == "req-hooks-1"
+        # Validated params (default applied), the secret masked.
+        assert event.data["params"] == {"user": "ada", "pin": "***", "count": 1}
+    assert "duration_ms" not in before.data
+    assert isinstance(after.data["duration_ms"], float)
+    assert after.data["duration_ms"] >= 0
+    assert "1234" not in repr(events)
+
+
+def test_validation_failure_fires_action_failed_only(hooked_app: Flask) -> None:
+    client = hooked_app.test_client()
+    response = client.post(
+        "/api/v1/actions/hooker.login", json={"user": "", "pin": "1234", "extra": 1}
+    )
+    assert response.status_code == 422
+
+    events = action_events(hooked_app)
+    assert [e.name for e in events] == ["action.failed"]
+    data = events[0].data
+    assert data["action"] == "hooker.login"
+    assert data["module"] == "hooker"
+    assert data["status"] == 422
+    assert data["problem"] == "validation"
+    assert data["params"] == {}  # nothing validated, nothing leaked
+    assert "1234" not in repr(events)
+
+
+def test_handler_error_fires_action_failed_with_masked_params(hooked_app: Flask) -> None:
+    client = hooked_app.test_client()
+    response = client.post("/api/v1/actions/hooker.clash", json={"pin": "9999"})
+    assert response.status_code == 409
+
+    events = action_events(hooked_app)
+    assert [e.name for e in events] == ["action.before", "action.failed"]
+    failed = events[1].data
+    assert failed["action"] == "hooker.clash"
+    assert failed["status"] == 409
+    assert failed["problem"] == "conflict"
+    assert failed["params"] == {"pin": "***"}
+
+
+def test_crash_fires_action_failed_as_internal(hooked_app: Flask) -> None:
+    response = hooked_app.test_client().post("/api/v1/actions/hooker.boom")
+    assert response.status_code == 500
+
+    events = action_events(hooked_app)
+    assert [e.name for e in events] == ["action.before", "action.failed"]
+    assert events[1].data["status"] == 500
+    assert events[1].data["problem"] == "internal"
+
+
+def test_unknown_action_and_unauthorized_fire_action_failed(hooked_app: Flask) -> None:
+    client = hooked_app.test_client()
+    assert client.post("/api/v1/actions/hooker.nope", json={}).status_code == 404
+    assert client.post("/api/v1/actions/hooker.private", json={}).status_code == 401
+
+    events = action_events(hooked_app)
+    assert [(e.name, e.data["action"], e.data["status"], e.data["problem"]) for e in events] == [
+        ("action.failed", "hooker.nope", 404, "not-found"),
+        ("action.failed", "hooker.private", 401, "unauthenticated"),
+    ]
+    assert events[0].data["module"] is None
+    assert events[1].data["module"] == "hooker"
+
+
+def test_calls_in_other_modules_are_seen_too(hooked_app: Flask) -> None:
+    response = hooked_app.test_client().post("/api/v1/actions/system.echo", json={"message": "hi"})
+    assert response.status_code == 200
+
+    events = action_events(hooked_app)
+    assert [(e.name, e.data["action"], e.data["module"]) for e in events] == [
+        ("action.before", "system.echo", "system"),
+        ("action.after", "system.echo", "system"),
+    ]
+    assert events[1].data["params"] == {"message": "hi"}
+
+
+def test_raising_hook_does_not_change_the_call(
+    hooked_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    hooks = state(hooked_app).app_manager.get("hooks", HooksManager)
+
+    def bad(event: HookEvent) -> None:
+        raise ValueError("bad hook")
+
+    hooks.register("action.before", bad, priority=0)
+    hooks.register("action.after", bad, priority=0)
+    with caplog.at_level(logging.ERROR, logger="switchboard.hooks"):
+        response = hooked_app.test_client().post("/api/v1/actions/system.ping")
+
+    assert response.status_code == 200
+    assert response.get_json()["data"] == {"pong": True}
+    assert hooks.failures["action.before"] == 1
+    assert hooks.failures["action.after"] == 1
+    # The module's own callbacks still ran after the failing one.
+    assert [e.name for e in action_events(hooked_app)] == ["action.before", "action.after"]
+    assert len([r for r in caplog.records if r.name == "switchboard.hooks"]) == 2
+
+
+def test_shutdown_fires_app_stopping(hooked_app: Flask) -> None:
+    app_manager = state(hooked_app).app_manager
+
+    shutdown_app(hooked_app)
+
+    stopping = [e for e in seen_events(hooked_app) if e.name == "app.stopping"]
+    assert len(stopping) == 1
+    assert stopping[0].data == {"app": app_manager}
+    assert seen_events(hooked_app)[-1].name == "app.stopping"
+
+
+def test_each_app_has_its_own_hooks(make_app: MakeApp, modules_path: Path) -> None:
+    first = make_app(env={"MODULES_PATH": str(modules_path)})
+    second = make_app(env={"MODULES_PATH": str(modules_path)})
+
+    response = first.test_client().post("/api/v1/actions/system.ping")
+    assert response.status_code == 200
+
+    assert [e.name for e in action_events(first)] == ["action.before", "action.after"]
+    assert action_events(second) == []
+    assert state(first).app_manager.hooks is not state(second).app_manager.hooks
