@@ -307,7 +307,9 @@ def test_invalid_app_env_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path, {"APP_ENV": "staging"})
 
+    assert len(info.value.problems) == 1  # reported once, with its source
     problem = problem_for(info.value, "app.env")
+    assert problem.file == "env APP_ENV"
     assert "'staging'" in problem.message
     assert "development" in problem.message
     assert "production" in problem.message
