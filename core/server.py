@@ -39,7 +39,7 @@ def serve(config: Config, factory: Callable[[], Flask]) -> None:
         "workers": config["http.workers"],
         "threads": config["http.threads"],
         "worker_class": "gthread",
-        "graceful_timeout": config["shutdown.grace"],
+        "graceful_timeout": max(1, round(config["shutdown.grace"])),  # gunicorn wants whole seconds
         "timeout": 60,
         "accesslog": None,
         "errorlog": "-",

@@ -1,0 +1,251 @@
+"""``python app.py serve`` as a real process, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import ROOT
+
+BOOT_SECONDS = 30
+STOP_SECONDS = 20
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k != "MODULES_PATH"}
+    environ.update({"APP_ENV": "test", **(extra or {})})
+    return environ
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(
+    method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return Response(answer.status, dict(answer.headers), answer.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Response(error.code, dict(error.headers), error.read())
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Response:
+        return http(
+            "POST", self.base + path, body, {"Content-Type": "application/json", **(headers or {})}
+        )
+
+    def get(self, path: str) -> Response:
+        return http("GET", self.base + path)
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; the exit code (fails the test when it does not exit)."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not exit within {STOP_SECONDS}s of SIGTERM:\n{self.output()}")
+
+
+def wait_until_live(server: Server) -> None:
+    deadline = time.monotonic() + BOOT_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"serve exited with {server.process.returncode} before answering:\n"
+                + server.output()
+            )
+        with contextlib.suppress(OSError):  # refused until it listens
+            if server.get("/health/live").status == 200:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"serve did not answer /health/live within {BOOT_SECONDS}s:\n{server.output()}")
+
+
+@contextlib.contextmanager
+def running(log_dir: Path, *args: str) -> Iterator[Server]:
+    """``python app.py <args> --port <free> --host 127.0.0.1``; killed on the way out."""
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", *args, "--port", str(port), "--host", "127.0.0.1"],
+            cwd=ROOT,
+            env=environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, so the workers go down with it
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_until_live(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(tmp_path_factory.mktemp("serve"), "serve") as started:
+        yield started
+
+
+# --- one server, several requests -----------------------------------------------------
+
+
+def test_echo_returns_the_envelope(server: Server) -> None:
+    response = server.post("/api/v1/actions/system.echo", b'{"message":"hi"}')
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["data"] == {"message": "hi"}
+    assert body["meta"]["action"] == "system.echo"
+    assert body["meta"]["request_id"] == response.headers["X-Request-ID"]
+    assert isinstance(body["meta"]["duration_ms"], float | int)
+
+
+def test_a_valid_request_id_is_kept(server: Server) -> None:
+    response = server.post(
+        "/api/v1/actions/system.echo", b'{"message":"hi"}', {"X-Request-ID": "trace-42.a:b"}
+    )
+    assert response.status == 200
+    assert response.headers["X-Request-ID"] == "trace-42.a:b"
+    assert response.json()["meta"]["request_id"] == "trace-42.a:b"
+
+
+def test_malformed_json_is_a_400_problem(server: Server) -> None:
+    response = server.post("/api/v1/actions/system.echo", b"{bad")
+    assert response.status == 400
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == "/problems/malformed-request"
+    assert problem["status"] == 400
+    assert problem["request_id"] == response.headers["X-Request-ID"]
+    assert "Traceback" not in response.body.decode()
+
+
+def test_invalid_params_are_a_422_problem(server: Server) -> None:
+    response = server.post("/api/v1/actions/system.echo", b'{"message": 5}')
+    assert response.status == 422
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert [e["path"] for e in response.json()["errors"]] == ["/message"]
+
+
+def test_unknown_action_is_a_404_problem(server: Server) -> None:
+    response = server.post("/api/v1/actions/system.nope", b"{}")
+    assert response.status == 404
+    assert response.json()["type"] == "/problems/not-found"
+
+
+def test_health(server: Server) -> None:
+    live = server.get("/health/live")
+    assert live.status == 200
+    assert live.json() == {"status": "ok"}
+    ready = server.get("/health/ready")
+    assert ready.status == 200
+    body = ready.json()
+    assert body["status"] in ("ok", "degraded")
+    assert body["checks"]["modules"]["status"] == "ok"
+
+
+def test_action_listing(server: Server) -> None:
+    response = server.get("/api/v1/actions")
+    assert response.status == 200
+    names = {entry["name"] for entry in response.json()["data"]}
+    assert {"system.echo", "system.info", "system.ping"} <= names
+
+
+# --- lifecycle ------------------------------------------------------------------------
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
+    with running(tmp_path, "serve") as server:
+        assert server.post("/api/v1/actions/system.ping", b"").status == 200
+        assert server.stop() == 0
+        assert "Traceback" not in server.output()
+
+
+def test_serve_is_the_default_command(tmp_path: Path) -> None:
+    with running(tmp_path) as server:
+        assert server.get("/health/live").status == 200
+        assert server.stop() == 0
+
+
+def test_two_workers_answer_requests(tmp_path: Path) -> None:
+    with running(tmp_path, "serve", "--workers", "2") as server:
+        for n in range(20):
+            message = f"hi {n}"
+            response = server.post(
+                "/api/v1/actions/system.echo", json.dumps({"message": message}).encode()
+            )
+            assert response.status == 200, response.body
+            assert response.json()["data"] == {"message": message}
+        assert server.get("/health/ready").status == 200
+        assert server.stop() == 0
+        assert "Traceback" not in server.output()
+
+
+def test_serve_with_a_broken_module_exits_with_the_problem(tmp_path: Path) -> None:
+    module = tmp_path / "extra" / "broken"
+    module.mkdir(parents=True)
+    (module / "__init__.py").write_text("")
+    (module / "actions.yaml").write_text("actions:\n  one:\n    handler: handlers:missing\n")
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "app.py", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=ROOT,
+        env=environment({"MODULES_PATH": str(tmp_path / "extra")}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "broken.one" in result.stderr
+    assert "handler" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Booting worker" not in result.stderr
