@@ -27,7 +27,7 @@ run: $(VENV)/.runtime
 # (PG_BIN or /usr/lib/postgresql/*/bin); redis-server is installed here when missing.
 servers:
 	@if command -v redis-server >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ]; then echo "installing redis-server"; $(REDIS_INSTALL) >/dev/null; \
+	elif [ "$$(id -u)" = 0 ]; then echo "installing redis-server"; ( $(REDIS_INSTALL) ) >/dev/null; \
 	elif [ "$$CI" = true ]; then echo "redis-server is missing; run as root: $(REDIS_INSTALL)"; exit 1; \
 	else echo "redis-server is missing (tests that need it will skip): $(REDIS_INSTALL)"; fi
 

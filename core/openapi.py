@@ -14,7 +14,7 @@ _PROBLEM_RESPONSE = {
     "description": "problem+json (RFC 9457)",
     "content": {"application/problem+json": {"schema": _PROBLEM}},
 }
-_SECURITY = {
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "public": [],
     "user": [{"bearer": []}],
     "api_key": [{"apiKey": []}],
