@@ -156,6 +156,11 @@ class Conflict(ActionError):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class TransactionConflict(Conflict):
+    """A transaction lost a race (deadlock, serialization failure): running it again may
+    succeed. ``Database.run_transaction`` retries it."""
+
+
 class IdempotencyInProgress(ActionError):
     status, slug, title = 409, "idempotency-in-progress", "Request with this key is in progress"
 

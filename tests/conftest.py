@@ -15,6 +15,7 @@ from hypothesis import settings
 
 from app import ROOT, create_app
 from core.runtime import shutdown_app
+from tests.servers import PostgresServer, RedisServer, ServerUnavailable
 
 # Slow CI machines: no per-example deadline.
 settings.register_profile("switchboard", deadline=None, max_examples=200)
@@ -70,3 +71,57 @@ def write_module(tmp_path: Path) -> WriteModule:
         return tmp_path / parent
 
     return write
+
+
+# --- real servers, once per session ---------------------------------------------------
+
+
+def _unavailable(what: str, exc: ServerUnavailable) -> None:
+    """Under CI a missing server fails the test; elsewhere it skips, saying why."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required under CI=true: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.stop()
+        _unavailable("PostgreSQL", exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.cleanup()
+        _unavailable("redis-server", exc)
+    yield server
+    server.cleanup()
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database in the session's PostgreSQL server."""
+    return postgres_server.create_database(f"t{os.getpid()}_{next(_counter)}")
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses: tests isolate by prefix on the shared server."""
+    return f"t{os.getpid()}_{next(_counter)}:"

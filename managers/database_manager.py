@@ -1,0 +1,237 @@
+"""DatabaseManager: the backend chosen by ``database.url``, and ``ctx.db`` for handlers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from core.config import Config
+from core.documents import Collection
+from core.errors import ConfigError, DependencyUnavailable, Problem, TransactionConflict
+from core.manager import Health, Manager
+
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+
+log = logging.getLogger("switchboard.db")
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """What every database backend provides (see managers/db_backends)."""
+
+    def start(self) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def collection(self, name: str) -> Collection: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+
+def _sqlite(url: str, config: Config, *, read_only: bool = False) -> Backend:
+    from managers.db_backends.sqlite import SqliteBackend
+
+    # sqlite:///var/x.db is relative to the project; sqlite:////abs/x.db is absolute.
+    raw = urlsplit(url).path
+    path = Path(raw[1:]) if raw.startswith("/") else Path(raw)
+    if not str(path) or str(path) == ".":
+        raise ConfigError(
+            [
+                Problem(
+                    "a sqlite URL needs a file path, e.g. sqlite:///var/switchboard.db",
+                    field="database.url",
+                )
+            ]
+        )
+    return SqliteBackend(
+        config.path(str(path)),
+        pool_size=config["database.pool_size"],
+        busy_timeout=config["database.statement_timeout"],
+        read_only=read_only,
+    )
+
+
+def _postgres(url: str, config: Config, *, read_only: bool = False) -> Backend:
+    from managers.db_backends.postgres import PostgresBackend
+
+    return PostgresBackend(
+        url,
+        pool_size=config["database.pool_size"],
+        pool_timeout=config["database.pool_timeout"],
+        statement_timeout=config["database.statement_timeout"],
+        connect_retries=config["database.connect_retries"],
+    )
+
+
+def _mongo(url: str, config: Config, *, read_only: bool = False) -> Backend:
+    from managers.db_backends.mongo import MongoBackend
+
+    return MongoBackend(url, timeout=config["database.pool_timeout"])
+
+
+# The registry of URL schemes: backends import their driver only when chosen.
+BACKENDS: Mapping[str, Callable[..., Backend]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgres,
+    "postgres": _postgres,
+    "mongodb": _mongo,
+    "mongodb+srv": _mongo,
+}
+
+
+def create_backend(url: str, config: Config, *, read_only: bool = False) -> Backend:
+    scheme = urlsplit(url).scheme
+    factory = BACKENDS.get(scheme)
+    if factory is None:
+        raise ConfigError(
+            [
+                Problem(
+                    f"unsupported database scheme {scheme!r}; "
+                    f"use one of {', '.join(sorted(BACKENDS))}",
+                    field="database.read_url" if read_only else "database.url",
+                )
+            ]
+        )
+    return factory(url, config, read_only=read_only)
+
+
+class _RoutedCollection:
+    """Writes and reads inside a transaction go to the primary, other reads to the replica."""
+
+    def __init__(self, primary: Collection, replica: Collection, database: Database) -> None:
+        self._primary = primary
+        self._replica = replica
+        self._database = database
+
+    def _reader(self) -> Collection:
+        return self._primary if self._database.in_transaction() else self._replica
+
+    def find(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._reader().find(*args, **kwargs)
+
+    def find_one(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        return self._reader().find_one(*args, **kwargs)
+
+    def count(self, *args: Any, **kwargs: Any) -> int:
+        return self._reader().count(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._primary, name)
+
+
+class Database:
+    """``ctx.db``: collections, transactions, and a retrying transaction runner."""
+
+    def __init__(self, primary: Backend, replica: Backend | None = None) -> None:
+        self._primary = primary
+        self._replica = replica
+        self._local = threading.local()
+
+    def collection(self, name: str) -> Collection:
+        primary = self._primary.collection(name)
+        if self._replica is None:
+            return primary
+        return _RoutedCollection(primary, self._replica.collection(name), self)
+
+    def in_transaction(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything this thread does with ``ctx.db`` inside the block commits together or
+        not at all; nested blocks join the outer one."""
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+        try:
+            with self._primary.transaction():
+                yield
+        finally:
+            self._local.depth -= 1
+
+    def run_transaction(self, work: Callable[[], T], *, retries: int = 5) -> T:
+        """Run ``work()`` in a transaction, again (with backoff) when it loses a race."""
+        delay = 0.02
+        for attempt in range(retries + 1):
+            try:
+                with self.transaction():
+                    return work()
+            except TransactionConflict:
+                if attempt == retries:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class DatabaseManager(Manager):
+    """``database.url`` picks SQLite, PostgreSQL or MongoDB; ``database.read_url`` adds a
+    read-only role for reads outside transactions."""
+
+    name = "db"
+    requires = ("config",)
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+        self.replica: Backend | None = None
+        self.database: Database | None = None
+        self.scheme = ""
+
+    def start(self, app: AppManager) -> None:
+        config = app.config
+        url = config["database.url"]
+        self.scheme = urlsplit(url).scheme
+        backend = create_backend(url, config)
+        replica = None
+        if config["database.read_url"]:
+            replica = create_backend(config["database.read_url"], config, read_only=True)
+        started: list[Backend] = []
+        try:
+            for part in (backend, replica):
+                if part is not None:
+                    part.start()
+                    started.append(part)
+        except DependencyUnavailable as exc:
+            for part in started:
+                part.close()
+            raise ConfigError(
+                [Problem(f"cannot connect: {exc.detail}", field="database.url")]
+            ) from exc
+        self.backend, self.replica = backend, replica
+        self.database = Database(backend, replica)
+        log.info("database ready (%s)", self.scheme)
+
+    def handler_facade(self) -> Database:
+        if self.database is None:
+            raise DependencyUnavailable("the database is not started")
+        return self.database
+
+    def health(self) -> Health:
+        if self.backend is None:
+            return Health("failed", {"backend": self.scheme, "error": "not started"})
+        details: dict[str, Any] = {"backend": self.scheme}
+        for label, part in (("primary", self.backend), ("replica", self.replica)):
+            if part is None:
+                continue
+            try:
+                part.ping()
+            except DependencyUnavailable as exc:
+                details[label] = "unreachable"
+                details["error"] = exc.detail
+                return Health("failed", details)
+        return Health("ok", details)
+
+    def stop(self) -> None:
+        for part in (self.replica, self.backend):
+            if part is not None:
+                part.close()
+        self.backend = self.replica = None
+        self.database = None

@@ -1,0 +1,465 @@
+"""Documents on SQL: one table per collection (``_id``, ``_version``, ``doc`` as JSON).
+
+Filters arrive as the validated trees of ``core.documents`` and compile to SQL whose only
+caller-controlled parts are bound parameters; the JSON paths are bound too. Writes read the
+document, apply the change in Python (the reference ``apply_changes``) and write it back
+guarded by its version, inside one database transaction. The two dialects differ only in
+how they ask a JSON path for its kind and its value.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+from core.documents import (
+    ID_FIELD,
+    VERSION_FIELD,
+    And,
+    Compare,
+    Exists,
+    In,
+    Node,
+    Not,
+    Or,
+    apply_changes,
+    check_document,
+    collection_name,
+    field_path,
+    parse_changes,
+    parse_filter,
+    parse_sort,
+)
+from core.errors import Conflict, FieldError, ValidationError
+
+Params = list[Any]
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Dialect(ABC):
+    """How one SQL engine reads a JSON path. ``p`` is its placeholder."""
+
+    p: str
+    false: str
+    json_column: str
+    id_type: str = "TEXT"
+
+    @abstractmethod
+    def path_param(self, path: tuple[str, ...]) -> Any: ...
+
+    @abstractmethod
+    def kind(self) -> str:
+        """SQL yielding the path's kind (engine names) or NULL when missing; one path param."""
+
+    @abstractmethod
+    def kind_in(self, kind: str) -> tuple[str, ...]:
+        """Engine kind names for one of ours: number, string, bool, null, object, array."""
+
+    @abstractmethod
+    def compare(self, kind: str, op: str) -> tuple[str, int]:
+        """SQL comparing the path's value (known to be of ``kind``) with one bound value, and
+        how many path params it takes."""
+
+    @abstractmethod
+    def bool_equals(self, value: bool) -> tuple[str, int]:
+        """SQL true when the path holds ``value`` (NULL allowed), and its path params."""
+
+    @abstractmethod
+    def sort_values(self, descending: bool) -> list[tuple[str, int]]:
+        """ORDER BY terms after the kind rank: (sql, path params)."""
+
+    @abstractmethod
+    def dumps(self, doc: Mapping[str, Any]) -> Any: ...
+
+    @abstractmethod
+    def loads(self, raw: Any) -> dict[str, Any]: ...
+
+    def index_expression(self, path: tuple[str, ...]) -> str:
+        """An index term for a field (paths are validated identifiers, so inlining is safe)."""
+        raise NotImplementedError
+
+
+_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_RANKS = {"number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
+
+
+def _value_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, (int, float)) else "string"
+
+
+@dataclass
+class Compiler:
+    """Filter trees to SQL ``WHERE`` text plus parameters for one dialect."""
+
+    dialect: Dialect
+
+    def where(self, node: Node) -> tuple[str, Params]:
+        params: Params = []
+        return self._node(node, params), params
+
+    def _node(self, node: Node, params: Params) -> str:
+        d = self.dialect
+        if isinstance(node, And):
+            return (
+                "(" + " AND ".join(self._node(n, params) for n in node.nodes) + ")"
+                if node.nodes
+                else f"NOT {d.false}"
+            )
+        if isinstance(node, Or):
+            return "(" + " OR ".join(self._node(n, params) for n in node.nodes) + ")"
+        if isinstance(node, Not):
+            return f"NOT {self._node(node.node, params)}"
+        if node.path[0] in (ID_FIELD, VERSION_FIELD):
+            return self._meta(node, params)
+        if isinstance(node, Exists):
+            params.append(d.path_param(node.path))
+            return f"({d.kind()} IS {'NOT ' if node.present else ''}NULL)"
+        if isinstance(node, In):
+            if not node.values:
+                return d.false
+            return (
+                "("
+                + " OR ".join(self._node(Compare(node.path, "$eq", v), params) for v in node.values)
+                + ")"
+            )
+        return self._compare(node, params)
+
+    def _compare(self, node: Compare, params: Params) -> str:
+        d = self.dialect
+        kind = _value_kind(node.value)
+        path = d.path_param(node.path)
+        if kind == "null":  # null or missing
+            params.extend([path, path])
+            names = ", ".join(f"'{k}'" for k in d.kind_in("null"))
+            return f"({d.kind()} IS NULL OR {d.kind()} IN ({names}))"
+        if kind == "bool":
+            sql, path_count = d.bool_equals(bool(node.value))
+            params.extend([path] * path_count)
+            return f"COALESCE({sql}, {d.false})"
+        names = ", ".join(f"'{k}'" for k in d.kind_in(kind))
+        comparison, path_count = d.compare(kind, _OPS[node.op])
+        params.append(path)
+        params.extend([path] * path_count)
+        params.append(node.value)
+        # CASE rather than AND: the engine may evaluate AND in any order, and reading a
+        # string as a number must never happen.
+        return f"(CASE WHEN {d.kind()} IN ({names}) THEN {comparison} ELSE {d.false} END)"
+
+    def _meta(self, node: Compare | In | Exists, params: Params) -> str:
+        """``_id`` (a string) and ``_version`` (an integer) are real, never-null columns."""
+        d = self.dialect
+        column = node.path[0]
+        if len(node.path) != 1 or isinstance(node, Exists):
+            present = isinstance(node, Exists) and node.present and len(node.path) == 1
+            return f"NOT {d.false}" if present else d.false
+        wanted = "string" if column == ID_FIELD else "number"
+        if isinstance(node, In):
+            kept = [v for v in node.values if _value_kind(v) == wanted]
+            if not kept:
+                return d.false
+            params.extend(kept)
+            return f"{column} IN ({', '.join(d.p for _ in kept)})"
+        if _value_kind(node.value) != wanted:
+            return d.false
+        params.append(node.value)
+        return f"{column} {_OPS[node.op]} {d.p}"
+
+    def order_by(self, sort: Sequence[tuple[tuple[str, ...], int]]) -> tuple[str, Params]:
+        d = self.dialect
+        terms: list[str] = []
+        params: Params = []
+        for path, direction in sort:
+            order = "DESC" if direction < 0 else "ASC"
+            if path[0] in (ID_FIELD, VERSION_FIELD) and len(path) == 1:
+                terms.append(f"{path[0]} {order}")
+                continue
+            param = d.path_param(path)
+            whens = " ".join(
+                f"WHEN {d.kind()} IN ({', '.join(repr(k) for k in d.kind_in(kind))}) THEN {rank}"
+                for kind, rank in _RANKS.items()
+            )
+            params.extend([param] * len(_RANKS))
+            terms.append(f"CASE {whens} ELSE 0 END {order}")
+            for sql, count in d.sort_values(direction < 0):
+                terms.append(sql)
+                params.extend([param] * count)
+        terms.append(f"{ID_FIELD} ASC")
+        return ", ".join(terms), params
+
+
+class Session(Protocol):
+    """One connection, inside or outside a transaction."""
+
+    def cursor(self) -> Cursor: ...
+
+
+class SqlBackend(ABC):
+    """Connection handling is the engine's; documents, filters and versions are shared."""
+
+    dialect: Dialect
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
+        self.compiler = Compiler(self.dialect)
+
+    # --- engine specifics -------------------------------------------------------------
+
+    @abstractmethod
+    @contextmanager
+    def _connect(self, *, write: bool) -> Iterator[Session]:
+        """A session for one operation: ``write`` runs it in its own transaction."""
+
+    @abstractmethod
+    @contextmanager
+    def _begin(self) -> Iterator[Session]:
+        """A session in a transaction that commits when the block ends without error."""
+
+    @abstractmethod
+    def _translate(self, exc: Exception) -> Exception | None:
+        """The ``core.errors`` error for a driver error, or None to let it propagate."""
+
+    @abstractmethod
+    def _create_table(self, session: Session, table: str) -> None: ...
+
+    @abstractmethod
+    def ping(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    for_update = ""  # row lock clause of the engine (SQLite locks the whole file instead)
+
+    # --- sessions ---------------------------------------------------------------------
+
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[Session]:
+        """The thread's open transaction if there is one, else a fresh session."""
+        current = getattr(self._local, "session", None)
+        if current is not None:
+            yield current
+            return
+        with self._translated(), self._connect(write=write) as session:
+            yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything this thread does with the database inside the block is atomic.
+
+        Nested blocks join the outer transaction.
+        """
+        if getattr(self._local, "session", None) is not None:
+            yield
+            return
+        with self._translated(), self._begin() as session:
+            self._local.session = session
+            try:
+                yield
+            finally:
+                self._local.session = None
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            translated = self._translate(exc)
+            if translated is None or translated is exc:
+                raise
+            raise translated from exc
+
+    def ensure_table(self, name: str) -> str:
+        """The collection's table, created on first use in a session of its own so a rolled
+        back operation never leaves the cache claiming a table that is not there."""
+        table = f"doc_{collection_name(name)}"
+        if table in self._known:
+            return table
+        current = getattr(self._local, "session", None)
+        if current is not None:  # inside a transaction: created (and undone) with it
+            self._create_table(current, table)
+            return table
+        with self._translated(), self._connect(write=False) as session:
+            self._create_table(session, table)
+        with self._known_lock:
+            self._known.add(table)
+        return table
+
+    def collection(self, name: str) -> SqlCollection:
+        return SqlCollection(self, collection_name(name))
+
+
+class SqlCollection:
+    """The document API over one table."""
+
+    def __init__(self, backend: SqlBackend, name: str) -> None:
+        self._backend = backend
+        self._dialect = backend.dialect
+        self.name = name
+
+    def _row(self, row: Any) -> dict[str, Any]:
+        doc = self._dialect.loads(row[2])
+        return {ID_FIELD: row[0], VERSION_FIELD: int(row[1]), **doc}
+
+    def _select(
+        self,
+        session: Session,
+        table: str,
+        filter: Mapping[str, Any] | None,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int | None = None,
+        skip: int = 0,
+        lock: bool = False,
+    ) -> list[dict[str, Any]]:
+        where, params = self._backend.compiler.where(parse_filter(filter))
+        order, order_params = self._backend.compiler.order_by(parse_sort(sort))
+        sql = f'SELECT _id, _version, doc FROM "{table}" WHERE {where} ORDER BY {order}'
+        p = self._dialect.p
+        tail: Params = []
+        if limit is not None:
+            sql += f" LIMIT {p}"
+            tail.append(_count(limit, "limit"))
+        elif skip:
+            sql += " LIMIT -1" if p == "?" else " LIMIT ALL"
+        if skip:
+            sql += f" OFFSET {p}"
+            tail.append(_count(skip, "skip"))
+        if lock:
+            sql += self._backend.for_update
+        cursor = session.cursor()
+        cursor.execute(sql, [*params, *order_params, *tail])
+        return [self._row(r) for r in cursor.fetchall()]
+
+    def insert_one(self, doc: Mapping[str, Any]) -> str:
+        body = dict(doc)
+        doc_id = body.pop(ID_FIELD, None) or uuid.uuid4().hex
+        if not isinstance(doc_id, str):
+            raise_bad(f"{ID_FIELD} must be a string")
+        body.pop(VERSION_FIELD, None)
+        check_document(body)
+        table = self._backend.ensure_table(self.name)
+        with self._backend.session(write=True) as session:
+            p = self._dialect.p
+            session.cursor().execute(
+                f'INSERT INTO "{table}" (_id, _version, doc) VALUES ({p}, 1, {p})',
+                [doc_id, self._dialect.dumps(body)],
+            )
+        return str(doc_id)
+
+    def find_one(self, filter: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        found = self.find(filter, limit=1)
+        return found[0] if found else None
+
+    def find(
+        self,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int | None = None,
+        skip: int = 0,
+    ) -> list[dict[str, Any]]:
+        table = self._backend.ensure_table(self.name)
+        with self._backend.session(write=False) as session:
+            return self._select(session, table, filter, sort=sort, limit=limit, skip=skip)
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        where, params = self._backend.compiler.where(parse_filter(filter))
+        table = self._backend.ensure_table(self.name)
+        with self._backend.session(write=False) as session:
+            cursor = session.cursor()
+            cursor.execute(f'SELECT COUNT(*) FROM "{table}" WHERE {where}', params)
+            return int(cursor.fetchone()[0])
+
+    def update_one(
+        self,
+        filter: Mapping[str, Any],
+        changes: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+    ) -> bool:
+        parsed = parse_changes(changes)
+        table = self._backend.ensure_table(self.name)
+        with self._backend.session(write=True) as session:
+            found = self._select(session, table, filter, limit=1, lock=True)
+            if not found:
+                return False
+            current = found[0]
+            version = current.pop(VERSION_FIELD)
+            doc_id = current.pop(ID_FIELD)
+            if expected_version is not None and version != expected_version:
+                raise Conflict(
+                    f"{self.name}/{doc_id} is at version {version}, not {expected_version}",
+                    extra={"current_version": version},
+                )
+            updated = apply_changes(current, parsed)
+            p = self._dialect.p
+            cursor = session.cursor()
+            cursor.execute(
+                f'UPDATE "{table}" SET doc = {p}, _version = _version + 1 '
+                f"WHERE _id = {p} AND _version = {p}",
+                [self._dialect.dumps(updated), doc_id, version],
+            )
+            if cursor.rowcount != 1:  # only possible without row locks: another writer won
+                raise Conflict(f"{self.name}/{doc_id} changed concurrently; retry")
+            return True
+
+    def delete_one(self, filter: Mapping[str, Any]) -> bool:
+        table = self._backend.ensure_table(self.name)
+        with self._backend.session(write=True) as session:
+            found = self._select(session, table, filter, limit=1, lock=True)
+            if not found:
+                return False
+            cursor = session.cursor()
+            cursor.execute(
+                f'DELETE FROM "{table}" WHERE _id = {self._dialect.p}', [found[0][ID_FIELD]]
+            )
+            return True
+
+    def create_index(self, fields: Sequence[str], *, unique: bool = False) -> None:
+        paths = [field_path(f) for f in fields]
+        if not paths:
+            raise_bad("create_index needs at least one field")
+        terms = ", ".join(
+            p[0]
+            if p[0] in (ID_FIELD, VERSION_FIELD) and len(p) == 1
+            else self._dialect.index_expression(p)
+            for p in paths
+        )
+        name = "ix_" + self.name + "_" + "_".join("_".join(p) for p in paths)
+        if len(name) > 60:
+            name = f"ix_{self.name}_{uuid.uuid5(uuid.NAMESPACE_OID, name).hex[:16]}"
+        table = self._backend.ensure_table(self.name)
+        with self._backend.session(write=True) as session:
+            session.cursor().execute(
+                f'CREATE {"UNIQUE " if unique else ""}INDEX IF NOT EXISTS "{name}" '
+                f'ON "{table}" ({terms})'
+            )
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise_bad(f"{what} must be a non-negative integer")
+    return int(value)
+
+
+def raise_bad(message: str) -> NoReturn:
+    raise ValidationError(message, errors=[FieldError("/", message)])

@@ -1,0 +1,46 @@
+"""Building each database backend for the contract tests (one table, every backend)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from managers.database_manager import Backend, Database
+
+BACKEND_NAMES = ["sqlite", "postgres", "mongo"]
+_names = itertools.count()
+
+
+def unique_collection(prefix: str = "c") -> str:
+    return f"{prefix}{next(_names)}"
+
+
+def build_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if kind == "sqlite":
+        from managers.db_backends.sqlite import SqliteBackend
+
+        return SqliteBackend(tmp_path / "contract.db", pool_size=16, busy_timeout=30)
+    if kind == "postgres":
+        from managers.db_backends.postgres import PostgresBackend
+
+        url = request.getfixturevalue("postgres_url")
+        return PostgresBackend(url, pool_size=20, pool_timeout=30, statement_timeout=30,
+                               connect_retries=1)
+    import mongomock
+
+    from managers.db_backends.mongo import MongoBackend
+
+    return MongoBackend("mongodb://localhost/contract", timeout=1,
+                        client_factory=mongomock.MongoClient)
+
+
+def database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    backend = build_backend(kind, request, tmp_path)
+    backend.start()
+    try:
+        yield Database(backend)
+    finally:
+        backend.close()
