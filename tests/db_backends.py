@@ -26,15 +26,18 @@ def build_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
     if kind == "postgres":
         from managers.db_backends.postgres import PostgresBackend
 
-        url = request.getfixturevalue("postgres_url")
-        return PostgresBackend(url, pool_size=20, pool_timeout=30, statement_timeout=30,
-                               connect_retries=1)
+        # The session's server (this may serve a module-scoped fixture), a fresh database.
+        url = request.getfixturevalue("postgres_server").create_database(unique_collection("db"))
+        return PostgresBackend(
+            url, pool_size=20, pool_timeout=30, statement_timeout=30, connect_retries=1
+        )
     import mongomock
 
     from managers.db_backends.mongo import MongoBackend
 
-    return MongoBackend("mongodb://localhost/contract", timeout=1,
-                        client_factory=mongomock.MongoClient)
+    return MongoBackend(
+        "mongodb://localhost/contract", timeout=1, client_factory=mongomock.MongoClient
+    )
 
 
 def database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:

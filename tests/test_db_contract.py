@@ -23,10 +23,23 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
 def people(db: Database) -> Collection:
     c = db.collection(unique_collection("people"))
     for doc in (
-        {"_id": "ann", "name": "Ann", "age": 31, "score": 9.5, "admin": True,
-         "address": {"city": "Oslo", "zip": "0150"}, "tags": ["a", "b"]},
-        {"_id": "bob", "name": "Bob", "age": 25, "score": 7, "admin": False,
-         "address": {"city": "Bergen"}},
+        {
+            "_id": "ann",
+            "name": "Ann",
+            "age": 31,
+            "score": 9.5,
+            "admin": True,
+            "address": {"city": "Oslo", "zip": "0150"},
+            "tags": ["a", "b"],
+        },
+        {
+            "_id": "bob",
+            "name": "Bob",
+            "age": 25,
+            "score": 7,
+            "admin": False,
+            "address": {"city": "Bergen"},
+        },
         {"_id": "cy", "name": "Cy", "age": 40, "nickname": None},
         {"_id": "dee", "name": "Dee", "age": "unknown", "score": 7.0},
     ):
@@ -40,13 +53,28 @@ def ids(docs: list[dict[str, Any]]) -> list[str]:
 
 def test_insert_and_read_back_with_id_and_version(db: Database) -> None:
     c = db.collection(unique_collection())
-    new_id = c.insert_one({"title": "lamp", "price": 12.5, "meta": {"color": "red"},
-                           "sizes": [1, 2], "note": None, "text": "it's \"quoted\"; --"})
+    new_id = c.insert_one(
+        {
+            "title": "lamp",
+            "price": 12.5,
+            "meta": {"color": "red"},
+            "sizes": [1, 2],
+            "note": None,
+            "text": 'it\'s "quoted"; --',
+        }
+    )
     assert isinstance(new_id, str) and len(new_id) == 32
     doc = c.find_one({"_id": new_id})
-    assert doc == {"_id": new_id, "_version": 1, "title": "lamp", "price": 12.5,
-                   "meta": {"color": "red"}, "sizes": [1, 2], "note": None,
-                   "text": "it's \"quoted\"; --"}
+    assert doc == {
+        "_id": new_id,
+        "_version": 1,
+        "title": "lamp",
+        "price": 12.5,
+        "meta": {"color": "red"},
+        "sizes": [1, 2],
+        "note": None,
+        "text": 'it\'s "quoted"; --',
+    }
 
 
 def test_a_given_id_is_kept_and_a_duplicate_is_a_conflict(db: Database) -> None:
@@ -107,16 +135,32 @@ def test_sort_limit_skip(people: Collection) -> None:
     assert ids(people.find({}, skip=3)) == ["dee"]
     assert people.find({}, limit=0) == []
     assert ids(people.find({}, sort=[("address.city", 1), ("name", -1)])) == [
-        "dee", "cy", "bob", "ann"]
+        "dee",
+        "cy",
+        "bob",
+        "ann",
+    ]
 
 
 def test_update_operators_and_versions(people: Collection) -> None:
-    assert people.update_one({"_id": "bob"}, {"$set": {"address.zip": "5003", "age": 26},
-                                             "$inc": {"score": 1.5, "visits": 1},
-                                             "$unset": ["admin"]})
+    assert people.update_one(
+        {"_id": "bob"},
+        {
+            "$set": {"address.zip": "5003", "age": 26},
+            "$inc": {"score": 1.5, "visits": 1},
+            "$unset": ["admin"],
+        },
+    )
     bob = people.find_one({"_id": "bob"})
-    assert bob == {"_id": "bob", "_version": 2, "name": "Bob", "age": 26, "score": 8.5,
-                   "visits": 1, "address": {"city": "Bergen", "zip": "5003"}}
+    assert bob == {
+        "_id": "bob",
+        "_version": 2,
+        "name": "Bob",
+        "age": 26,
+        "score": 8.5,
+        "visits": 1,
+        "address": {"city": "Bergen", "zip": "5003"},
+    }
     assert people.update_one({"name": "Nobody"}, {"$set": {"x": 1}}) is False
 
 
@@ -169,8 +213,7 @@ def test_unique_index(db: Database) -> None:
         {"age": 2**70},
     ],
 )
-def test_unsafe_or_unknown_filters_are_rejected(people: Collection,
-                                                query: dict[str, Any]) -> None:
+def test_unsafe_or_unknown_filters_are_rejected(people: Collection, query: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         people.find(query)
 
@@ -189,8 +232,9 @@ def test_unsafe_or_unknown_filters_are_rejected(people: Collection,
         {"$set": {"x": {"$where": 1}}},
     ],
 )
-def test_bad_updates_are_rejected_and_change_nothing(people: Collection,
-                                                     changes: dict[str, Any]) -> None:
+def test_bad_updates_are_rejected_and_change_nothing(
+    people: Collection, changes: dict[str, Any]
+) -> None:
     before = people.find_one({"_id": "bob"})
     with pytest.raises(ValidationError):
         people.update_one({"_id": "bob"}, changes)
