@@ -12,6 +12,7 @@ Semantics (identical on SQLite, PostgreSQL and MongoDB):
 - ``$ne``/``$nin`` are the negation of ``$eq``/``$in`` (so they match missing fields);
 - ``$gt``/``$gte``/``$lt``/``$lte`` take a number or a string and never match other kinds;
 - filters do not reach into arrays (an array field matches only ``$exists`` and ``$ne``);
+- strings may not contain NUL characters (PostgreSQL cannot store them);
 - sort orders missing/null < numbers < strings < objects < arrays < booleans, then ``_id``.
 """
 
@@ -97,7 +98,11 @@ def field_path(name: Any, where: str = "field") -> tuple[str, ...]:
 
 
 def _scalar(value: Any, where: str) -> Scalar:
-    if value is None or isinstance(value, (bool, str)):
+    if isinstance(value, str):
+        if "\x00" in value:  # PostgreSQL cannot store NUL in text: refused everywhere alike
+            raise _bad(where, "strings cannot contain NUL (\\u0000) characters")
+        return value
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         if not INT64[0] <= value <= INT64[1]:
@@ -249,7 +254,8 @@ def check_document(doc: Any, where: str = "") -> None:
     """Documents are JSON objects: string keys without dots or ``$``, finite numbers."""
     if isinstance(doc, Mapping):
         for key, value in doc.items():
-            if not isinstance(key, str) or not key or "." in key or key.startswith("$"):
+            if (not isinstance(key, str) or not key or "." in key or key.startswith("$")
+                    or "\x00" in key):
                 raise _bad(
                     f"{where}/{key}", "keys must be non-empty strings without '.' or a leading '$'"
                 )
@@ -257,7 +263,7 @@ def check_document(doc: Any, where: str = "") -> None:
     elif isinstance(doc, list):
         for index, value in enumerate(doc):
             check_document(value, f"{where}/{index}")
-    elif not (doc is None or isinstance(doc, (bool, str))):
+    elif doc is not None and not isinstance(doc, bool):
         _scalar(doc, where or "/")
 
 

@@ -211,6 +211,7 @@ def test_unique_index(db: Database) -> None:
         {"a.$where": 1},
         {"age": float("nan")},
         {"age": 2**70},
+        {"name": "nul\x00"},
     ],
 )
 def test_unsafe_or_unknown_filters_are_rejected(people: Collection, query: dict[str, Any]) -> None:
@@ -243,7 +244,8 @@ def test_bad_updates_are_rejected_and_change_nothing(
 
 def test_bad_documents_are_rejected(db: Database) -> None:
     c = db.collection(unique_collection())
-    for doc in ({"a.b": 1}, {"$set": 1}, {"x": float("inf")}, {"x": object()}, {"x": {1: 2}}):
+    for doc in ({"a.b": 1}, {"$set": 1}, {"x": float("inf")}, {"x": object()}, {"x": {1: 2}},
+                {"x": "nul\x00byte"}, {"x\x00": 1}, {"x": ["ok", {"y": "\x00"}]}):
         with pytest.raises(ValidationError):
             c.insert_one(doc)  # type: ignore[arg-type]
     assert c.count() == 0

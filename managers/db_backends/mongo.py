@@ -62,7 +62,10 @@ def translate(node: Node) -> dict[str, Any]:
 
 def _compare(name: str, node: Compare) -> dict[str, Any]:
     if node.value is None:
-        return {name: None}  # null or missing, as Mongo itself does
+        # Null or missing, spelled out: {name: None} alone misses a path whose parent is a
+        # scalar on some implementations (mongomock), while $exists is right everywhere.
+        # And like every comparison here, it never looks inside an array.
+        return {"$or": [{name: {"$exists": False}}, {"$and": [{name: None}, {name: _NOT_ARRAY}]}]}
     kind = _TYPES[type(node.value)]
     return {"$and": [{name: {node.op: node.value, "$type": kind}}, {name: _NOT_ARRAY}]}
 
