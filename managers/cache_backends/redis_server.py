@@ -1,0 +1,321 @@
+"""redis:// and rediss://: the key-value store on a Redis server, shared by every worker.
+
+Imported only when one of those schemes is configured (see ``BACKENDS``). Every command runs
+through ``_translated()``: a server that is down or too slow becomes ``DependencyUnavailable``
+(503) for the caller, never a 500. Pub/sub is Redis's: fire-and-forget, so a message
+published while a subscriber is reconnecting is lost, and subscribers must tolerate that.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.client import PubSub
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from core.errors import ConfigError, DependencyUnavailable, Problem
+from managers.cache_backends import SETTING, StoreOptions, deliver, redacted, ttl_milliseconds
+
+log = logging.getLogger("switchboard.redis")
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+# A pooled connection idle this long is PINGed before use, so a restarted server or a
+# dropped NAT mapping is noticed before a command is sent on a dead socket.
+HEALTH_CHECK_SECONDS = 15
+_POLL_SECONDS = 0.2  # how often a subscriber thread looks at its stop flag
+_RECONNECT_FIRST, _RECONNECT_MAX = 0.1, 5.0
+_JOIN_SECONDS = 5.0
+_SCAN_COUNT = 500
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+# EXISTS then INCRBY in one atomic step: the TTL is set only when this call created the key,
+# so a rate-limit window keeps the expiry its first hit gave it (PEXPIRE NX would also set
+# one on an existing key that has none).
+_INCR_WITH_TTL = """
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if created then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return total
+"""
+
+
+class _Commands(Protocol):
+    """The synchronous commands used here, as redis.Redis answers them.
+
+    redis-py types every command as ``result | Awaitable[result]`` (one signature serves its
+    sync and asyncio clients); this narrows them once instead of casting at every call.
+    """
+
+    def get(self, name: str) -> bytes | None: ...
+    def set(self, name: str, value: bytes | str, *, px: int | None, nx: bool) -> bool | None: ...
+    def delete(self, *names: str) -> int: ...
+    def incrby(self, name: str, amount: int) -> int: ...
+    def pttl(self, name: str) -> int: ...
+    def scan_iter(self, *, match: str, count: int) -> Iterator[bytes]: ...
+    def publish(self, channel: str, message: str) -> int: ...
+    def ping(self) -> bool: ...
+    def time(self) -> tuple[int, int]: ...
+    def pubsub(self) -> PubSub: ...
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise DependencyUnavailable("redis is unavailable") from exc
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a SCAN MATCH pattern."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _text(data: Any) -> str:
+    return data.decode() if isinstance(data, bytes) else str(data)
+
+
+class _PubSubSubscription:
+    """One subscriber: its own PubSub connection and thread, reconnecting after outages."""
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        channel: str,
+        callback: Callable[[str], None],
+        forget: Callable[[_PubSubSubscription], None],
+    ) -> None:
+        self._pubsub = pubsub
+        self._channel = channel
+        self._callback = callback
+        self._forget = forget
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"sb-redis-sub:{channel}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        pause = _RECONNECT_FIRST
+        while not self._stopped.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=_POLL_SECONDS)
+            except _UNAVAILABLE as exc:
+                # redis-py reconnects (and resubscribes) on the next read; back off meanwhile.
+                log.warning(
+                    "subscription to %r lost Redis (%s); retrying in %.1fs",
+                    self._channel,
+                    type(exc).__name__,
+                    pause,
+                )
+                self._stopped.wait(pause)
+                pause = min(pause * 2, _RECONNECT_MAX)
+                continue
+            pause = _RECONNECT_FIRST
+            if message is not None and message["type"] == "message":
+                deliver(self._callback, self._channel, _text(message["data"]))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stopped.set()
+        # A callback may close its own subscription: joining itself would deadlock.
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_JOIN_SECONDS)
+        self._forget(self)
+        self._pubsub.close()  # disconnects locally; sends nothing, so it cannot fail
+
+
+class RedisStore:
+    """``KeyValueStore`` on a Redis server; keys and channels carry ``prefix``."""
+
+    name = "redis"
+
+    def __init__(
+        self, client: redis.Redis, subscriber: redis.Redis, *, prefix: str, timeout: float
+    ) -> None:
+        self._pools = (client.connection_pool, subscriber.connection_pool)
+        self._client = cast(_Commands, client)
+        self._subscriber = cast(_Commands, subscriber)
+        self._prefix = prefix
+        self._prefix_bytes = len(prefix.encode())
+        self._timeout = timeout
+        self._incr_with_ttl = client.register_script(_INCR_WITH_TTL)
+        self._subscriptions: set[_PubSubSubscription] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, options: StoreOptions) -> RedisStore:
+        """Pools for commands and for subscriptions, then PING: a dead server fails the boot."""
+        where = redacted(options.url)
+        common: dict[str, Any] = {
+            "socket_timeout": options.socket_timeout,
+            "socket_connect_timeout": options.socket_timeout,
+            "health_check_interval": HEALTH_CHECK_SECONDS,
+            # One immediate retry on a fresh connection covers a socket the server closed
+            # (restart, idle timeout). Timeouts are not retried: a hung server would double
+            # the wait before the 503, and more retries would only delay it further.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        }
+        try:
+            # Blocking: under a burst a call waits up to socket_timeout for a free connection
+            # instead of failing at once with "Too many connections".
+            commands = redis.BlockingConnectionPool.from_url(
+                options.url,
+                max_connections=options.pool_size,
+                timeout=options.socket_timeout,
+                **common,
+            )
+            # Each subscription holds a connection for its lifetime: a separate, unbounded
+            # pool keeps subscribers from starving commands of pool_size.
+            subscriptions = redis.ConnectionPool.from_url(options.url, **common)
+        except ValueError:  # its message may quote parts of the URL
+            raise ConfigError(
+                [Problem(f"REDIS_URL is not a valid Redis URL ({where})", field=SETTING)]
+            ) from None
+        store = cls(
+            redis.Redis(connection_pool=commands),
+            redis.Redis(connection_pool=subscriptions),
+            prefix=options.prefix,
+            timeout=options.socket_timeout,
+        )
+        try:
+            store._client.ping()
+        except AuthenticationError as exc:
+            store.close()
+            raise ConfigError(
+                [
+                    Problem(
+                        f"Redis at {where} refused the credentials in REDIS_URL "
+                        f"({type(exc).__name__})",
+                        field=SETTING,
+                    )
+                ]
+            ) from exc
+        except RedisError as exc:
+            store.close()
+            raise ConfigError(
+                [
+                    Problem(
+                        f"Redis is unreachable at {where} ({type(exc).__name__}): start it or "
+                        "point REDIS_URL at a running server",
+                        field=SETTING,
+                    )
+                ]
+            ) from exc
+        return store
+
+    # --- keys --------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        with _translated():
+            return self._client.get(self._prefix + key)
+
+    def set(
+        self, key: str, value: bytes | str, *, ttl: float | None = None, nx: bool = False
+    ) -> bool:
+        milliseconds = ttl_milliseconds(ttl)
+        with _translated():
+            # One SET with PX and NX: value, expiry and the existence check are atomic.
+            stored = self._client.set(self._prefix + key, value, px=milliseconds, nx=nx)
+        return bool(stored)
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0  # DEL without arguments is a Redis error
+        with _translated():
+            return self._client.delete(*(self._prefix + k for k in keys))
+
+    def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        milliseconds = ttl_milliseconds(ttl)
+        full = self._prefix + key
+        try:
+            with _translated():
+                if milliseconds is None:
+                    return self._client.incrby(full, amount)
+                return int(self._incr_with_ttl(keys=[full], args=[amount, milliseconds]))
+        except ResponseError as exc:  # not an integer, or overflow: the memory backend's error
+            raise ValueError(f"cannot increment {key!r}: {exc}") from exc
+
+    def ttl(self, key: str) -> float | None:
+        with _translated():
+            milliseconds = self._client.pttl(self._prefix + key)
+        return None if milliseconds < 0 else milliseconds / 1000  # -2 missing, -1 no expiry
+
+    def scan(self, prefix: str) -> Iterator[str]:
+        pattern = glob_escape(self._prefix + prefix) + "*"
+        seen: set[bytes] = set()
+        with _translated():
+            for key in self._client.scan_iter(match=pattern, count=_SCAN_COUNT):
+                # SCAN may return a key twice (when the table rehashes mid-scan).
+                if key not in seen:
+                    seen.add(key)
+                    yield key[self._prefix_bytes :].decode()
+
+    # --- pub/sub -----------------------------------------------------------------------
+
+    def publish(self, channel: str, message: str) -> int:
+        with _translated():
+            return self._client.publish(self._prefix + channel, message)
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> _PubSubSubscription:
+        full = self._prefix + channel
+        pubsub = self._subscriber.pubsub()
+        try:
+            with _translated():
+                pubsub.subscribe(full)  # type: ignore[no-untyped-call]  # untyped in redis-py
+                self._confirm(pubsub)
+        except BaseException:
+            pubsub.close()
+            raise
+        subscription = _PubSubSubscription(pubsub, full, callback, self._forget)
+        with self._lock:
+            self._subscriptions.add(subscription)
+        return subscription
+
+    def _confirm(self, pubsub: PubSub) -> None:
+        """Wait for the server's subscribe reply, so a publish right after us reaches us."""
+        deadline = time.monotonic() + self._timeout
+        while (left := deadline - time.monotonic()) > 0:
+            reply = pubsub.get_message(timeout=left)
+            if reply is not None and reply["type"] == "subscribe":
+                return
+        raise RedisTimeoutError("no reply to SUBSCRIBE")
+
+    def _forget(self, subscription: _PubSubSubscription) -> None:
+        with self._lock:
+            self._subscriptions.discard(subscription)
+
+    # --- the rest ----------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        with _translated():
+            return self._client.ping()
+
+    def time(self) -> float:
+        with _translated():
+            seconds, microseconds = self._client.time()
+        return seconds + microseconds / 1_000_000
+
+    def close(self) -> None:
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.close()
+        for pool in self._pools:
+            pool.disconnect()

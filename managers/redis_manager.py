@@ -1,0 +1,86 @@
+"""RedisManager: the app's shared key-value store (memory:// or Redis) and ``ctx.cache``.
+
+The cache, rate limiter, token denylist, presence and idempotency records all keep their
+data in ``manager.store``, so whatever must be shared between worker processes is, as soon as
+``redis.url`` points at a real server. The backend is picked by the URL's scheme from
+``managers.cache_backends.BACKENDS``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from core.cache import Cache
+from core.errors import ConfigError, DependencyUnavailable, Problem
+from core.manager import Health, Manager
+from core.store import KeyValueStore
+from managers.cache_backends import SETTING, Backend, StoreOptions, open_store, scheme_of
+
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+
+
+class RedisManager(Manager):
+    """Owns the store: opened and checked at boot, closed (with its subscriptions) at stop."""
+
+    name = "redis"
+    requires = ("config",)
+
+    def __init__(self) -> None:
+        self._backend: Backend | None = None
+        self._cache: Cache | None = None
+
+    def start(self, app: AppManager) -> None:
+        config = app.config
+        url = str(config["redis.url"])
+        workers = int(config["http.workers"])
+        if scheme_of(url) == "memory" and workers > 1:
+            raise ConfigError(
+                [
+                    Problem(
+                        f"memory:// keeps data inside one process, but http.workers is {workers}: "
+                        "each worker would have its own cache, rate limits and idempotency "
+                        "records. Set REDIS_URL to a Redis server (redis://host:6379/0)",
+                        field=SETTING,
+                    )
+                ]
+            )
+        backend = open_store(
+            StoreOptions(
+                url=url,
+                prefix=str(config["redis.prefix"]),
+                pool_size=int(config["redis.pool_size"]),
+                socket_timeout=float(config["redis.socket_timeout"]),
+            )
+        )
+        self._backend = backend
+        self._cache = Cache(backend)
+
+    @property
+    def store(self) -> KeyValueStore:
+        """The key-value store, for other managers (keys without the configured prefix)."""
+        if self._backend is None:
+            raise RuntimeError("the redis manager has not started")
+        return self._backend
+
+    def handler_facade(self) -> Cache:
+        """``ctx.cache``."""
+        if self._cache is None:
+            raise RuntimeError("the redis manager has not started")
+        return self._cache
+
+    def health(self) -> Health:
+        backend = self._backend
+        if backend is None:
+            return Health("failed", {"error": "not started"})
+        try:
+            backend.ping()
+        except DependencyUnavailable as exc:
+            cause = exc.__cause__ or exc
+            return Health("failed", {"backend": backend.name, "error": type(cause).__name__})
+        return Health("ok", {"backend": backend.name})
+
+    def stop(self) -> None:
+        backend, self._backend, self._cache = self._backend, None, None
+        if backend is not None:
+            backend.close()
