@@ -98,7 +98,12 @@ class AppManager:
         ]
         if problems:
             raise BootError(problems)
-        sorter = TopologicalSorter({m.name: m.requires for m in self._managers.values()})
+        sorter = TopologicalSorter(
+            {
+                m.name: (*m.requires, *(a for a in m.after if a in self._managers))
+                for m in self._managers.values()
+            }
+        )
         try:
             return list(sorter.static_order())
         except CycleError as exc:

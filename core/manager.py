@@ -27,12 +27,15 @@ class Manager:
     """Base class of every manager.
 
     ``name`` is how other managers and handlers reach it (``app_manager.<name>``,
-    ``ctx.<name>``); ``requires`` names the managers that must start before it.
+    ``ctx.<name>``); ``requires`` names the managers that must start before it, ``after``
+    those that must start before it when present.
     ``required`` says whether a ``failed`` health makes the app not ready.
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
+    # Start after these when the app runs them; unlike ``requires`` they may be absent.
+    after: ClassVar[tuple[str, ...]] = ()
     required: ClassVar[bool] = True
 
     def start(self, app: AppManager) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -18,6 +20,7 @@ from core.errors import ManagerStopError, ModuleError, Problem
 from core.hooks import MODULE_LOADED, HookEmitter
 from core.manager import Health, Manager
 from core.module import MANIFEST_KEYS, MODULE_NAME, MODULE_PACKAGE, BaseModule, ModuleManifest
+from core.state import MachineRegistry, parse_machine
 from core.yamlfile import YamlFileError, load_yaml_file
 
 if TYPE_CHECKING:
@@ -157,6 +160,17 @@ def _import_package(manifest: ModuleManifest) -> types.ModuleType:
     return package
 
 
+def _resolve(package: str, ref: str) -> Any:
+    """``"handlers:can_ship"`` inside the module package."""
+    module_path, _, attr = ref.partition(":")
+    if not attr:
+        raise ValueError("use 'python_module:function'")
+    function = getattr(importlib.import_module(f"{package}.{module_path}"), attr)
+    if not callable(function):
+        raise TypeError(f"{ref} is not callable")
+    return function
+
+
 def _module_class(package: types.ModuleType) -> type[BaseModule]:
     """``__all__[0]`` if it names a BaseModule subclass, else the first one defined here."""
     exported = getattr(package, "__all__", None)
@@ -184,6 +198,19 @@ class ModuleManager(Manager):
 
     name = "modules"
     requires = ("config", "hooks")
+    # Modules initialize once every service they may use is up.
+    after = (
+        "db",
+        "redis",
+        "state",
+        "vault",
+        "jwt",
+        "api_keys",
+        "rate_limiter",
+        "websocket",
+        "services",
+        "metrics",
+    )
 
     def __init__(self) -> None:
         self._modules: dict[str, LoadedModule] = {}
@@ -256,10 +283,42 @@ class ModuleManager(Manager):
                 for req in manifest.requires
                 if not app.has(req)
             )
+        problems.extend(self._define_machines(app, root))
         if problems:
             raise ModuleError(problems)
         self._order = self._dependency_order(root)
         self._initialize_all(app)
+
+    def _define_machines(self, app: AppManager, root: Path) -> list[Problem]:
+        """Hand module.yaml ``state_machines`` to the state manager, before any initialize()."""
+        problems: list[Problem] = []
+        for loaded in self._modules.values():
+            declared = loaded.manifest.state_machines
+            if not declared:
+                continue
+            where: dict[str, str | None] = {
+                "file": _rel(loaded.manifest.path / "module.yaml", root),
+                "module": loaded.name,
+            }
+            if not app.has("state"):
+                problems.append(
+                    Problem(
+                        "declares state_machines, but this app runs no state manager",
+                        field="state_machines",
+                        **where,
+                    )
+                )
+                continue
+            registry: MachineRegistry = app.get("state")
+            package = loaded.package.__name__
+            for name, spec in declared.items():
+                machine, found = parse_machine(
+                    f"{loaded.name}.{name}", spec, functools.partial(_resolve, package), where
+                )
+                problems.extend(found)
+                if machine is not None:
+                    registry.define(machine)
+        return problems
 
     def _discover(
         self, app: AppManager, root: Path, problems: list[Problem]

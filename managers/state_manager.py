@@ -1,0 +1,289 @@
+"""StateManager: named state machines whose truth lives in the database.
+
+Reads go through three tiers: this worker's memory (trusted for ``state.local_ttl``), the
+shared store behind the ``redis`` manager, then the database. A transition is one
+database transaction that re-reads the record and writes it only if its version is still
+the one read, so of several concurrent transitions from the same version exactly one
+wins. After the commit the new record goes to the shared store, other workers are told to
+drop their copy (pub/sub), and hook ``state.changed`` fires.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from core.errors import Conflict, NotFound, ValidationError
+from core.manager import Health, Manager
+from core.state import Machine
+from core.store import KeyValueStore, Subscription
+
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+    from managers.database_manager import Database
+
+log = logging.getLogger("switchboard.state")
+
+STATE_CHANGED = "state.changed"
+CHANNEL = "state-invalidate"
+SHARED_TTL = 30.0  # the shared copy's lifetime bounds staleness if an update races its write
+
+
+class StateManager(Manager):
+    """``ctx.state``: create, get, transition, history and delete of machine instances."""
+
+    name = "state"
+    requires = ("config", "db", "redis", "hooks")
+
+    def __init__(self) -> None:
+        self._machines: dict[str, Machine] = {}
+        self._local: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._subscription: Subscription | None = None
+        self._db: Database | None = None
+        self._store: KeyValueStore | None = None
+        self._hooks: Any = None
+        self._local_ttl = 1.0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, app: AppManager) -> None:
+        self._db = app.get("db").handler_facade()
+        self._store = app.get("redis").store
+        self._hooks = app.get("hooks")
+        self._local_ttl = float(app.config["state.local_ttl"])
+        history = self._db.collection("sb_state_history")
+        history.create_index(["kind", "id", "version"], unique=True)
+        self._subscription = self._store.subscribe(CHANNEL, self._invalidated)
+
+    def stop(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+
+    def health(self) -> Health:
+        return Health("ok", {"machines": sorted(self._machines)})
+
+    def handler_facade(self) -> StateManager:
+        return self
+
+    def define(self, machine: Machine) -> None:
+        """Register a machine (module.yaml ``state_machines`` arrive here at module load)."""
+        if machine.kind in self._machines:
+            raise ValueError(f"state machine {machine.kind!r} is defined twice")
+        self._machines[machine.kind] = machine
+
+    # --- the API ----------------------------------------------------------------------
+
+    def create(self, kind: str, id: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A new instance in the machine's initial state; an existing id is a Conflict."""
+        machine = self._machine(kind)
+        key = _key(kind, id)
+        now = time.time()
+        body = {
+            "kind": kind,
+            "id": id,
+            "state": machine.initial,
+            "data": dict(data or {}),
+            "updated_at": now,
+        }
+
+        def work() -> None:
+            self._records().insert_one({"_id": key, **body})
+            self._history().insert_one(
+                {
+                    "kind": kind,
+                    "id": id,
+                    "from": None,
+                    "to": machine.initial,
+                    "version": 1,
+                    "at": now,
+                }
+            )
+
+        self._database().run_transaction(work)
+        record = {**body, "version": 1}
+        self._published(key, record)
+        self._hooks.emit(
+            STATE_CHANGED, kind=kind, id=id, **{"from": None}, to=machine.initial, version=1
+        )
+        return record
+
+    def get(self, kind: str, id: str) -> dict[str, Any] | None:
+        self._machine(kind)
+        key = _key(kind, id)
+        with self._lock:
+            cached = self._local.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return dict(cached[1])
+        shared = self._store_().get(f"state:{key}")
+        if shared is not None:
+            record: dict[str, Any] = json.loads(shared)
+        else:
+            doc = self._records().find_one({"_id": key})
+            if doc is None:
+                return None
+            record = _record(doc)
+            self._store_().set(f"state:{key}", _dumps(record), ttl=SHARED_TTL, nx=True)
+        self._remember(key, record)
+        return dict(record)
+
+    def transition(
+        self,
+        kind: str,
+        id: str,
+        to: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Move to ``to``: 404 unknown instance, 409 illegal move, refused guard or moved
+        version, 422 unknown state. ``data`` is merged into the instance's data."""
+        machine = self._machine(kind)
+        if to not in machine.states:
+            raise ValidationError(f"{kind} has no state {to!r}")
+        key = _key(kind, id)
+        moved: dict[str, Any] = {}
+
+        def work() -> None:
+            doc = self._records().find_one({"_id": key})
+            if doc is None:
+                raise NotFound(f"no {kind} {id!r}")
+            version = doc["_version"]
+            if expected_version is not None and version != expected_version:
+                raise Conflict(
+                    f"{kind} {id!r} is at version {version}, not {expected_version}",
+                    extra={"current_version": version},
+                )
+            current = doc["state"]
+            if not machine.allows(current, to):
+                raise Conflict(f"{kind} {id!r} cannot go from {current!r} to {to!r}")
+            guard = machine.guards.get(to)
+            if guard is not None and not guard(_record(doc), to, dict(data or {})):
+                raise Conflict(f"the guard of {kind} refused {current!r} -> {to!r}")
+            now = time.time()
+            merged = {**doc["data"], **(data or {})}
+            # expected_version makes the write fail if anyone moved the record since it
+            # was read inside this transaction: the database decides, not a cache.
+            self._records().update_one(
+                {"_id": key},
+                {"$set": {"state": to, "data": merged, "updated_at": now}},
+                expected_version=version,
+            )
+            self._history().insert_one(
+                {
+                    "kind": kind,
+                    "id": id,
+                    "from": current,
+                    "to": to,
+                    "version": version + 1,
+                    "at": now,
+                }
+            )
+            moved.update(
+                kind=kind,
+                id=id,
+                state=to,
+                data=merged,
+                updated_at=now,
+                version=version + 1,
+                previous=current,
+            )
+
+        self._database().run_transaction(work)
+        previous = moved.pop("previous")
+        self._published(key, moved)
+        self._hooks.emit(
+            STATE_CHANGED, kind=kind, id=id, **{"from": previous}, to=to, version=moved["version"]
+        )
+        return dict(moved)
+
+    def history(self, kind: str, id: str) -> list[dict[str, Any]]:
+        self._machine(kind)
+        entries = self._history().find({"kind": kind, "id": id}, sort=[("version", 1)])
+        return [{k: e[k] for k in ("from", "to", "version", "at")} for e in entries]
+
+    def delete(self, kind: str, id: str) -> bool:
+        self._machine(kind)
+        key = _key(kind, id)
+
+        def work() -> bool:
+            if not self._records().delete_one({"_id": key}):
+                return False
+            while self._history().delete_one({"kind": kind, "id": id}):
+                pass
+            return True
+
+        deleted = self._database().run_transaction(work)
+        if deleted:
+            self._store_().delete(f"state:{key}")
+            self._forget(key)
+            self._store_().publish(CHANNEL, key)
+        return deleted
+
+    # --- tiers ------------------------------------------------------------------------
+
+    def _published(self, key: str, record: Mapping[str, Any]) -> None:
+        self._store_().set(f"state:{key}", _dumps(record), ttl=SHARED_TTL)
+        self._remember(key, dict(record))
+        self._store_().publish(CHANNEL, key)
+
+    def _remember(self, key: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._local[key] = (time.monotonic() + self._local_ttl, record)
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._local.pop(key, None)
+
+    def _invalidated(self, key: str) -> None:
+        self._forget(key)
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _machine(self, kind: str) -> Machine:
+        machine = self._machines.get(kind)
+        if machine is None:
+            raise LookupError(f"no state machine {kind!r}; defined: {sorted(self._machines)}")
+        return machine
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("the state manager is not started")
+        return self._db
+
+    def _store_(self) -> KeyValueStore:
+        if self._store is None:
+            raise RuntimeError("the state manager is not started")
+        return self._store
+
+    def _records(self) -> Any:
+        return self._database().collection("sb_states")
+
+    def _history(self) -> Any:
+        return self._database().collection("sb_state_history")
+
+
+def _key(kind: str, id: str) -> str:
+    if not isinstance(id, str) or not id or len(id) > 200:
+        raise ValidationError("a state id is a non-empty string of at most 200 characters")
+    return f"{kind}:{id}"
+
+
+def _record(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": doc["kind"],
+        "id": doc["id"],
+        "state": doc["state"],
+        "data": doc["data"],
+        "updated_at": doc["updated_at"],
+        "version": doc["_version"],
+    }
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"))
