@@ -26,6 +26,7 @@ from core.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from core.idempotency import HEADER as IDEMPOTENCY_HEADER
 from core.logging import request_id_var
 from core.openapi import openapi_document
 from core.pipeline import CallRequest, Pipeline, may_call
@@ -103,6 +104,7 @@ def _call_request(name: str, params: Any) -> CallRequest:
         client_ip=request.remote_addr,
         transport="http",
         headers=request.headers,  # type: ignore[arg-type]
+        idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
     )
 
 
@@ -114,7 +116,12 @@ def create_blueprint() -> Blueprint:
         _check_content_type()
         params = parse_json_object(request.get_data(cache=False))
         result = state().pipeline.invoke(_call_request(name, params))
-        return Response(result.body, status=200, mimetype="application/json")
+        return Response(
+            result.body,
+            status=result.status,
+            mimetype=result.content_type,
+            headers=dict(result.headers),
+        )
 
     @bp.get("/api/v1/actions")
     def list_actions() -> Response:

@@ -29,6 +29,7 @@ from core.errors import (
     Unauthorized,
 )
 from core.hooks import ACTION_AFTER, ACTION_BEFORE, ACTION_FAILED, HookEmitter
+from core.idempotency import REPLAYED, Claim, Idempotency, StoredResponse
 from core.logging import request_id_var
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class CallRequest:
     transport: str = "http"
     headers: Mapping[str, str] = field(default_factory=dict)
     caller: Caller | None = None  # preset by trusted transports (the CLI runs as system)
+    idempotency_key: str | None = None  # the Idempotency-Key header (or Socket.IO field)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Call:
     found: Action | None = None  # set once the name is looked up
     params: dict[str, Any] = field(default_factory=dict)
     result: Any = None
+    claim: Claim | None = None  # held while an idempotent call runs
 
     @property
     def action(self) -> Action:
@@ -91,10 +94,17 @@ class Call:
 
 @dataclass(frozen=True)
 class CallResult:
-    """A successful call: the envelope, and its JSON text as the respond step encoded it."""
+    """What the transport sends: the JSON text as the respond step encoded it (or as it was
+    stored, for an idempotent replay), its status, content type and extra headers."""
 
-    envelope: dict[str, Any]
     body: str
+    status: int = 200
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        return json.loads(self.body)  # type: ignore[no-any-return]
 
     @property
     def data(self) -> Any:
@@ -116,7 +126,7 @@ def respond(call: Call, duration_ms: float) -> CallResult:
         body = json.dumps(envelope, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{call.spec.name} returned a value that is not JSON: {exc}") from exc
-    return CallResult(envelope, body)
+    return CallResult(body)
 
 
 Step = Callable[[Call], None]
@@ -167,10 +177,12 @@ def masked(params: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
     return {k: (MASK if k in secret else v) for k, v in params.items()} if secret else dict(params)
 
 
-DEFAULT_STEPS: tuple[tuple[str, Step], ...] = (
-    ("authorize", authorize),
-    ("validate", validate),
-)
+class _Replay(Exception):
+    """Raised by the idempotency step: the stored response answers this call."""
+
+    def __init__(self, stored: StoredResponse) -> None:
+        super().__init__("replay")
+        self.stored = stored
 
 
 class Pipeline:
@@ -184,14 +196,24 @@ class Pipeline:
         modules: ModuleAvailability,
         hooks: HookEmitter | None = None,
         identify: Identify = identify_anonymous,
-        steps: Sequence[tuple[str, Step]] = DEFAULT_STEPS,
+        idempotency: Idempotency | None = None,
+        steps: Sequence[tuple[str, Step]] | None = None,
     ) -> None:
         self.app = app
         self.identify = identify
         self.registry = registry
         self.modules = modules
         self.hooks = hooks
-        self.steps: tuple[tuple[str, Step], ...] = tuple(steps)
+        self.idempotency = idempotency
+        self.steps: tuple[tuple[str, Step], ...] = tuple(
+            steps
+            if steps is not None
+            else (
+                ("authorize", authorize),
+                ("idempotency", self._claim),
+                ("validate", validate),
+            )
+        )
         self.check_returns = not app.config.is_production
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._timeout_workers = int(app.config["actions.timeout_workers"])
@@ -219,9 +241,14 @@ class Pipeline:
             for _name, step in self.steps:
                 step(call)
             self._run(call)
-            duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+            duration_ms = self._elapsed(call)
             result = respond(call, duration_ms)
+        except _Replay as replay:
+            stored = replay.stored
+            self._audit(call, stored.status, self._elapsed(call), "replayed")
+            return CallResult(stored.body, stored.status, stored.content_type, {REPLAYED: "true"})
         except ActionError as exc:
+            self._settle(call, error=exc)
             self._failed(call, exc)
             raise
         except Exception as exc:
@@ -231,12 +258,49 @@ class Pipeline:
             error = InternalError(
                 f"an unexpected error occurred; quote request id {request.request_id}"
             )
+            self._settle(call)
             self._failed(call, error)
             raise error from exc
+        self._settle(call, result=result)
         self._audit(call, 200, duration_ms)
         if self.hooks is not None and self.hooks.has_listeners(ACTION_AFTER):
             self.hooks.emit(ACTION_AFTER, **self._hook_data(call), duration_ms=duration_ms)
         return result
+
+    # --- idempotency ------------------------------------------------------------------
+
+    def _claim(self, call: Call) -> None:
+        """The idempotency step: claim the key, or replay what the first call answered."""
+        key = call.request.idempotency_key
+        if self.idempotency is None or key is None or not call.spec.idempotent:
+            return
+        caller = call.caller
+        who = f"{caller.kind}:{caller.id}" if caller.id else f"ip:{call.request.client_ip}"
+        outcome = self.idempotency.begin(call.spec.name, who, key, call.request.params)
+        if isinstance(outcome, StoredResponse):
+            raise _Replay(outcome)
+        call.claim = outcome
+
+    def _settle(
+        self, call: Call, *, result: CallResult | None = None, error: ActionError | None = None
+    ) -> None:
+        """Store the outcome for replay (or release the claim after a crash). The call's
+        own outcome stands even if the store fails: the claim then expires by itself."""
+        if call.claim is None or self.idempotency is None:
+            return
+        try:
+            if result is not None:
+                self.idempotency.finish(call.claim, result.status, result.body, result.content_type)
+            elif error is not None:
+                self.idempotency.finish_error(call.claim, error, call.request.request_id)
+            else:
+                self.idempotency.release(call.claim)
+        except ActionError:
+            log.exception("could not settle the idempotency record of %s", call.request.action)
+
+    @staticmethod
+    def _elapsed(call: Call) -> float:
+        return round((time.perf_counter() - call.started) * 1000, 3)
 
     # --- the run step -----------------------------------------------------------------
 
@@ -296,7 +360,7 @@ class Pipeline:
         }
 
     def _failed(self, call: Call, error: ActionError) -> None:
-        duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
+        duration_ms = self._elapsed(call)
         self._audit(call, error.status, duration_ms, error.slug)
         if self.hooks is not None and self.hooks.has_listeners(ACTION_FAILED):
             self.hooks.emit(

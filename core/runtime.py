@@ -10,6 +10,7 @@ from core.app_manager import AppManager
 from core.config import Config
 from core.hooks import APP_STARTED, APP_STOPPING, HookEmitter
 from core.http import init_http, state
+from core.idempotency import Idempotency
 from core.manager import Manager
 from core.pipeline import ActionRegistry, ModuleAvailability, Pipeline
 
@@ -24,7 +25,12 @@ def build_app(config: Config, managers: Sequence[Manager]) -> Flask:
     hooks: HookEmitter | None = app_manager.get("hooks") if app_manager.has("hooks") else None
     registry: ActionRegistry = app_manager.get("actions")
     modules: ModuleAvailability = app_manager.get("modules")
-    pipeline = Pipeline(app_manager, registry=registry, modules=modules, hooks=hooks)
+    idempotency = None
+    if app_manager.has("redis"):
+        idempotency = Idempotency(app_manager.get("redis").store, config["idempotency.ttl"])
+    pipeline = Pipeline(
+        app_manager, registry=registry, modules=modules, hooks=hooks, idempotency=idempotency
+    )
     init_http(flask_app, app_manager, pipeline)
     register_routes = getattr(modules, "register_routes", None)
     if callable(register_routes):

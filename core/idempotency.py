@@ -1,0 +1,121 @@
+"""Idempotent replay: the first result for an ``Idempotency-Key`` is stored and replayed.
+
+For an action declared ``idempotent: true``, a call with a key first *claims* it in the
+shared store (SET NX, so exactly one of several concurrent calls wins). The winner runs
+and stores its status and body for ``idempotency.ttl``; a retry with the same key, caller
+and params gets exactly that response back with ``Idempotent-Replayed: true``. A retry
+while the first still runs gets 409 with Retry-After; the same key with other params 422.
+Server errors (5xx) are not stored: the claim is released so the client can try again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import (
+    ActionError,
+    IdempotencyInProgress,
+    IdempotencyMismatch,
+    MalformedRequest,
+)
+from core.store import KeyValueStore
+
+KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft's examples
+HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+RUNNING_TTL = 300.0  # a claim whose worker died frees itself after this long
+_NOT_STORED = {429, IdempotencyInProgress.status}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to run a call for one key; ``finish`` or ``release`` it."""
+
+    record: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response exactly as the first call answered it."""
+
+    status: int
+    body: str
+    content_type: str
+
+
+def fingerprint(params: Any) -> str:
+    """A hash of the raw params, independent of key order."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Idempotency:
+    """Claims, stores and replays results in the shared key-value store."""
+
+    def __init__(self, store: KeyValueStore, ttl: float) -> None:
+        self._store = store
+        self._ttl = ttl
+
+    def begin(self, action: str, caller: str, key: str, params: Any) -> Claim | StoredResponse:
+        """A ``Claim`` to run, or the stored response to replay; raises 409/422 otherwise."""
+        if not KEY.match(key):
+            raise MalformedRequest(f"{HEADER} must be 1-255 visible ASCII characters")
+        digest = hashlib.sha256(f"{action}\n{caller}\n{key}".encode()).hexdigest()
+        record = f"idem:{digest}"
+        mine = fingerprint(params)
+        running = json.dumps({"state": "running", "params": mine})
+        for _ in range(3):  # a record may expire between our SET NX and GET
+            if self._store.set(record, running, ttl=RUNNING_TTL, nx=True):
+                return Claim(record, mine)
+            raw = self._store.get(record)
+            if raw is None:
+                continue
+            stored = json.loads(raw)
+            if stored["params"] != mine:
+                raise IdempotencyMismatch(
+                    f"{HEADER} {key!r} was used with different params for {action}"
+                )
+            if stored["state"] == "running":
+                raise IdempotencyInProgress(
+                    f"a request with {HEADER} {key!r} is still running; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            return StoredResponse(stored["status"], stored["body"], stored["content_type"])
+        raise IdempotencyInProgress(
+            "the idempotency record is changing; retry shortly", headers={"Retry-After": "1"}
+        )
+
+    def finish(self, claim: Claim, status: int, body: str, content_type: str) -> None:
+        """Store the response for replay (server errors release the claim instead)."""
+        if status >= 500 or status in _NOT_STORED:
+            self.release(claim)
+            return
+        self._store.set(
+            claim.record,
+            json.dumps(
+                {
+                    "state": "done",
+                    "params": claim.fingerprint,
+                    "status": status,
+                    "body": body,
+                    "content_type": content_type,
+                }
+            ),
+            ttl=self._ttl,
+        )
+
+    def finish_error(self, claim: Claim, error: ActionError, request_id: str) -> None:
+        self.finish(
+            claim,
+            error.status,
+            json.dumps(error.problem(request_id), separators=(",", ":")),
+            "application/problem+json",
+        )
+
+    def release(self, claim: Claim) -> None:
+        self._store.delete(claim.record)
