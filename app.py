@@ -29,15 +29,25 @@ from core.manager import Manager
 from core.pipeline import CallRequest
 from core.runtime import build_app, shutdown_app
 from managers.action_discovery_manager import ActionDiscoveryManager
+from managers.database_manager import DatabaseManager
 from managers.hooks_manager import HooksManager
 from managers.module_manager import ModuleManager
+from managers.redis_manager import RedisManager
+from managers.state_manager import StateManager
 
 ROOT = Path(__file__).resolve().parent
 
 
 def default_managers() -> list[Manager]:
     """The managers this build of Switchboard runs (config is added by the AppManager)."""
-    return [HooksManager(), ModuleManager(), ActionDiscoveryManager()]
+    return [
+        HooksManager(),
+        DatabaseManager(),
+        RedisManager(),
+        StateManager(),
+        ModuleManager(),
+        ActionDiscoveryManager(),
+    ]
 
 
 def load(

@@ -26,8 +26,9 @@ WriteModule = Callable[..., Path]
 
 
 @pytest.fixture
-def make_app() -> Iterator[MakeApp]:
-    """Build apps with an isolated environment (APP_ENV=test plus ``env``); shut down after."""
+def make_app(tmp_path: Path) -> Iterator[MakeApp]:
+    """Build apps with an isolated environment (APP_ENV=test, a SQLite file of this test's
+    own, plus ``env``); shut them down after the test."""
     built: list[Flask] = []
 
     def make(
@@ -36,7 +37,7 @@ def make_app() -> Iterator[MakeApp]:
         root: Path | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> Flask:
-        environ = {"APP_ENV": "test", **(env or {})}
+        environ = {"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{tmp_path}/app.db", **(env or {})}
         app = create_app(environ, overrides=overrides, root=root or ROOT)
         built.append(app)
         return app

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """``python app.py *args`` in the project root with APP_ENV=test (plus ``env``)."""
     environ = {k: v for k, v in os.environ.items() if k != "MODULES_PATH"}
+    environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='sbtest')}/app.db"
     environ.update({"APP_ENV": "test", **(env or {})})
     return subprocess.run(
         [sys.executable, "app.py", *args],

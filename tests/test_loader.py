@@ -324,7 +324,7 @@ def test_the_same_module_name_twice_names_both_paths(
         ("colour: red\n", "colour", "unknown key"),
         ("name: Bad-Name\n", "name", "must match"),
         ("depends_on: other\n", "depends_on", "list of strings"),
-        ("requires: [db]\n", "requires", "manager 'db'"),
+        ("requires: [telepathy]\n", "requires", "manager 'telepathy'"),
         ("version: [1]\n", "version", "string"),
     ],
 )

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +35,7 @@ def free_port() -> int:
 
 def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if k != "MODULES_PATH"}
+    environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='sbtest')}/app.db"
     environ.update({"APP_ENV": "test", **(extra or {})})
     return environ
 
@@ -102,7 +104,7 @@ def wait_until_live(server: Server) -> None:
 
 
 @contextlib.contextmanager
-def running(log_dir: Path, *args: str) -> Iterator[Server]:
+def running(log_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> Iterator[Server]:
     """``python app.py <args> --port <free> --host 127.0.0.1``; killed on the way out."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
@@ -110,7 +112,7 @@ def running(log_dir: Path, *args: str) -> Iterator[Server]:
         process = subprocess.Popen(
             [sys.executable, "app.py", *args, "--port", str(port), "--host", "127.0.0.1"],
             cwd=ROOT,
-            env=environment(),
+            env=environment(env),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -214,8 +216,10 @@ def test_serve_is_the_default_command(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
-def test_two_workers_answer_requests(tmp_path: Path) -> None:
-    with running(tmp_path, "serve", "--workers", "2") as server:
+def test_two_workers_answer_requests(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    # Several workers need a shared store: memory:// would be refused.
+    shared = {"REDIS_URL": redis_url, "SB_REDIS__PREFIX": redis_prefix}
+    with running(tmp_path, "serve", "--workers", "2", env=shared) as server:
         for n in range(20):
             message = f"hi {n}"
             response = server.post(
@@ -226,6 +230,20 @@ def test_two_workers_answer_requests(tmp_path: Path) -> None:
         assert server.get("/health/ready").status == 200
         assert server.stop() == 0
         assert "Traceback" not in server.output()
+
+
+def test_serve_refuses_memory_store_with_several_workers() -> None:
+    done = subprocess.run(
+        [sys.executable, "app.py", "serve", "--workers", "2", "--port", str(free_port())],
+        cwd=ROOT,
+        env=environment({"REDIS_URL": "memory://"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "REDIS_URL" in done.stderr and "memory://" in done.stderr
 
 
 def test_serve_with_a_broken_module_exits_with_the_problem(tmp_path: Path) -> None:
