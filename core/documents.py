@@ -254,8 +254,13 @@ def check_document(doc: Any, where: str = "") -> None:
     """Documents are JSON objects: string keys without dots or ``$``, finite numbers."""
     if isinstance(doc, Mapping):
         for key, value in doc.items():
-            if (not isinstance(key, str) or not key or "." in key or key.startswith("$")
-                    or "\x00" in key):
+            if (
+                not isinstance(key, str)
+                or not key
+                or "." in key
+                or key.startswith("$")
+                or "\x00" in key
+            ):
                 raise _bad(
                     f"{where}/{key}", "keys must be non-empty strings without '.' or a leading '$'"
                 )
