@@ -28,7 +28,6 @@ KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft's 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 RUNNING_TTL = 300.0  # a claim whose worker died frees itself after this long
-_NOT_STORED = {429, IdempotencyInProgress.status}
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class Idempotency:
 
     def finish(self, claim: Claim, status: int, body: str, content_type: str) -> None:
         """Store the response for replay (server errors release the claim instead)."""
-        if status >= 500 or status in _NOT_STORED:
+        if status >= 500:
             self.release(claim)
             return
         self._store.set(
