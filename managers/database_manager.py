@@ -70,6 +70,7 @@ def _postgres(url: str, config: Config, *, read_only: bool = False) -> Backend:
         pool_timeout=config["database.pool_timeout"],
         statement_timeout=config["database.statement_timeout"],
         connect_retries=config["database.connect_retries"],
+        read_only=read_only,
     )
 
 

@@ -109,8 +109,10 @@ class PostgresBackend(SqlBackend):
         pool_timeout: float,
         statement_timeout: float,
         connect_retries: int,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
+        self.read_only = read_only
         self._url = url
         self._pool_size = pool_size
         self._pool_timeout = pool_timeout

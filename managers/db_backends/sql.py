@@ -248,6 +248,7 @@ class SqlBackend(ABC):
     def close(self) -> None: ...
 
     for_update = ""  # row lock clause of the engine (SQLite locks the whole file instead)
+    read_only = False  # a DATABASE_READ_URL backend: never creates tables
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -270,12 +271,16 @@ class SqlBackend(ABC):
         if getattr(self._local, "session", None) is not None:
             yield
             return
+        self._local.created = set()
         with self._translated(), self._begin() as session:
             self._local.session = session
             try:
                 yield
             finally:
                 self._local.session = None
+        # Committed: the tables it created exist now (a rollback would have undone them).
+        with self._known_lock:
+            self._known.update(self._local.created)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -291,11 +296,12 @@ class SqlBackend(ABC):
         """The collection's table, created on first use in a session of its own so a rolled
         back operation never leaves the cache claiming a table that is not there."""
         table = f"doc_{collection_name(name)}"
-        if table in self._known:
+        if table in self._known or self.read_only:  # a replica gets tables from the primary
             return table
         current = getattr(self._local, "session", None)
         if current is not None:  # inside a transaction: created (and undone) with it
             self._create_table(current, table)
+            self._local.created.add(table)
             return table
         with self._translated(), self._connect(write=False) as session:
             self._create_table(session, table)

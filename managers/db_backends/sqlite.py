@@ -88,6 +88,7 @@ class SqliteBackend(SqlBackend):
         self.path = path
         self._busy_timeout = busy_timeout
         self._read_only = read_only
+        self.read_only = read_only
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
         self._all: list[sqlite3.Connection] = []
