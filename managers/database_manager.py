@@ -151,12 +151,30 @@ class Database:
     def transaction(self) -> Iterator[None]:
         """Everything this thread does with ``ctx.db`` inside the block commits together or
         not at all; nested blocks join the outer one."""
-        self._local.depth = getattr(self._local, "depth", 0) + 1
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._local.after = []
+        self._local.depth = depth + 1
+        committed = False
         try:
             with self._primary.transaction():
                 yield
+            committed = True
         finally:
             self._local.depth -= 1
+            if self._local.depth == 0:
+                pending, self._local.after = self._local.after, []
+                if committed:
+                    for callback in pending:
+                        callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the outermost transaction commits (never if it rolls back);
+        outside a transaction, run it now."""
+        if self.in_transaction():
+            self._local.after.append(callback)
+        else:
+            callback()
 
     def run_transaction(self, work: Callable[[], T], *, retries: int = 5) -> T:
         """Run ``work()`` in a transaction, again (with backoff) when it loses a race."""

@@ -4,12 +4,17 @@ Reads go through three tiers: this worker's memory (trusted for ``state.local_tt
 shared store behind the ``redis`` manager, then the database. A transition is one
 database transaction that re-reads the record and writes it only if its version is still
 the one read, so of several concurrent transitions from the same version exactly one
-wins. After the commit the new record goes to the shared store, other workers are told to
-drop their copy (pub/sub), and hook ``state.changed`` fires.
+wins. Once that transaction commits (the caller's own, if it runs inside one), the shared
+copy is dropped, other workers are told to drop theirs (pub/sub), and hook
+``state.changed`` fires. Dropping rather than writing the shared copy means two commits
+can never leave the older record there; a reader that refills it from an older read can,
+for at most ``SHARED_TTL``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import threading
@@ -17,7 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.errors import Conflict, NotFound, ValidationError
+from core.errors import Conflict, DependencyUnavailable, NotFound, ValidationError
 from core.manager import Health, Manager
 from core.state import Machine
 from core.store import KeyValueStore, Subscription
@@ -30,7 +35,7 @@ log = logging.getLogger("switchboard.state")
 
 STATE_CHANGED = "state.changed"
 CHANNEL = "state-invalidate"
-SHARED_TTL = 30.0  # the shared copy's lifetime bounds staleness if an update races its write
+SHARED_TTL = 5.0  # bounds the rare refill race described above
 
 
 class StateManager(Manager):
@@ -105,13 +110,11 @@ class StateManager(Manager):
                 }
             )
 
-        self._database().run_transaction(work)
+        database = self._database()
+        database.run_transaction(work)
         record = {**body, "version": 1}
-        self._published(key, record)
-        self._hooks.emit(
-            STATE_CHANGED, kind=kind, id=id, **{"from": None}, to=machine.initial, version=1
-        )
-        return record
+        database.after_commit(lambda: self._announce(key, record, None))
+        return copy.deepcopy(record)
 
     def get(self, kind: str, id: str) -> dict[str, Any] | None:
         self._machine(kind)
@@ -119,8 +122,12 @@ class StateManager(Manager):
         with self._lock:
             cached = self._local.get(key)
         if cached is not None and cached[0] > time.monotonic():
-            return dict(cached[1])
-        shared = self._store_().get(f"state:{key}")
+            return copy.deepcopy(cached[1])
+        store_up = True
+        try:
+            shared = self._store_().get(f"state:{key}")
+        except DependencyUnavailable:  # the database is the truth: read it instead
+            shared, store_up = None, False
         if shared is not None:
             record: dict[str, Any] = json.loads(shared)
         else:
@@ -128,9 +135,11 @@ class StateManager(Manager):
             if doc is None:
                 return None
             record = _record(doc)
-            self._store_().set(f"state:{key}", _dumps(record), ttl=SHARED_TTL, nx=True)
+            if store_up:
+                with contextlib.suppress(DependencyUnavailable):
+                    self._store_().set(f"state:{key}", _dumps(record), ttl=SHARED_TTL, nx=True)
         self._remember(key, record)
-        return dict(record)
+        return copy.deepcopy(record)
 
     def transition(
         self,
@@ -194,13 +203,11 @@ class StateManager(Manager):
                 previous=current,
             )
 
-        self._database().run_transaction(work)
+        database = self._database()
+        database.run_transaction(work)
         previous = moved.pop("previous")
-        self._published(key, moved)
-        self._hooks.emit(
-            STATE_CHANGED, kind=kind, id=id, **{"from": previous}, to=to, version=moved["version"]
-        )
-        return dict(moved)
+        database.after_commit(lambda: self._announce(key, moved, previous))
+        return copy.deepcopy(moved)
 
     def history(self, kind: str, id: str) -> list[dict[str, Any]]:
         self._machine(kind)
@@ -218,19 +225,40 @@ class StateManager(Manager):
                 pass
             return True
 
-        deleted = self._database().run_transaction(work)
+        database = self._database()
+        deleted = database.run_transaction(work)
         if deleted:
-            self._store_().delete(f"state:{key}")
-            self._forget(key)
-            self._store_().publish(CHANNEL, key)
+            database.after_commit(lambda: self._announce(key, None, None))
         return deleted
 
     # --- tiers ------------------------------------------------------------------------
 
-    def _published(self, key: str, record: Mapping[str, Any]) -> None:
-        self._store_().set(f"state:{key}", _dumps(record), ttl=SHARED_TTL)
-        self._remember(key, dict(record))
-        self._store_().publish(CHANNEL, key)
+    def _announce(self, key: str, record: Mapping[str, Any] | None, previous: str | None) -> None:
+        """After the commit: refresh this worker's copy, drop the shared one, tell the other
+        workers, fire the hook. The commit stands even if the store is down: then the other
+        workers catch up within ``state.local_ttl`` and the shared copy's TTL."""
+        if record is None:
+            self._forget(key)
+        else:
+            self._remember(key, copy.deepcopy(dict(record)))
+        try:
+            self._store_().delete(f"state:{key}")
+            self._store_().publish(CHANNEL, key)
+        except DependencyUnavailable:
+            log.warning(
+                "state %s committed, but the shared store is unavailable: other "
+                "workers will see it within state.local_ttl",
+                key,
+            )
+        if record is not None:
+            self._hooks.emit(
+                STATE_CHANGED,
+                kind=record["kind"],
+                id=record["id"],
+                **{"from": previous},
+                to=record["state"],
+                version=record["version"],
+            )
 
     def _remember(self, key: str, record: dict[str, Any]) -> None:
         with self._lock:
