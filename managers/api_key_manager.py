@@ -1,0 +1,355 @@
+"""ApiKeyManager: API keys ``sb_<id>_<secret>`` whose secret is only ever stored as a hash.
+
+A key is ``sb_`` + a 12-character public id + ``_`` + a 52-character secret, both in
+lowercase unpadded base32 (``a-z2-7``): neither part contains ``_``, so the key parses
+unambiguously, survives URLs, shells and headers unquoted, and anything else is refused
+before the database is asked. The id (60 random bits) is the record's ``_id`` and is not
+secret; the secret (256 random bits) is stored only as HMAC-SHA256 keyed with the server's
+pepper (``api_keys.pepper``; outside production generated once into
+``var/dev-secrets/api_key_pepper`` as 64 hex characters and used as those bytes, exactly as a
+configured pepper is), so a copy of the database alone cannot check guesses. A fast keyed
+hash is enough here because the secret is random, not a password.
+
+``verify`` gives one answer, "invalid API key", for an unknown id and for a wrong secret, and
+computes the HMAC in both cases; "revoked" and "expired" are only said once the secret
+matched, so they reveal nothing to someone without the key. The raw key is returned once by
+``create`` and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from core.declaration_schema import RATE
+from core.dev_secrets import dev_secret
+from core.errors import (
+    ConfigError,
+    Conflict,
+    DependencyUnavailable,
+    FieldError,
+    Problem,
+    Unauthorized,
+    ValidationError,
+)
+from core.identity import KeyIdentity
+from core.manager import Health, Manager
+
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+    from core.documents import Collection
+    from managers.database_manager import Database
+
+log = logging.getLogger("switchboard.api_keys")
+
+COLLECTION = "sb_api_keys"
+PREFIX = "sb_"
+ID_LENGTH = 12  # base32 characters: 60 bits
+SECRET_BYTES = 32  # 256 bits -> 52 base32 characters
+SECRET_LENGTH = 52
+MAX_KEY_LENGTH = 128  # longer input is refused before any parsing
+KEY = re.compile(rf"sb_([a-z2-7]{{{ID_LENGTH}}})_([a-z2-7]{{{SECRET_LENGTH}}})", re.ASCII)
+KEY_ID = re.compile(rf"[a-z2-7]{{{ID_LENGTH}}}", re.ASCII)
+SCOPE = re.compile(r"[a-z][a-z0-9_.:-]{0,63}", re.ASCII)
+RATE_LIMIT = re.compile(RATE)
+MIN_PEPPER_BYTES = 32
+MAX_NAME = 100
+MAX_OWNER = 200
+MAX_SCOPES = 64
+MAX_RATE_LIMITS = 8
+TOUCH_INTERVAL = 60.0  # last_used_at is written at most this often per key
+
+INVALID = "invalid API key"  # unknown id and wrong secret alike: no oracle
+MALFORMED = "malformed API key; expected sb_<id>_<secret>"
+EXPIRED = "API key expired"
+REVOKED = "API key revoked"
+
+# Compared against when the id is unknown, so that path also hashes and compares.
+_NO_HASH = "0" * 64
+
+PublicRecord = dict[str, Any]
+_PUBLIC_FIELDS = (
+    "name",
+    "owner",
+    "scopes",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked",
+    "rate_limit",
+)
+
+
+def _base32(data: bytes) -> str:
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+def new_key_id() -> str:
+    return _base32(secrets.token_bytes(8))[:ID_LENGTH]
+
+
+def new_secret() -> str:
+    return _base32(secrets.token_bytes(SECRET_BYTES))
+
+
+def _generate_pepper() -> bytes:
+    # Hex text, so the dev file has the same shape as a pepper set in config or a secret file.
+    return secrets.token_hex(32).encode("ascii")
+
+
+def parse_key(raw: object) -> tuple[str, str]:
+    """(id, secret) of a well-formed key; ``Unauthorized`` for anything else."""
+    if not isinstance(raw, str) or len(raw) > MAX_KEY_LENGTH:
+        raise Unauthorized(MALFORMED)
+    match = KEY.fullmatch(raw)
+    if match is None:
+        raise Unauthorized(MALFORMED)
+    return match.group(1), match.group(2)
+
+
+def public(record: Mapping[str, Any]) -> PublicRecord:
+    """The record as callers see it: never the hash."""
+    return {"id": record["_id"], **{name: record.get(name) for name in _PUBLIC_FIELDS}}
+
+
+class ApiKeyManager(Manager):
+    """Creates, verifies, lists and revokes API keys (the identify step calls ``verify``)."""
+
+    name = "api_keys"
+    requires = ("config", "db")
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._pepper: bytes | None = None
+        self._db: Database | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, app: AppManager) -> None:
+        pepper = dev_secret(app.config, "api_keys.pepper", "api_key_pepper", _generate_pepper)
+        if len(pepper) < MIN_PEPPER_BYTES:
+            raise ConfigError(
+                [
+                    Problem(
+                        f"api_keys.pepper must be at least {MIN_PEPPER_BYTES} bytes of random "
+                        "text, e.g. python -c 'import secrets; print(secrets.token_hex(32))'",
+                        field="api_keys.pepper",
+                    )
+                ]
+            )
+        self._db = app.get("db").handler_facade()
+        self._keys().create_index(["owner"])
+        self._pepper = pepper
+
+    def stop(self) -> None:
+        self._pepper = None
+        self._db = None
+
+    def health(self) -> Health:
+        try:
+            active = self._keys().count(
+                {
+                    "revoked": False,
+                    "$or": [{"expires_at": None}, {"expires_at": {"$gt": self._clock()}}],
+                }
+            )
+        except DependencyUnavailable as exc:
+            return Health("failed", {"error": exc.detail})
+        return Health("ok", {"keys": active})
+
+    # --- the API ----------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        name: str,
+        owner: str | None,
+        scopes: Sequence[str],
+        expires_in: float | None = None,
+        rate_limit: Sequence[str] | None = None,
+    ) -> tuple[PublicRecord, str]:
+        """A new key: (its public record, the raw key). The raw key is not kept anywhere."""
+        errors: list[FieldError] = []
+        clean_name = _name(name, errors)
+        _owner(owner, errors)
+        clean_scopes = _strings(
+            scopes,
+            "/scopes",
+            errors,
+            pattern=SCOPE,
+            most=MAX_SCOPES,
+            hint="a scope is [a-z] then up to 63 of [a-z0-9_.:-]",
+        )
+        clean_limits = _strings(
+            () if rate_limit is None else rate_limit,
+            "/rate_limit",
+            errors,
+            pattern=RATE_LIMIT,
+            most=MAX_RATE_LIMITS,
+            hint="a rate limit looks like '100/minute' or '5/10s'",
+        )
+        _expires_in(expires_in, errors)
+        if errors:
+            raise ValidationError(
+                "invalid API key settings: " + "; ".join(e.message for e in errors), errors=errors
+            )
+        now = self._clock()
+        key_id, secret = new_key_id(), new_secret()
+        record: dict[str, Any] = {
+            "_id": key_id,
+            "name": clean_name,
+            "owner": owner,
+            # Sorted and unique: the order scopes were given in means nothing.
+            "scopes": sorted(set(clean_scopes)),
+            "created_at": now,
+            "last_used_at": None,
+            "expires_at": None if expires_in is None else now + float(expires_in),
+            "revoked": False,
+            "rate_limit": clean_limits or None,
+            "secret_hash": self._hash(secret),
+        }
+        # 60 random bits: a clash is a one-in-10^12 event at a million keys; it would surface
+        # as a 409 from the unique _id rather than overwrite anything.
+        self._keys().insert_one(record)
+        log.info("API key %s created (owner %s)", key_id, owner)
+        return public(record), f"{PREFIX}{key_id}_{secret}"
+
+    def verify(self, raw: str) -> KeyIdentity:
+        """The identity of a valid key; ``Unauthorized`` saying why not."""
+        key_id, secret = parse_key(raw)
+        record = self._keys().find_one({"_id": key_id})
+        stored = record.get("secret_hash") if record is not None else None
+        if not isinstance(stored, str):
+            stored = _NO_HASH
+        matches = hmac.compare_digest(self._hash(secret).encode(), stored.encode())
+        if record is None or not matches:
+            log.debug("API key %s refused: unknown id or wrong secret", key_id)
+            raise Unauthorized(INVALID)
+        # Only now, with the secret proven, may the answer differ.
+        if record.get("revoked"):
+            log.debug("API key %s refused: revoked", key_id)
+            raise Unauthorized(REVOKED)
+        now = self._clock()
+        expires_at = record.get("expires_at")
+        if expires_at is not None and now >= expires_at:
+            log.debug("API key %s refused: expired", key_id)
+            raise Unauthorized(EXPIRED)
+        self._touch(key_id, record.get("last_used_at"), now)
+        return KeyIdentity(key_id, record.get("owner"), tuple(record.get("scopes") or ()))
+
+    def get(self, key_id: str) -> PublicRecord | None:
+        """The public record of a key, or None."""
+        if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
+            return None
+        record = self._keys().find_one({"_id": key_id})
+        return None if record is None else public(record)
+
+    def revoke(self, key_id: str) -> bool:
+        """Revoke a key for good; False when there is no such key (revoking twice is True)."""
+        if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
+            return False
+        changes = {"$set": {"revoked": True, "revoked_at": self._clock()}}
+        for attempt in range(3):
+            try:
+                found = self._keys().update_one({"_id": key_id}, changes)
+            except Conflict:  # a concurrent last_used_at write won the row; try again
+                if attempt == 2:
+                    raise
+                continue
+            if found:
+                log.info("API key %s revoked", key_id)
+            return found
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def list(self, owner: str | None = None) -> list[PublicRecord]:
+        """Public records, oldest first; all keys, or those of ``owner``."""
+        where = {} if owner is None else {"owner": owner}
+        return [public(r) for r in self._keys().find(where, sort=[("created_at", 1)])]
+
+    # --- internals --------------------------------------------------------------------
+
+    def _keys(self) -> Collection:
+        if self._db is None:
+            raise DependencyUnavailable("the api_keys manager is not started")
+        return self._db.collection(COLLECTION)
+
+    def _hash(self, secret: str) -> str:
+        if self._pepper is None:
+            raise DependencyUnavailable("the api_keys manager is not started")
+        return hmac.new(self._pepper, secret.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def _touch(self, key_id: str, last_used_at: Any, now: float) -> None:
+        """Record use, at most once per TOUCH_INTERVAL: not a write per request."""
+        if isinstance(last_used_at, int | float) and now - last_used_at < TOUCH_INTERVAL:
+            return
+        stale = {"$or": [{"last_used_at": None}, {"last_used_at": {"$lte": now - TOUCH_INTERVAL}}]}
+        # The condition makes concurrent verifications of one key write once; a Conflict
+        # means another request recorded the use first, which is all that was wanted.
+        with contextlib.suppress(Conflict):
+            self._keys().update_one({"_id": key_id, **stale}, {"$set": {"last_used_at": now}})
+
+
+# --- validation of create()'s arguments ------------------------------------------------
+
+
+def _name(name: object, errors: list[FieldError]) -> str:
+    if not isinstance(name, str) or not name.strip():
+        errors.append(FieldError("/name", "name must be a non-empty string"))
+        return ""
+    clean = name.strip()
+    if len(clean) > MAX_NAME or any(not ch.isprintable() for ch in clean):
+        errors.append(FieldError("/name", f"name must be 1-{MAX_NAME} printable characters"))
+    return clean
+
+
+def _owner(owner: object, errors: list[FieldError]) -> None:
+    if owner is None:
+        return
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER or "\x00" in owner:
+        errors.append(FieldError("/owner", f"owner must be null or 1-{MAX_OWNER} characters"))
+
+
+def _strings(
+    values: object,
+    path: str,
+    errors: list[FieldError],
+    *,
+    pattern: re.Pattern[str],
+    most: int,
+    hint: str,
+) -> list[str]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        errors.append(FieldError(path, "must be a list of strings"))
+        return []
+    if len(values) > most:
+        errors.append(FieldError(path, f"at most {most} entries"))
+        return []
+    clean: list[str] = []
+    for index, value in enumerate(values):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            shown = repr(value)[:40] if isinstance(value, str) else type(value).__name__
+            errors.append(FieldError(f"{path}/{index}", f"invalid entry {shown}: {hint}"))
+        else:
+            clean.append(value.strip())
+    return clean
+
+
+def _expires_in(expires_in: object, errors: list[FieldError]) -> None:
+    if expires_in is None:
+        return
+    if (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+        or not math.isfinite(expires_in)
+        or expires_in <= 0
+    ):
+        errors.append(FieldError("/expires_in", "expires_in must be a positive number of seconds"))
