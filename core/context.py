@@ -22,6 +22,9 @@ class Caller:
     id: str | None = None
     roles: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
+    token_id: str | None = None  # jti of the access token (logout denylists it)
+    session: str | None = None  # the token family (logout revokes its refresh tokens)
+    expires_at: float | None = None  # exp of the access token
 
 
 ANONYMOUS = Caller("anonymous")

@@ -11,6 +11,7 @@ from core.config import Config
 from core.hooks import APP_STARTED, APP_STOPPING, HookEmitter
 from core.http import init_http, state
 from core.idempotency import Idempotency
+from core.identity import credential_identifier
 from core.manager import Manager
 from core.pipeline import ActionRegistry, ModuleAvailability, Pipeline
 
@@ -28,8 +29,17 @@ def build_app(config: Config, managers: Sequence[Manager]) -> Flask:
     idempotency = None
     if app_manager.has("redis"):
         idempotency = Idempotency(app_manager.get("redis").store, config["idempotency.ttl"])
+    identify = credential_identifier(
+        app_manager.get("jwt") if app_manager.has("jwt") else None,
+        app_manager.get("api_keys") if app_manager.has("api_keys") else None,
+    )
     pipeline = Pipeline(
-        app_manager, registry=registry, modules=modules, hooks=hooks, idempotency=idempotency
+        app_manager,
+        registry=registry,
+        modules=modules,
+        hooks=hooks,
+        identify=identify,
+        idempotency=idempotency,
     )
     init_http(flask_app, app_manager, pipeline)
     register_routes = getattr(modules, "register_routes", None)

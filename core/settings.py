@@ -242,6 +242,58 @@ _TABLE = (
     Setting("vault.config_path", _str, "switchboard/config", "KV v2 path of the config document"),
     Setting("secrets.dir", _str, "secrets", "Directory of local secret files", alias="SECRETS_DIR"),
     Setting("shutdown.grace", _seconds, 10.0, "Seconds `serve` waits for in-flight requests"),
+    Setting(
+        "jwt.algorithm",
+        _str,
+        "EdDSA",
+        "Signing algorithm: EdDSA or RS256 (HS256 outside production only)",
+        choices=("EdDSA", "RS256", "HS256"),
+    ),
+    Setting(
+        "jwt.private_key",
+        _str,
+        None,
+        "PEM private key that signs tokens (EdDSA/RS256); "
+        "generated into var/dev-secrets/ outside production",
+        secret=True,
+    ),
+    Setting(
+        "jwt.secret", _str, None, "HS256 shared secret (development and tests only)", secret=True
+    ),
+    Setting("jwt.kid", _str, None, "Key id of the signing key (default: its RFC 7638 thumbprint)"),
+    Setting(
+        "jwt.verification_keys",
+        _mapping,
+        {},
+        "Extra public keys still accepted, {kid: PEM} (YAML only), for key rotation",
+    ),
+    Setting("jwt.issuer", _str, "switchboard", "iss claim issued and required"),
+    Setting("jwt.audience", _str, "switchboard-api", "aud claim issued and required"),
+    Setting("jwt.access_ttl", _seconds, 900.0, "Lifetime of access tokens"),
+    Setting("jwt.refresh_ttl", _seconds, 30 * 86400.0, "Lifetime of refresh tokens"),
+    Setting("jwt.leeway", _seconds, 30.0, "Clock skew tolerated on exp/nbf/iat"),
+    Setting(
+        "api_keys.pepper",
+        _str,
+        None,
+        "Server-side secret mixed into API key hashes; "
+        "generated into var/dev-secrets/ outside production",
+        secret=True,
+    ),
+    Setting(
+        "auth.password_min_length",
+        _int,
+        12,
+        "Shortest password auth.register accepts",
+        minimum=8,
+        maximum=1024,
+    ),
+    Setting(
+        "auth.password_pattern",
+        _str,
+        None,
+        "Optional regular expression a password must also match",
+    ),
 )
 
 SETTINGS: Mapping[str, Setting] = {s.key: s for s in _TABLE}

@@ -1,0 +1,83 @@
+"""The identify step: who is calling, from ``Authorization: Bearer`` or ``X-API-Key``.
+
+Credentials are checked here, once, before the action is looked up. Bad credentials end
+the call with 401 ``unauthenticated`` (an anonymous call to a public action still works,
+but a *wrong* token never silently downgrades to anonymous).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.context import ANONYMOUS, Caller
+from core.errors import Unauthorized
+from core.pipeline import CallRequest, Identify
+
+API_KEY_HEADER = "X-API-Key"
+
+
+class TokenVerifier(Protocol):
+    """The jwt manager: access-token claims, or ``Unauthorized`` saying why not."""
+
+    def verify_access(self, token: str) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    """What a verified API key stands for."""
+
+    id: str
+    owner: str | None
+    scopes: Sequence[str]
+
+
+class KeyVerifier(Protocol):
+    """The api_keys manager: the key's identity, or ``Unauthorized`` saying why not."""
+
+    def verify(self, raw: str) -> KeyIdentity: ...
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    return value if value is None else str(value)
+
+
+def credential_identifier(tokens: TokenVerifier | None, keys: KeyVerifier | None) -> Identify:
+    """An identify step that accepts whichever credential kinds this app runs."""
+
+    def identify(request: CallRequest) -> Caller:
+        if request.caller is not None:  # trusted transports (the CLI) preset the caller
+            return request.caller
+        authorization = _header(request.headers, "Authorization")
+        api_key = _header(request.headers, API_KEY_HEADER)
+        if authorization is not None and api_key is not None:
+            raise Unauthorized("send either Authorization or X-API-Key, not both")
+        if authorization is not None:
+            scheme, _, token = authorization.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token or " " in token:
+                raise Unauthorized(
+                    "malformed Authorization header; use 'Bearer <token>'",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
+                )
+            if tokens is None:
+                raise Unauthorized("this service does not accept bearer tokens")
+            claims = tokens.verify_access(token)
+            return Caller(
+                "user",
+                id=str(claims["sub"]),
+                roles=frozenset(claims.get("roles", ())),
+                token_id=claims.get("jti"),
+                session=claims.get("fam"),
+                expires_at=claims.get("exp"),
+            )
+        if api_key is not None:
+            if keys is None:
+                raise Unauthorized("this service does not accept API keys")
+            identity = keys.verify(api_key.strip())
+            return Caller("api_key", id=identity.id, scopes=frozenset(identity.scopes))
+        return ANONYMOUS
+
+    return identify
