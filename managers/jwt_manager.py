@@ -1,0 +1,502 @@
+"""JWTManager: access and refresh tokens on PyJWT, with rotation, reuse detection and revocation.
+
+Every verification key is pinned to one algorithm: a token is checked only with the key its
+``kid`` names and only under that key's algorithm, so ``alg: none`` and HS/RS confusion (an
+HMAC made with a public key as the secret) never reach a signature check. Revocation state
+(denylisted ``jti``s, revoked token families, used refresh tokens) lives in the ``redis``
+manager's store, so every worker process sees it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from flask import Response
+
+from core.dev_secrets import dev_secret
+from core.errors import ConfigError, Problem, Unauthorized
+from core.manager import Health, Manager
+from core.store import KeyValueStore
+
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+    from core.config import Config
+
+log = logging.getLogger("switchboard.jwt")
+
+TokenType = Literal["access", "refresh"]
+PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+JWKS_PATH = "/.well-known/jwks.json"
+# Far above any token issued here; bounds the work an unauthenticated caller can cause.
+MAX_TOKEN_LENGTH = 16 * 1024
+MIN_RSA_BITS = 2048
+MIN_HMAC_BYTES = 32  # RFC 7518 3.2: at least the hash output size
+REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]
+
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_TOKEN_ID = re.compile(r"[0-9a-f]{32}")  # jti and fam: uuid4().hex
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+def _unauthorized(reason: str) -> Unauthorized:
+    return Unauthorized(reason, headers=dict(_INVALID_TOKEN))
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A key tokens may be checked with, bound to the one algorithm it accepts."""
+
+    kid: str
+    algorithm: str
+    key: PublicKey | bytes  # bytes: the HS256 secret
+    jwk: Mapping[str, str] | None  # public JWK for /.well-known/jwks.json; None for HS256
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _uint(value: int) -> str:
+    return _b64url(value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
+
+
+def _public_jwk(key: PublicKey) -> dict[str, str]:
+    """The RFC 7638 required members only, so the thumbprint can be taken from it."""
+    if isinstance(key, rsa.RSAPublicKey):
+        numbers = key.public_numbers()
+        return {"e": _uint(numbers.e), "kty": "RSA", "n": _uint(numbers.n)}
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)}
+
+
+def thumbprint(jwk: Mapping[str, str]) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256) of a public JWK holding only its required members."""
+    canonical = json.dumps(dict(jwk), sort_keys=True, separators=(",", ":"))
+    return _b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def _algorithm_of(key: object) -> str | None:
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey)):
+        return "EdDSA"
+    if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
+        return "RS256"
+    return None
+
+
+def _pem(value: bytes) -> bytes:
+    # A PEM passed through an environment variable often arrives with literal "\n"s.
+    return value.replace(b"\\n", b"\n") if b"\n" not in value.strip() else value
+
+
+def _generate_pem(algorithm: str) -> bytes:
+    key: PrivateKey = (
+        ed25519.Ed25519PrivateKey.generate()
+        if algorithm == "EdDSA"
+        else rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _config_error(message: str, setting: str) -> ConfigError:
+    return ConfigError([Problem(message, field=setting)])
+
+
+def _too_small(key: PrivateKey | PublicKey) -> str | None:
+    if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)) and key.key_size < MIN_RSA_BITS:
+        return f"the RSA key has {key.key_size} bits; use at least {MIN_RSA_BITS}"
+    return None
+
+
+def _signing_key(config: Config, algorithm: str) -> tuple[PrivateKey | bytes, VerificationKey]:
+    """(what signs, how tokens it signed are verified)."""
+    if algorithm == "HS256":
+        if config.is_production:
+            raise _config_error(
+                "HS256 is refused in production: a shared secret lets every verifier mint "
+                "tokens. Set jwt.algorithm to EdDSA (or RS256) and provide jwt.private_key",
+                "jwt.algorithm",
+            )
+        secret = dev_secret(
+            config, "jwt.secret", "jwt_hs256.secret", lambda: secrets.token_urlsafe(48).encode()
+        )
+        if len(secret) < MIN_HMAC_BYTES:
+            raise _config_error(
+                f"HS256 needs a secret of at least {MIN_HMAC_BYTES} bytes, got {len(secret)}",
+                "jwt.secret",
+            )
+        kid = str(config["jwt.kid"] or "hs256")  # a thumbprint of a secret would leak a hash
+        return secret, VerificationKey(kid, "HS256", secret, None)
+
+    filename = f"jwt_{algorithm.lower()}.pem"
+    pem = _pem(dev_secret(config, "jwt.private_key", filename, lambda: _generate_pem(algorithm)))
+    try:
+        private = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:  # not PEM, encrypted, or an unsupported key type
+        raise _config_error(
+            f"not an unencrypted PEM private key ({exc})", "jwt.private_key"
+        ) from None
+    if _algorithm_of(private) != algorithm or not isinstance(
+        private, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
+    ):
+        wanted = "an Ed25519" if algorithm == "EdDSA" else "an RSA"
+        raise _config_error(
+            f"jwt.algorithm is {algorithm}, which needs {wanted} key, but this is "
+            f"{type(private).__name__}; provide such a key or change jwt.algorithm",
+            "jwt.private_key",
+        )
+    problem = _too_small(private)
+    if problem:
+        raise _config_error(problem, "jwt.private_key")
+    public = private.public_key()
+    jwk = _public_jwk(public)
+    kid = str(config["jwt.kid"] or thumbprint(jwk))
+    return private, VerificationKey(kid, algorithm, public, jwk)
+
+
+def _rotation_keys(config: Config) -> list[VerificationKey]:
+    """``jwt.verification_keys``: {kid: public PEM}, each bound to its key type's algorithm."""
+    keys: list[VerificationKey] = []
+    problems: list[Problem] = []
+    for kid, value in dict(config["jwt.verification_keys"]).items():
+        setting = f"jwt.verification_keys.{kid}"
+        try:
+            public = serialization.load_pem_public_key(_pem(str(value).encode()))
+        except (ValueError, TypeError) as exc:
+            problems.append(Problem(f"not a PEM public key ({exc})", field=setting))
+            continue
+        algorithm = _algorithm_of(public)
+        if algorithm is None or not isinstance(
+            public, (ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
+        ):
+            problems.append(
+                Problem(
+                    f"only Ed25519 and RSA public keys are accepted, not {type(public).__name__}",
+                    field=setting,
+                )
+            )
+            continue
+        problem = _too_small(public)
+        if problem:
+            problems.append(Problem(problem, field=setting))
+            continue
+        keys.append(VerificationKey(str(kid), algorithm, public, _public_jwk(public)))
+    if problems:
+        raise ConfigError(problems)
+    return keys
+
+
+# --- the manager ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """Lifetimes and the iss/aud pair every token carries and must carry."""
+
+    issuer: str
+    audience: str
+    access_ttl: int
+    refresh_ttl: int
+    leeway: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> TokenPolicy:
+        access, refresh = round(config["jwt.access_ttl"]), round(config["jwt.refresh_ttl"])
+        problems = [
+            Problem(f"must be at least 1 second, got {value}", field=key)
+            for key, value in (("jwt.access_ttl", access), ("jwt.refresh_ttl", refresh))
+            if value < 1
+        ]
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            str(config["jwt.issuer"]),
+            str(config["jwt.audience"]),
+            access,
+            refresh,
+            float(config["jwt.leeway"]),
+        )
+
+
+class JWTManager(Manager):
+    """Issues, verifies, refreshes and revokes tokens; serves the public keys as a JWKS."""
+
+    name = "jwt"
+    requires = ("config", "redis")
+
+    def __init__(self) -> None:
+        self._store: KeyValueStore | None = None
+        self._policy: TokenPolicy | None = None
+        self._signer: PrivateKey | bytes = b""
+        self._signing: VerificationKey | None = None
+        self._keys: dict[str, VerificationKey] = {}
+        # Options merged once: every registered claim is required, aud must match exactly,
+        # and a key below the minimum length is an error rather than a warning.
+        self._codec = jwt.PyJWT(
+            {
+                "require": list(REQUIRED_CLAIMS),
+                "strict_aud": True,
+                "enforce_minimum_key_length": True,
+            }
+        )
+
+    def start(self, app: AppManager) -> None:
+        config = app.config
+        policy = TokenPolicy.from_config(config)
+        signer, signing = _signing_key(config, str(config["jwt.algorithm"]))
+        keys = {signing.kid: signing}
+        for key in _rotation_keys(config):
+            if key.kid in keys:
+                raise _config_error(
+                    f"kid {key.kid!r} is also the signing key's kid; give each key its own",
+                    f"jwt.verification_keys.{key.kid}",
+                )
+            keys[key.kid] = key
+        self._store = app.get("redis").store
+        self._policy, self._signer, self._signing, self._keys = policy, signer, signing, keys
+        if app.flask is not None:
+            app.flask.add_url_rule(JWKS_PATH, "switchboard_jwks", self._jwks_view, methods=["GET"])
+
+    def stop(self) -> None:
+        self._store = None
+
+    def health(self) -> Health:
+        if self._signing is None:
+            return Health("failed", {"error": "not started"})
+        return Health("ok", {"algorithm": self._signing.algorithm, "kid": self._signing.kid})
+
+    # --- issuing ----------------------------------------------------------------------
+
+    def issue_pair(self, subject: str, roles: Iterable[str]) -> dict[str, Any]:
+        """A new login: an access and a refresh token sharing a new family id."""
+        return self._issue(subject, roles, uuid.uuid4().hex)
+
+    def _issue(self, subject: str, roles: Iterable[str], family: str) -> dict[str, Any]:
+        policy = self._ready_policy()
+        if not isinstance(subject, str) or not subject:
+            raise ValueError("subject must be a non-empty string")
+        if isinstance(roles, str):
+            raise TypeError("roles must be an iterable of role names, not one string")
+        role_list = list(roles)
+        if not all(isinstance(role, str) for role in role_list):
+            raise TypeError("every role must be a string")
+        now = int(time.time())
+        common = {
+            "iss": policy.issuer,
+            "aud": policy.audience,
+            "sub": subject,
+            "iat": now,
+            "nbf": now,
+            "fam": family,
+        }
+        access = self._sign(
+            {
+                **common,
+                "exp": now + policy.access_ttl,
+                "typ": "access",
+                "jti": uuid.uuid4().hex,
+                "roles": role_list,
+            }
+        )
+        refresh = self._sign(
+            {**common, "exp": now + policy.refresh_ttl, "typ": "refresh", "jti": uuid.uuid4().hex}
+        )
+        return {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": policy.access_ttl,
+        }
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        signing = self._signing
+        if signing is None:
+            raise RuntimeError("the jwt manager has not started")
+        token = self._codec.encode(
+            claims, self._signer, algorithm=signing.algorithm, headers={"kid": signing.kid}
+        )
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ValueError(
+                f"the token would exceed {MAX_TOKEN_LENGTH} characters; too many or too long roles"
+            )
+        return token
+
+    # --- verifying --------------------------------------------------------------------
+
+    def verify_access(self, token: str) -> dict[str, Any]:
+        """The claims of a valid, unrevoked access token; ``Unauthorized`` saying why not."""
+        claims = self._decode(token, "access")
+        self._check_not_revoked(claims)
+        return claims
+
+    def _decode(self, token: str, expected: TokenType) -> dict[str, Any]:
+        policy = self._ready_policy()
+        if (
+            not isinstance(token, str)
+            or len(token) > MAX_TOKEN_LENGTH
+            or not _COMPACT_JWS.fullmatch(token)
+        ):
+            raise _unauthorized("malformed token")
+        try:
+            # PyJWT's own parser on the header segment alone: the signature and payload are
+            # decoded once, by the verifying decode below.
+            header = jwt.get_unverified_header(token.partition(".")[0] + "..")
+        except jwt.PyJWTError:
+            raise _unauthorized("malformed token header") from None
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise _unauthorized("unknown key id")
+        if header.get("alg") != key.algorithm:
+            raise _unauthorized("algorithm not allowed")
+        try:
+            claims = self._codec.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm],
+                audience=policy.audience,
+                issuer=policy.issuer,
+                leeway=policy.leeway,
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _unauthorized("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise _unauthorized("wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise _unauthorized("wrong issuer") from None
+        except jwt.InvalidSignatureError:
+            raise _unauthorized("invalid signature") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _unauthorized(f"missing claim {exc.claim}") from None
+        except jwt.PyJWTError:
+            raise _unauthorized("invalid token") from None
+        if claims.get("typ") != expected:
+            raise _unauthorized("wrong token type")
+        if not (claims["sub"] and _is_token_id(claims["jti"]) and _is_token_id(claims.get("fam"))):
+            raise _unauthorized("malformed token claims")
+        if expected == "access":
+            roles = claims.get("roles")
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise _unauthorized("malformed token claims")
+        return claims
+
+    def _check_not_revoked(self, claims: Mapping[str, Any]) -> None:
+        store = self._ready_store()
+        if store.get(f"jwt:deny:{claims['jti']}") is not None:
+            raise _unauthorized("token revoked")
+        if store.get(f"jwt:fam:{claims['fam']}") is not None:
+            raise _unauthorized("session revoked")
+
+    # --- refresh and revocation -------------------------------------------------------
+
+    def refresh(
+        self,
+        refresh_token: str,
+        roles: Iterable[str] | None = None,
+        *,
+        roles_for: Callable[[str], Iterable[str]] | None = None,
+    ) -> dict[str, Any]:
+        """A new pair in the same family; a refresh token works once.
+
+        The refresh token carries no roles. Pass the subject's current ``roles``, or
+        ``roles_for(subject)`` to look them up once the token is verified (it may raise, e.g.
+        ``Unauthorized`` for a deleted account); neither: no roles. A second use of one
+        refresh token revokes its whole family.
+        """
+        if roles is not None and roles_for is not None:
+            raise TypeError("pass roles or roles_for, not both")
+        claims = self._decode(refresh_token, "refresh")
+        self._check_not_revoked(claims)
+        # Looked up before the token is spent: a failing lookup (database down) must leave
+        # the client a token to retry with, not turn its retry into "reuse".
+        if roles_for is not None:
+            roles = roles_for(claims["sub"])
+        # SET NX: of two concurrent refreshes of one token exactly one marks it used.
+        marked = self._ready_store().set(
+            f"jwt:used:{claims['jti']}", b"1", ttl=self._ttl_until(claims["exp"]), nx=True
+        )
+        if not marked:
+            self._revoke_family(claims["fam"])
+            log.warning(
+                "refresh token reuse: family %s of subject %r revoked", claims["fam"], claims["sub"]
+            )
+            raise _unauthorized("refresh token reuse detected; session revoked")
+        return self._issue(claims["sub"], roles if roles is not None else (), claims["fam"])
+
+    def revoke_session(
+        self, caller_token_id: str | None, session: str | None, expires_at: float | None
+    ) -> None:
+        """Logout: denylist the access token until it expires and revoke its family."""
+        if caller_token_id:
+            policy = self._ready_policy()
+            until = expires_at if expires_at is not None else time.time() + policy.access_ttl
+            self._ready_store().set(f"jwt:deny:{caller_token_id}", b"1", ttl=self._ttl_until(until))
+        if session:
+            self._revoke_family(session)
+
+    def _revoke_family(self, family: str) -> None:
+        # A family lives as long as its newest refresh token: at most refresh_ttl from now.
+        policy = self._ready_policy()
+        self._ready_store().set(
+            f"jwt:fam:{family}", b"1", ttl=policy.refresh_ttl + policy.leeway + 1
+        )
+
+    def _ttl_until(self, expires_at: float) -> float:
+        # A token is accepted until exp + leeway, so its record must outlive that.
+        return max(1.0, expires_at - time.time() + self._ready_policy().leeway + 1)
+
+    # --- public keys ------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The public verification keys as a JWK Set (empty for HS256)."""
+        return {
+            "keys": [
+                {**key.jwk, "kid": key.kid, "alg": key.algorithm, "use": "sig"}
+                for key in self._keys.values()
+                if key.jwk is not None
+            ]
+        }
+
+    def _jwks_view(self) -> Response:
+        return Response(
+            json.dumps(self.jwks(), separators=(",", ":")),
+            mimetype="application/json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    def _ready_policy(self) -> TokenPolicy:
+        if self._policy is None:
+            raise RuntimeError("the jwt manager has not started")
+        return self._policy
+
+    def _ready_store(self) -> KeyValueStore:
+        if self._store is None:
+            raise RuntimeError("the jwt manager has not started")
+        return self._store
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, str) and _TOKEN_ID.fullmatch(value) is not None
