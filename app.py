@@ -29,8 +29,10 @@ from core.manager import Manager
 from core.pipeline import CallRequest
 from core.runtime import build_app, shutdown_app
 from managers.action_discovery_manager import ActionDiscoveryManager
+from managers.api_key_manager import ApiKeyManager
 from managers.database_manager import DatabaseManager
 from managers.hooks_manager import HooksManager
+from managers.jwt_manager import JWTManager
 from managers.module_manager import ModuleManager
 from managers.redis_manager import RedisManager
 from managers.state_manager import StateManager
@@ -45,6 +47,8 @@ def default_managers() -> list[Manager]:
         DatabaseManager(),
         RedisManager(),
         StateManager(),
+        JWTManager(),
+        ApiKeyManager(),
         ModuleManager(),
         ActionDiscoveryManager(),
     ]
@@ -158,6 +162,79 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_as_system(action: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Run one action in-process as the system caller: (exit code, envelope or problem)."""
+    app = _cli_app()
+    request = CallRequest(
+        action=action, params=params, request_id=uuid.uuid4().hex, transport="cli", caller=SYSTEM
+    )
+    try:
+        return 0, state(app).pipeline.invoke(request).envelope
+    except ActionError as error:
+        return 1, error.problem(request.request_id)
+    finally:
+        shutdown_app(app)
+
+
+def _report(code: int, body: dict[str, Any], show: Any) -> int:
+    if code:
+        print(f"{body['title']}: {body['detail']}", file=sys.stderr)
+        for error in body.get("errors", []):
+            print(f"  {error['path']}: {error['message']}", file=sys.stderr)
+        return code
+    show(body["data"])
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        params: dict[str, Any] = {"name": args.name, "scopes": args.scopes or []}
+        for key, value in (
+            ("owner", args.owner),
+            ("expires", args.expires),
+            ("rate_limit", args.rate_limit),
+        ):
+            if value:
+                params[key] = value
+        code, body = _run_as_system("auth.keys.create", params)
+
+        def show_created(data: dict[str, Any]) -> None:
+            print(f"id:      {data['id']}")
+            print(f"scopes:  {', '.join(data['scopes']) or '(none)'}")
+            print(f"expires: {data['expires_at'] or 'never'}")
+            print(f"key:     {data['key']}")
+            print(
+                "Store the key now: it is shown only once and cannot be recovered.", file=sys.stderr
+            )
+
+        return _report(code, body, show_created)
+    if args.keys_command == "list":
+        code, body = _run_as_system("auth.keys.list", {"owner": args.owner} if args.owner else {})
+
+        def show_list(keys: list[dict[str, Any]]) -> None:
+            for key in keys:
+                status = "revoked" if key["revoked"] else "active"
+                print(
+                    f"{key['id']}  {status:<7}  {key['name']}  "
+                    f"scopes={','.join(key['scopes']) or '-'}  owner={key['owner'] or '-'}"
+                )
+
+        return _report(code, body, show_list)
+    code, body = _run_as_system("auth.keys.revoke", {"id": args.id})
+    return _report(code, body, lambda data: print(f"revoked {data['id']}"))
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    code, body = _run_as_system("auth.users.promote", {"email": args.email, "role": args.role})
+    return _report(
+        code,
+        body,
+        lambda data: print(
+            f"{data['email']} now has roles: {', '.join(data['roles'])} ({data['note']})"
+        ),
+    )
+
+
 def cmd_new_module(args: argparse.Namespace) -> int:
     from core.scaffold import ScaffoldError, write_module
 
@@ -188,6 +265,31 @@ def parser() -> argparse.ArgumentParser:
     call.add_argument("action")
     call.add_argument("--json", default="{}", help="params as a JSON object, or - for stdin")
     call.set_defaults(func=cmd_call)
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--name", required=True)
+    create.add_argument(
+        "--scopes",
+        type=lambda text: [s for s in text.split(",") if s],
+        help="comma-separated, e.g. credits:read,credits:write",
+    )
+    create.add_argument("--owner", help="user id the key belongs to")
+    create.add_argument("--expires", help="lifetime, e.g. 30d or 12h")
+    create.add_argument(
+        "--rate-limit", dest="rate_limit", action="append", help="e.g. 100/minute (repeatable)"
+    )
+    listing = keys_sub.add_parser("list", help="list keys")
+    listing.add_argument("--owner")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("id")
+    keys.set_defaults(func=cmd_keys)
+    users = sub.add_parser("users", help="manage users")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    promote = users_sub.add_parser("promote", help="give a user a role")
+    promote.add_argument("email")
+    promote.add_argument("role")
+    users.set_defaults(func=cmd_users)
     new = sub.add_parser("new-module", help="scaffold a module folder")
     new.add_argument("name")
     new.add_argument("--dir", help="parent folder (default: modules/)")

@@ -1,0 +1,152 @@
+"""Handlers of the auth module."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from core.durations import parse_duration
+from core.errors import Conflict, FieldError, NotFound, Unauthorized, ValidationError
+
+BAD_LOGIN = "invalid email or password"
+
+
+def _module(ctx: Any) -> Any:
+    return ctx.modules.get("auth").instance
+
+
+def _users(ctx: Any) -> Any:
+    return ctx.db.collection("users")
+
+
+def _public(user: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": user["_id"],
+        "email": user["email"],
+        "roles": sorted(user.get("roles", [])),
+        "created_at": user["created_at"],
+    }
+
+
+def _check_policy(module: Any, password: str) -> None:
+    problems = []
+    if len(password) < module.min_length:
+        problems.append(f"must be at least {module.min_length} characters")
+    if module.pattern is not None and not module.pattern.search(password):
+        problems.append(f"must match {module.pattern.pattern}")
+    if problems:
+        message = "; ".join(problems)
+        raise ValidationError(
+            f"weak password: {message}", errors=[FieldError("/password", message)]
+        )
+
+
+def register(ctx: Any, *, email: str, password: str) -> dict[str, Any]:
+    module = _module(ctx)
+    _check_policy(module, password)
+    user = {
+        "_id": uuid.uuid4().hex,
+        "email": email.strip().lower(),
+        "password_hash": module.hasher.hash(password),
+        "roles": [],
+        "created_at": time.time(),
+    }
+    try:
+        _users(ctx).insert_one(user)
+    except Conflict:
+        raise Conflict("an account with this email already exists") from None
+    return _public(user)
+
+
+def login(ctx: Any, *, email: str, password: str) -> dict[str, Any]:
+    module = _module(ctx)
+    user = _users(ctx).find_one({"email": email.strip().lower()})
+    # Unknown email or wrong password: one Argon2 verify and the same answer either way.
+    stored = user["password_hash"] if user is not None else module.dummy_hash
+    try:
+        module.hasher.verify(stored, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        raise Unauthorized(BAD_LOGIN) from None
+    if user is None:  # only reachable if someone registered the dummy password itself
+        raise Unauthorized(BAD_LOGIN)
+    if module.hasher.check_needs_rehash(stored):
+        _users(ctx).update_one(
+            {"_id": user["_id"]}, {"$set": {"password_hash": module.hasher.hash(password)}}
+        )
+    pair: dict[str, Any] = ctx.jwt.issue_pair(user["_id"], user.get("roles", []))
+    return pair
+
+
+def refresh(ctx: Any, *, refresh_token: str) -> dict[str, Any]:
+    def current_roles(subject: str) -> list[str]:
+        user = _users(ctx).find_one({"_id": subject})
+        if user is None:
+            raise Unauthorized("the account of this session no longer exists")
+        return list(user.get("roles", []))
+
+    pair: dict[str, Any] = ctx.jwt.refresh(refresh_token, roles_for=current_roles)
+    return pair
+
+
+def logout(ctx: Any) -> dict[str, bool]:
+    caller = ctx.caller
+    ctx.jwt.revoke_session(caller.token_id, caller.session, caller.expires_at)
+    return {"logged_out": True}
+
+
+def me(ctx: Any) -> dict[str, Any]:
+    user = _users(ctx).find_one({"_id": ctx.caller.id})
+    if user is None:
+        raise NotFound("the account of this session no longer exists")
+    return _public(user)
+
+
+def keys_create(
+    ctx: Any,
+    *,
+    name: str,
+    scopes: list[str],
+    owner: str | None = None,
+    expires: str | None = None,
+    rate_limit: list[str] | None = None,
+) -> dict[str, Any]:
+    expires_in = parse_duration(expires) if expires else None
+    record, raw = ctx.api_keys.create(
+        name=name,
+        owner=owner if owner is not None else ctx.caller.id,
+        scopes=scopes,
+        expires_in=expires_in,
+        rate_limit=rate_limit,
+    )
+    return {
+        **record,
+        "key": raw,
+        "warning": "store this key now: it is shown only once and cannot be recovered",
+    }
+
+
+def keys_list(ctx: Any, *, owner: str | None = None) -> list[dict[str, Any]]:
+    keys: list[dict[str, Any]] = ctx.api_keys.list(owner=owner)
+    return keys
+
+
+def keys_revoke(ctx: Any, *, id: str) -> dict[str, Any]:
+    if not ctx.api_keys.revoke(id):
+        raise NotFound(f"no API key {id!r}")
+    return {"id": id, "revoked": True}
+
+
+def users_promote(ctx: Any, *, email: str, role: str) -> dict[str, Any]:
+    users = _users(ctx)
+    user = users.find_one({"email": email.strip().lower()})
+    if user is None:
+        raise NotFound(f"no user with email {email!r}")
+    roles = sorted({*user.get("roles", []), role})
+    users.update_one({"_id": user["_id"]}, {"$set": {"roles": roles}})
+    return {
+        **_public({**user, "roles": roles}),
+        "note": "new roles apply from the next login or token refresh",
+    }
