@@ -1,0 +1,131 @@
+"""Handlers of the credits module.
+
+Invariants: ledger entries are only ever inserted; a wallet's balance never goes below
+zero; the sum of all balances equals the sum of all grants. A transfer is one database
+transaction that debits (guarded by the balance) and credits, touching the two wallets in
+id order so that two opposite transfers never wait on each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from core.errors import Conflict, FieldError, NotFound, ValidationError
+
+WALLETS, LEDGER, USERS = "credit_wallets", "credit_ledger", "users"
+
+
+def _ensure_wallet(ctx: Any, user_id: str) -> None:
+    """A wallet exists for every user who has ever held credits (created outside any
+    transaction: a failed insert would poison a PostgreSQL transaction)."""
+    wallets = ctx.db.collection(WALLETS)
+    if wallets.find_one({"_id": user_id}) is None:
+        with contextlib.suppress(Conflict):  # created concurrently: what we wanted
+            wallets.insert_one({"_id": user_id, "balance": 0})
+
+
+def _recipient(ctx: Any, user_id: str) -> None:
+    if ctx.db.collection(USERS).find_one({"_id": user_id}) is None:
+        raise NotFound(f"no user {user_id!r}")
+
+
+def balance(ctx: Any) -> dict[str, Any]:
+    wallet = ctx.db.collection(WALLETS).find_one({"_id": ctx.caller.id})
+    return {"user": ctx.caller.id, "balance": wallet["balance"] if wallet else 0}
+
+
+def transfer(ctx: Any, *, to: str, amount: int, note: str | None = None) -> dict[str, Any]:
+    sender = ctx.caller.id
+    if to == sender:
+        raise ValidationError(
+            "cannot transfer to yourself", errors=[FieldError("/to", "is the caller")]
+        )
+    _recipient(ctx, to)
+    _ensure_wallet(ctx, to)
+    wallets, ledger = ctx.db.collection(WALLETS), ctx.db.collection(LEDGER)
+    entry = {
+        "_id": uuid.uuid4().hex,
+        "kind": "transfer",
+        "from": sender,
+        "to": to,
+        "amount": amount,
+        "note": note,
+        "at": time.time(),
+        "request_id": ctx.request_id,
+    }
+
+    def work() -> None:
+        for wallet in sorted((sender, to)):
+            if wallet == sender:
+                funded = {"_id": sender, "balance": {"$gte": amount}}
+                if not wallets.update_one(funded, {"$inc": {"balance": -amount}}):
+                    raise Conflict("insufficient credits", extra={"needed": amount})
+            else:
+                wallets.update_one({"_id": to}, {"$inc": {"balance": amount}})
+        ledger.insert_one(entry)
+
+    ctx.db.run_transaction(work)
+    left = wallets.find_one({"_id": sender})
+    return {
+        "transfer_id": entry["_id"],
+        "from": sender,
+        "to": to,
+        "amount": amount,
+        "note": note,
+        "balance": left["balance"] if left else 0,
+    }
+
+
+def history(ctx: Any, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+    mine = {"$or": [{"from": ctx.caller.id}, {"to": ctx.caller.id}]}
+    ledger = ctx.db.collection(LEDGER)
+    entries = ledger.find(mine, sort=[("at", -1)], limit=limit, skip=offset)
+    return {
+        "entries": [
+            {
+                "id": e["_id"],
+                "kind": e["kind"],
+                "from": e["from"],
+                "to": e["to"],
+                "amount": e["amount"],
+                "note": e.get("note"),
+                "at": e["at"],
+            }
+            for e in entries
+        ],
+        "total": ledger.count(mine),
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+def grant(ctx: Any, *, to: str, amount: int, note: str | None = None) -> dict[str, Any]:
+    _recipient(ctx, to)
+    _ensure_wallet(ctx, to)
+    wallets, ledger = ctx.db.collection(WALLETS), ctx.db.collection(LEDGER)
+    entry = {
+        "_id": uuid.uuid4().hex,
+        "kind": "grant",
+        "from": None,
+        "to": to,
+        "amount": amount,
+        "note": note,
+        "at": time.time(),
+        "by": ctx.caller.id,
+    }
+
+    def work() -> None:
+        wallets.update_one({"_id": to}, {"$inc": {"balance": amount}})
+        ledger.insert_one(entry)
+
+    ctx.db.run_transaction(work)
+    wallet = wallets.find_one({"_id": to})
+    return {
+        "grant_id": entry["_id"],
+        "to": to,
+        "amount": amount,
+        "balance": wallet["balance"] if wallet else amount,
+    }
