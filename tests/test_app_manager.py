@@ -378,8 +378,8 @@ def built() -> Iterator[list[Flask]]:
         shutdown_app(flask_app)
 
 
-def test_ready_is_503_when_a_required_manager_fails(built: list[Flask]) -> None:
-    config = app_module.load({"APP_ENV": "test"})
+def test_ready_is_503_when_a_required_manager_fails(built: list[Flask], tmp_path: Path) -> None:
+    config = app_module.load({"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{tmp_path}/a.db"})
     flask_app = build_app(config, [*app_module.default_managers(), FailingManager()])
     built.append(flask_app)
     client = flask_app.test_client()
@@ -397,8 +397,10 @@ def test_ready_is_503_when_a_required_manager_fails(built: list[Flask]) -> None:
     assert live.get_json() == {"status": "ok"}
 
 
-def test_ready_is_200_degraded_when_only_an_optional_manager_fails(built: list[Flask]) -> None:
-    config = app_module.load({"APP_ENV": "test"})
+def test_ready_is_200_degraded_when_only_an_optional_manager_fails(
+    built: list[Flask], tmp_path: Path
+) -> None:
+    config = app_module.load({"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{tmp_path}/a.db"})
     flask_app = build_app(config, [*app_module.default_managers(), OptionalFailingManager()])
     built.append(flask_app)
 
