@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
+from core.client_ip import Network, client_ip, parse_networks
 from core.errors import (
     ActionError,
     InternalError,
@@ -48,6 +49,7 @@ class SwitchboardState:
     app_manager: AppManager
     pipeline: Pipeline
     openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 def state(flask_app: Flask | None = None) -> SwitchboardState:
@@ -101,7 +103,9 @@ def _call_request(name: str, params: Any) -> CallRequest:
         action=name,
         params=params,
         request_id=g.request_id,
-        client_ip=request.remote_addr,
+        client_ip=client_ip(
+            request.remote_addr, request.headers.get("X-Forwarded-For"), state().trusted_proxies
+        ),
         transport="http",
         headers=request.headers,  # type: ignore[arg-type]
         idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
@@ -198,7 +202,8 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
     """Install Switchboard on ``flask_app`` (routes, hooks, error handlers, body limit)."""
     flask_app.config["MAX_CONTENT_LENGTH"] = int(app_manager.config["http.max_body_bytes"])
     document = openapi_document(pipeline.registry.actions(), str(app_manager.config["app.name"]))
-    flask_app.extensions[EXTENSION] = SwitchboardState(app_manager, pipeline, document)
+    trusted = parse_networks(app_manager.config["http.trusted_proxies"])
+    flask_app.extensions[EXTENSION] = SwitchboardState(app_manager, pipeline, document, trusted)
     flask_app.register_blueprint(create_blueprint())
     flask_app.before_request(_assign_request_id)
     flask_app.after_request(_finish)

@@ -63,6 +63,14 @@ def _mapping(value: Any, from_text: bool) -> Mapping[str, Any]:
     return value
 
 
+def _str_list(value: Any, from_text: bool) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError("expected a list of strings or a comma-separated string")
+
+
 def _seconds(value: Any, from_text: bool) -> float:
     return parse_duration(value)
 
@@ -280,6 +288,39 @@ _TABLE = (
         "generated into var/dev-secrets/ outside production",
         secret=True,
     ),
+    Setting(
+        "http.trusted_proxies",
+        _str_list,
+        (),
+        "Proxies (IPs or CIDRs) whose "
+        "X-Forwarded-For is believed; the client is the right-most address not in this list",
+    ),
+    Setting(
+        "ratelimit.enabled",
+        _bool,
+        True,
+        "Apply rate limits (the test config turns them off; tests of the limiter turn them on)",
+    ),
+    Setting(
+        "ratelimit.ip", _str_list, ("300/minute",), "Limits per client IP for anonymous callers"
+    ),
+    Setting("ratelimit.user", _str_list, ("600/minute",), "Limits per user"),
+    Setting(
+        "ratelimit.api_key",
+        _str_list,
+        ("3000/minute",),
+        "Limits per API key (a key's own rate_limit replaces these)",
+    ),
+    Setting(
+        "ratelimit.ban_threshold",
+        _int,
+        20,
+        "429 answers within ratelimit.ban_window that get an identity banned (0: never ban)",
+        minimum=0,
+    ),
+    Setting("ratelimit.ban_window", _seconds, 60.0, "Window in which 429 answers are counted"),
+    Setting("ratelimit.ban_ttl", _seconds, 60.0, "First ban's length; each repeat doubles it"),
+    Setting("ratelimit.ban_max_ttl", _seconds, 86400.0, "Longest ban"),
     Setting(
         "auth.password_min_length",
         _int,
