@@ -235,6 +235,21 @@ def cmd_users(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bans(args: argparse.Namespace) -> int:
+    if args.bans_command == "lift":
+        code, body = _run_as_system("ratelimit.unban", {"identity": args.identity})
+        return _report(code, body, lambda data: print(f"lifted the ban of {data['identity']}"))
+    code, body = _run_as_system("ratelimit.bans", {})
+
+    def show(bans: list[dict[str, Any]]) -> None:
+        if not bans:
+            print("no bans")
+        for ban in bans:
+            print(f"{ban['identity']}  until {ban['until_iso']}  (level {ban['level']})")
+
+    return _report(code, body, show)
+
+
 def cmd_new_module(args: argparse.Namespace) -> int:
     from core.scaffold import ScaffoldError, write_module
 
@@ -290,6 +305,11 @@ def parser() -> argparse.ArgumentParser:
     promote.add_argument("email")
     promote.add_argument("role")
     users.set_defaults(func=cmd_users)
+    bans = sub.add_parser("bans", help="list automatic bans, or lift one")
+    bans_sub = bans.add_subparsers(dest="bans_command")
+    lift = bans_sub.add_parser("lift", help="lift a ban")
+    lift.add_argument("identity", help="as listed, e.g. ip:203.0.113.7 or user:<id>")
+    bans.set_defaults(func=cmd_bans)
     new = sub.add_parser("new-module", help="scaffold a module folder")
     new.add_argument("name")
     new.add_argument("--dir", help="parent folder (default: modules/)")

@@ -25,6 +25,7 @@ class Caller:
     token_id: str | None = None  # jti of the access token (logout denylists it)
     session: str | None = None  # the token family (logout revokes its refresh tokens)
     expires_at: float | None = None  # exp of the access token
+    rate_limit: tuple[str, ...] = ()  # an API key's own limits
 
 
 ANONYMOUS = Caller("anonymous")

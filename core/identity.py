@@ -31,6 +31,7 @@ class KeyIdentity:
     id: str
     owner: str | None
     scopes: Sequence[str]
+    rate_limit: Sequence[str] = ()  # the key's own limits, replacing the global api_key ones
 
 
 class KeyVerifier(Protocol):
@@ -77,7 +78,12 @@ def credential_identifier(tokens: TokenVerifier | None, keys: KeyVerifier | None
             if keys is None:
                 raise Unauthorized("this service does not accept API keys")
             identity = keys.verify(api_key.strip())
-            return Caller("api_key", id=identity.id, scopes=frozenset(identity.scopes))
+            return Caller(
+                "api_key",
+                id=identity.id,
+                scopes=frozenset(identity.scopes),
+                rate_limit=tuple(identity.rate_limit),
+            )
         return ANONYMOUS
 
     return identify

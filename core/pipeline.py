@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from core.actions import Action, ActionSpec
 from core.context import ANONYMOUS, Caller, Context
 from core.errors import (
     ActionError,
+    Banned,
     DependencyUnavailable,
     Forbidden,
     InternalError,
     MalformedRequest,
     NotFound,
+    RateLimited,
     Timeout,
     Unauthorized,
 )
@@ -47,6 +50,22 @@ class ActionRegistry(Protocol):
     def lookup(self, name: str) -> Action | None: ...
 
     def actions(self) -> Sequence[Action]: ...
+
+
+class RateLimiter(Protocol):
+    """What the pipeline needs from the rate limiter (see managers/rate_limiter_manager)."""
+
+    def check(
+        self,
+        *,
+        identity: str,
+        kind: str,
+        action: str | None = None,
+        action_limits: Sequence[str] = (),
+        own_limits: Sequence[str] | None = None,
+        failure: str = "open",
+        cost: int = 1,
+    ) -> Any: ...
 
 
 class ModuleAvailability(Protocol):
@@ -80,6 +99,7 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
     result: Any = None
     claim: Claim | None = None  # held while an idempotent call runs
+    response_headers: dict[str, str] = field(default_factory=dict)  # e.g. RateLimit fields
 
     @property
     def action(self) -> Action:
@@ -172,6 +192,21 @@ def validate(call: Call) -> None:
     call.params = call.action.validate(raw)
 
 
+def rate_limit_headers(states: Sequence[Any]) -> dict[str, str]:
+    """The ``RateLimit-Policy`` and ``RateLimit`` fields of
+    draft-ietf-httpapi-ratelimit-headers-10 for the limits that applied."""
+    if not states:
+        return {}
+    return {
+        "RateLimit-Policy": ", ".join(
+            f'"{s.name}";q={s.limit.count};w={math.ceil(s.limit.period)}' for s in states
+        ),
+        "RateLimit": ", ".join(
+            f'"{s.name}";r={max(0, s.remaining)};t={math.ceil(max(0.0, s.reset))}' for s in states
+        ),
+    }
+
+
 def masked(params: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
     """``params`` with the values of secret params replaced by ``***``."""
     return {k: (MASK if k in secret else v) for k, v in params.items()} if secret else dict(params)
@@ -197,6 +232,7 @@ class Pipeline:
         hooks: HookEmitter | None = None,
         identify: Identify = identify_anonymous,
         idempotency: Idempotency | None = None,
+        limiter: RateLimiter | None = None,
         steps: Sequence[tuple[str, Step]] | None = None,
     ) -> None:
         self.app = app
@@ -205,11 +241,13 @@ class Pipeline:
         self.modules = modules
         self.hooks = hooks
         self.idempotency = idempotency
+        self.limiter = limiter
         self.steps: tuple[tuple[str, Step], ...] = tuple(
             steps
             if steps is not None
             else (
                 ("authorize", authorize),
+                ("rate_limit", self._rate_limit),
                 ("idempotency", self._claim),
                 ("validate", validate),
             )
@@ -243,11 +281,17 @@ class Pipeline:
             self._run(call)
             duration_ms = self._elapsed(call)
             result = respond(call, duration_ms)
+            if call.response_headers:
+                result = CallResult(
+                    result.body, result.status, result.content_type, call.response_headers
+                )
         except _Replay as replay:
             stored = replay.stored
             self._audit(call, stored.status, self._elapsed(call), "replayed")
             return CallResult(stored.body, stored.status, stored.content_type, {REPLAYED: "true"})
         except ActionError as exc:
+            if call.response_headers:
+                exc.headers = {**call.response_headers, **exc.headers}
             self._settle(call, error=exc)
             self._failed(call, exc)
             raise
@@ -266,6 +310,44 @@ class Pipeline:
         if self.hooks is not None and self.hooks.has_listeners(ACTION_AFTER):
             self.hooks.emit(ACTION_AFTER, **self._hook_data(call), duration_ms=duration_ms)
         return result
+
+    # --- rate limits ------------------------------------------------------------------
+
+    def _rate_limit(self, call: Call) -> None:
+        """Global limits of the caller's kind (an API key's own instead, if it has them)
+        plus the action's, all in one check; headers go on every answer of the call."""
+        caller = call.caller
+        if self.limiter is None or caller.kind == "system":
+            return
+        identity: str
+        kind: str
+        if caller.kind in ("user", "api_key") and caller.id is not None:
+            identity, kind = f"{caller.kind}:{caller.id}", caller.kind
+        else:
+            identity, kind = f"ip:{call.request.client_ip}", "ip"
+        decision = self.limiter.check(
+            identity=identity,
+            kind=kind,
+            action=call.spec.name,
+            action_limits=call.spec.rate_limit,
+            own_limits=caller.rate_limit or None,
+            failure=call.spec.rate_limit_failure,
+        )
+        call.response_headers.update(rate_limit_headers(decision.states))
+        if decision.banned_until is not None:
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.banned_until))
+            wait = max(1, math.ceil(decision.banned_until - time.time()))
+            raise Banned(
+                f"too many rejected requests: banned until {until}",
+                headers={"Retry-After": str(wait)},
+                extra={"banned_until": until},
+            )
+        if not decision.allowed:
+            wait = max(1, math.ceil(decision.retry_after))
+            raise RateLimited(
+                f"rate limit exceeded for {call.spec.name}; retry later",
+                headers={"Retry-After": str(wait)},
+            )
 
     # --- idempotency ------------------------------------------------------------------
 

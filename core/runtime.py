@@ -40,6 +40,7 @@ def build_app(config: Config, managers: Sequence[Manager]) -> Flask:
         hooks=hooks,
         identify=identify,
         idempotency=idempotency,
+        limiter=app_manager.get("rate_limiter") if app_manager.has("rate_limiter") else None,
     )
     init_http(flask_app, app_manager, pipeline)
     register_routes = getattr(modules, "register_routes", None)

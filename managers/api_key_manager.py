@@ -244,7 +244,12 @@ class ApiKeyManager(Manager):
             log.debug("API key %s refused: expired", key_id)
             raise Unauthorized(EXPIRED)
         self._touch(key_id, record.get("last_used_at"), now)
-        return KeyIdentity(key_id, record.get("owner"), tuple(record.get("scopes") or ()))
+        return KeyIdentity(
+            key_id,
+            record.get("owner"),
+            tuple(record.get("scopes") or ()),
+            rate_limit=tuple(record.get("rate_limit") or ()),
+        )
 
     def get(self, key_id: str) -> PublicRecord | None:
         """The public record of a key, or None."""

@@ -184,7 +184,9 @@ def test_create_returns_the_public_record_and_the_raw_key_once(
     }
     assert keys.get(key_id) == record
     assert raw not in json.dumps(record) and secret not in json.dumps(record)
-    assert keys.verify(raw) == KeyIdentity(key_id, "u1", ("a:read", "b:write"))
+    assert keys.verify(raw) == KeyIdentity(
+        key_id, "u1", ("a:read", "b:write"), rate_limit=("100/minute", "1000 / hour")
+    )
 
 
 def test_keys_are_unique_and_ownerless_keys_work(keys: ApiKeyManager) -> None:
