@@ -28,8 +28,27 @@ def _ensure_wallet(ctx: Any, user_id: str) -> None:
 
 
 def _recipient(ctx: Any, user_id: str) -> None:
+    """The recipient must be a user; their wallet is created on first use."""
     if ctx.db.collection(USERS).find_one({"_id": user_id}) is None:
         raise NotFound(f"no user {user_id!r}")
+    _ensure_wallet(ctx, user_id)
+
+
+def _entry(
+    ctx: Any, kind: str, *, source: str | None, to: str, amount: int, note: str | None
+) -> dict[str, Any]:
+    """A new ledger entry (entries are only ever inserted)."""
+    return {
+        "_id": uuid.uuid4().hex,
+        "kind": kind,
+        "from": source,
+        "to": to,
+        "amount": amount,
+        "note": note,
+        "at": time.time(),
+        "by": ctx.caller.id,
+        "request_id": ctx.request_id,
+    }
 
 
 def balance(ctx: Any) -> dict[str, Any]:
@@ -44,18 +63,8 @@ def transfer(ctx: Any, *, to: str, amount: int, note: str | None = None) -> dict
             "cannot transfer to yourself", errors=[FieldError("/to", "is the caller")]
         )
     _recipient(ctx, to)
-    _ensure_wallet(ctx, to)
     wallets, ledger = ctx.db.collection(WALLETS), ctx.db.collection(LEDGER)
-    entry = {
-        "_id": uuid.uuid4().hex,
-        "kind": "transfer",
-        "from": sender,
-        "to": to,
-        "amount": amount,
-        "note": note,
-        "at": time.time(),
-        "request_id": ctx.request_id,
-    }
+    entry = _entry(ctx, "transfer", source=sender, to=to, amount=amount, note=note)
 
     def work() -> None:
         for wallet in sorted((sender, to)):
@@ -104,18 +113,8 @@ def history(ctx: Any, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
 
 def grant(ctx: Any, *, to: str, amount: int, note: str | None = None) -> dict[str, Any]:
     _recipient(ctx, to)
-    _ensure_wallet(ctx, to)
     wallets, ledger = ctx.db.collection(WALLETS), ctx.db.collection(LEDGER)
-    entry = {
-        "_id": uuid.uuid4().hex,
-        "kind": "grant",
-        "from": None,
-        "to": to,
-        "amount": amount,
-        "note": note,
-        "at": time.time(),
-        "by": ctx.caller.id,
-    }
+    entry = _entry(ctx, "grant", source=None, to=to, amount=amount, note=note)
 
     def work() -> None:
         wallets.update_one({"_id": to}, {"$inc": {"balance": amount}})
