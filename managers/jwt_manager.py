@@ -9,12 +9,9 @@ manager's store, so every worker process sees it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import re
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -22,14 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from flask import Response
 
-from core.dev_secrets import dev_secret
 from core.errors import ConfigError, Problem, Unauthorized
 from core.manager import Health, Manager
 from core.store import KeyValueStore
+from managers.jwt_keys import PrivateKey, VerificationKey, jwk_set, load_keys
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
@@ -38,14 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.jwt")
 
 TokenType = Literal["access", "refresh"]
-PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 JWKS_PATH = "/.well-known/jwks.json"
 # Far above any token issued here; bounds the work an unauthenticated caller can cause.
 MAX_TOKEN_LENGTH = 16 * 1024
-MIN_RSA_BITS = 2048
-MIN_HMAC_BYTES = 32  # RFC 7518 3.2: at least the hash output size
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -55,159 +46,6 @@ _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 def _unauthorized(reason: str) -> Unauthorized:
     return Unauthorized(reason, headers=dict(_INVALID_TOKEN))
-
-
-# --- keys -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VerificationKey:
-    """A key tokens may be checked with, bound to the one algorithm it accepts."""
-
-    kid: str
-    algorithm: str
-    key: PublicKey | bytes  # bytes: the HS256 secret
-    jwk: Mapping[str, str] | None  # public JWK for /.well-known/jwks.json; None for HS256
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _uint(value: int) -> str:
-    return _b64url(value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
-
-
-def _public_jwk(key: PublicKey) -> dict[str, str]:
-    """The RFC 7638 required members only, so the thumbprint can be taken from it."""
-    if isinstance(key, rsa.RSAPublicKey):
-        numbers = key.public_numbers()
-        return {"e": _uint(numbers.e), "kty": "RSA", "n": _uint(numbers.n)}
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)}
-
-
-def thumbprint(jwk: Mapping[str, str]) -> str:
-    """RFC 7638 JWK thumbprint (SHA-256) of a public JWK holding only its required members."""
-    canonical = json.dumps(dict(jwk), sort_keys=True, separators=(",", ":"))
-    return _b64url(hashlib.sha256(canonical.encode()).digest())
-
-
-def _algorithm_of(key: object) -> str | None:
-    if isinstance(key, (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey)):
-        return "EdDSA"
-    if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
-        return "RS256"
-    return None
-
-
-def _pem(value: bytes) -> bytes:
-    # A PEM passed through an environment variable often arrives with literal "\n"s.
-    return value.replace(b"\\n", b"\n") if b"\n" not in value.strip() else value
-
-
-def _generate_pem(algorithm: str) -> bytes:
-    key: PrivateKey = (
-        ed25519.Ed25519PrivateKey.generate()
-        if algorithm == "EdDSA"
-        else rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    )
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _config_error(message: str, setting: str) -> ConfigError:
-    return ConfigError([Problem(message, field=setting)])
-
-
-def _too_small(key: PrivateKey | PublicKey) -> str | None:
-    if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)) and key.key_size < MIN_RSA_BITS:
-        return f"the RSA key has {key.key_size} bits; use at least {MIN_RSA_BITS}"
-    return None
-
-
-def _signing_key(config: Config, algorithm: str) -> tuple[PrivateKey | bytes, VerificationKey]:
-    """(what signs, how tokens it signed are verified)."""
-    if algorithm == "HS256":
-        if config.is_production:
-            raise _config_error(
-                "HS256 is refused in production: a shared secret lets every verifier mint "
-                "tokens. Set jwt.algorithm to EdDSA (or RS256) and provide jwt.private_key",
-                "jwt.algorithm",
-            )
-        secret = dev_secret(
-            config, "jwt.secret", "jwt_hs256.secret", lambda: secrets.token_urlsafe(48).encode()
-        )
-        if len(secret) < MIN_HMAC_BYTES:
-            raise _config_error(
-                f"HS256 needs a secret of at least {MIN_HMAC_BYTES} bytes, got {len(secret)}",
-                "jwt.secret",
-            )
-        kid = str(config["jwt.kid"] or "hs256")  # a thumbprint of a secret would leak a hash
-        return secret, VerificationKey(kid, "HS256", secret, None)
-
-    filename = f"jwt_{algorithm.lower()}.pem"
-    pem = _pem(dev_secret(config, "jwt.private_key", filename, lambda: _generate_pem(algorithm)))
-    try:
-        private = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:  # not PEM, encrypted, or an unsupported key type
-        raise _config_error(
-            f"not an unencrypted PEM private key ({exc})", "jwt.private_key"
-        ) from None
-    if _algorithm_of(private) != algorithm or not isinstance(
-        private, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
-    ):
-        wanted = "an Ed25519" if algorithm == "EdDSA" else "an RSA"
-        raise _config_error(
-            f"jwt.algorithm is {algorithm}, which needs {wanted} key, but this is "
-            f"{type(private).__name__}; provide such a key or change jwt.algorithm",
-            "jwt.private_key",
-        )
-    problem = _too_small(private)
-    if problem:
-        raise _config_error(problem, "jwt.private_key")
-    public = private.public_key()
-    jwk = _public_jwk(public)
-    kid = str(config["jwt.kid"] or thumbprint(jwk))
-    return private, VerificationKey(kid, algorithm, public, jwk)
-
-
-def _rotation_keys(config: Config) -> list[VerificationKey]:
-    """``jwt.verification_keys``: {kid: public PEM}, each bound to its key type's algorithm."""
-    keys: list[VerificationKey] = []
-    problems: list[Problem] = []
-    for kid, value in dict(config["jwt.verification_keys"]).items():
-        setting = f"jwt.verification_keys.{kid}"
-        try:
-            public = serialization.load_pem_public_key(_pem(str(value).encode()))
-        except (ValueError, TypeError) as exc:
-            problems.append(Problem(f"not a PEM public key ({exc})", field=setting))
-            continue
-        algorithm = _algorithm_of(public)
-        if algorithm is None or not isinstance(
-            public, (ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
-        ):
-            problems.append(
-                Problem(
-                    f"only Ed25519 and RSA public keys are accepted, not {type(public).__name__}",
-                    field=setting,
-                )
-            )
-            continue
-        problem = _too_small(public)
-        if problem:
-            problems.append(Problem(problem, field=setting))
-            continue
-        keys.append(VerificationKey(str(kid), algorithm, public, _public_jwk(public)))
-    if problems:
-        raise ConfigError(problems)
-    return keys
-
-
-# --- the manager ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -264,15 +102,7 @@ class JWTManager(Manager):
     def start(self, app: AppManager) -> None:
         config = app.config
         policy = TokenPolicy.from_config(config)
-        signer, signing = _signing_key(config, str(config["jwt.algorithm"]))
-        keys = {signing.kid: signing}
-        for key in _rotation_keys(config):
-            if key.kid in keys:
-                raise _config_error(
-                    f"kid {key.kid!r} is also the signing key's kid; give each key its own",
-                    f"jwt.verification_keys.{key.kid}",
-                )
-            keys[key.kid] = key
+        signer, signing, keys = load_keys(config)
         self._store = app.get("redis").store
         self._policy, self._signer, self._signing, self._keys = policy, signer, signing, keys
         if app.flask is not None:
@@ -472,13 +302,7 @@ class JWTManager(Manager):
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The public verification keys as a JWK Set (empty for HS256)."""
-        return {
-            "keys": [
-                {**key.jwk, "kid": key.kid, "alg": key.algorithm, "use": "sig"}
-                for key in self._keys.values()
-                if key.jwk is not None
-            ]
-        }
+        return jwk_set(self._keys.values())
 
     def _jwks_view(self) -> Response:
         return Response(

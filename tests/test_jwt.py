@@ -31,7 +31,8 @@ import app as switchboard
 from core.app_manager import AppManager
 from core.errors import ConfigError, DependencyUnavailable, Unauthorized
 from core.runtime import build_app, shutdown_app
-from managers.jwt_manager import MAX_TOKEN_LENGTH, JWTManager, _public_jwk, thumbprint
+from managers.jwt_keys import _public_jwk, thumbprint
+from managers.jwt_manager import MAX_TOKEN_LENGTH, JWTManager
 from managers.redis_manager import RedisManager
 
 LEEWAY = 30  # the built-in jwt.leeway
