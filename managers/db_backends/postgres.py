@@ -22,7 +22,8 @@ import psycopg2.extensions
 import psycopg2.pool
 
 from core.errors import Conflict, DependencyUnavailable, Timeout, TransactionConflict
-from managers.db_backends.sql import Dialect, Session, SqlBackend
+from managers.db_backends.sql import Session, SqlBackend
+from managers.db_backends.sql_compiler import Dialect
 
 
 class PostgresDialect(Dialect):

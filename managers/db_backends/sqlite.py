@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import Conflict, DependencyUnavailable
-from managers.db_backends.sql import Dialect, Session, SqlBackend
+from managers.db_backends.sql import Session, SqlBackend
+from managers.db_backends.sql_compiler import Dialect
 
 
 class SqliteDialect(Dialect):
