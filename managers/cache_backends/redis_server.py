@@ -12,14 +12,20 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, cast
 
 import redis
 from redis.backoff import NoBackoff
 from redis.client import PubSub
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -300,6 +306,24 @@ class RedisStore:
     def _forget(self, subscription: _PubSubSubscription) -> None:
         with self._lock:
             self._subscriptions.discard(subscription)
+
+    # --- scripts -----------------------------------------------------------------------
+
+    def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Any]:
+        """A Lua script, run as ``run(keys, args)``: EVALSHA, loaded on first use and again
+        after a server restart. Keys get the prefix. A server that is down, read-only or out
+        of memory is ``DependencyUnavailable``."""
+        registered = cast(redis.Redis, self._client).register_script(source)
+        prefix = self._prefix
+
+        def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            try:
+                with _translated():
+                    return registered(keys=[prefix + k for k in keys], args=list(args))
+            except (ReadOnlyError, OutOfMemoryError) as exc:
+                raise DependencyUnavailable("redis cannot run the script") from exc
+
+        return run
 
     # --- the rest ----------------------------------------------------------------------
 

@@ -1,0 +1,240 @@
+"""RateLimiterManager: GCRA limits per caller and per action, auto-bans, and a local fallback.
+
+One ``check()`` covers every limit that applies to a request: the caller kind's global
+limits (``ratelimit.ip`` / ``user`` / ``api_key``, or an API key's own), and the action's
+``rate_limit``, counted per identity and action. All are decided together in one atomic step
+of the backend (one EVALSHA on Redis): if any denies, none is consumed. Denials count
+strikes toward an auto-ban. The algorithm is in ``managers/rate_limits/gcra.py``; where its
+state lives is the backend's business (``managers/rate_limits/``), picked from the store
+the ``redis`` manager opened.
+
+When Redis is down, an action with ``rate_limit_failure: open`` is decided by an in-process
+limiter of this worker (the same algorithm, so there is still a bound per worker) and one
+with ``closed`` gets ``DependencyUnavailable``. Every check tries Redis first, so the
+limiter recovers on its own when Redis returns. Socket.IO messages use the same ``check()``
+(for example ``identity="sio:<sid>"``, ``kind="sio"``: a kind without global limits).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ConfigError, DependencyUnavailable, Problem
+from core.manager import Health, Manager
+from managers.rate_limits import open_limiter
+from managers.rate_limits.base import (
+    BanPolicy,
+    Check,
+    Clock,
+    LimiterBackend,
+    limit_key,
+    subject_of,
+)
+from managers.rate_limits.decision import Decision, LimitState, decide, denying
+from managers.rate_limits.gcra import MAX_COST, MAX_PERIOD, MICROS, Limit, parse_limit
+from managers.rate_limits.memory import MemoryLimiter
+
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+
+__all__ = ["Decision", "Limit", "LimitState", "RateLimiterManager", "parse_limit"]
+
+KINDS = ("ip", "user", "api_key")  # kinds with global limits in the config
+FAILURES = ("open", "closed")
+
+
+class RateLimiterManager(Manager):
+    """``check()`` for the pipeline (and Socket.IO); ``bans()``/``unban()`` for admins;
+    ``counters`` of allowed/limited/banned per limit name for the metrics manager."""
+
+    name = "rate_limiter"
+    requires = ("config", "redis")
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        # The clock times the in-process limiters; on Redis the server's TIME does.
+        self._clock: Clock = clock or time.time
+        self.counters: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._counting = threading.Lock()
+        self._enabled = True
+        self._globals: dict[str, tuple[Limit, ...]] = {}
+        self._ban = BanPolicy()
+        self._backend: LimiterBackend | None = None
+        self._fallback: LimiterBackend | None = None
+        self._degraded = False
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, app: AppManager) -> None:
+        config = app.config
+        problems: list[Problem] = []
+        limits: dict[str, tuple[Limit, ...]] = {}
+        for kind in KINDS:
+            key = f"ratelimit.{kind}"
+            try:
+                limits[kind] = tuple(parse_limit(text) for text in config[key])
+            except ValueError as exc:
+                problems.append(Problem(f"{key}: {exc}", field=key))
+        threshold = int(config["ratelimit.ban_threshold"])
+        durations = {}
+        for name in ("ban_window", "ban_ttl", "ban_max_ttl"):
+            key = f"ratelimit.{name}"
+            seconds = float(config[key])
+            if threshold and not 0 < seconds <= MAX_PERIOD:
+                problems.append(
+                    Problem(f"{key} must be more than 0 and at most 366 days", field=key)
+                )
+            durations[name] = max(1, round(seconds * MICROS))
+        if problems:
+            raise ConfigError(problems)
+        self._enabled = bool(config["ratelimit.enabled"])
+        self._globals = limits
+        self._ban = BanPolicy(
+            threshold,
+            durations["ban_window"],
+            durations["ban_ttl"],
+            durations["ban_max_ttl"],
+        )
+        self._backend = open_limiter(app.get("redis").store, self._clock)
+        # The local bound when the shared store is down (memory:// is never down).
+        self._fallback = None if self._backend.name == "memory" else MemoryLimiter(self._clock)
+        self._degraded = False
+
+    def stop(self) -> None:
+        self._backend = self._fallback = None
+
+    def health(self) -> Health:
+        if self._backend is None:
+            return Health("failed", {"error": "not started"})
+        details: dict[str, Any] = {"backend": self._backend.name, "enabled": self._enabled}
+        if self._degraded:
+            return Health("degraded", {**details, "fallback": "in-process (redis unavailable)"})
+        return Health("ok", details)
+
+    # --- checks -----------------------------------------------------------------------
+
+    def check(
+        self,
+        *,
+        identity: str,
+        kind: str,
+        action: str | None = None,
+        action_limits: Sequence[str] = (),
+        own_limits: Sequence[str] | None = None,
+        failure: str = "open",
+        cost: int = 1,
+    ) -> Decision:
+        """Decide one request of ``identity`` (see the module docstring).
+
+        ``kind`` selects the global limits (``ip``, ``user``, ``api_key``; another kind has
+        none); ``own_limits`` replace them when given. ``ValueError`` for a bad limit text,
+        cost or failure mode; ``DependencyUnavailable`` when the store is down and
+        ``failure`` is ``closed``.
+        """
+        if not self._enabled:
+            return Decision(True, ())
+        if failure not in FAILURES:
+            raise ValueError(f"failure must be 'open' or 'closed', got {failure!r}")
+        if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= MAX_COST:
+            raise ValueError(f"cost must be an integer from 1 to {MAX_COST}, got {cost!r}")
+        if not isinstance(identity, str):
+            raise TypeError(f"identity must be a string, got {type(identity).__name__}")
+        plan = self._plan(
+            identity=identity,
+            kind=kind,
+            action=action,
+            action_limits=action_limits,
+            own_limits=own_limits,
+            cost=cost,
+        )
+        backend = self._started()
+        degraded = False
+        try:
+            outcome = backend.evaluate(plan)
+        except DependencyUnavailable:
+            self._degraded = True
+            if failure == "closed" or self._fallback is None:
+                raise
+            outcome = self._fallback.evaluate(plan)
+            degraded = True
+        self._degraded = degraded
+        decision = decide(plan, outcome, degraded=degraded)
+        self._count(plan, decision, denying(plan, outcome))
+        return decision
+
+    def _plan(
+        self,
+        *,
+        identity: str,
+        kind: str,
+        action: str | None,
+        action_limits: Sequence[str],
+        own_limits: Sequence[str] | None,
+        cost: int,
+    ) -> Check:
+        if action_limits and action is None:
+            raise ValueError("action_limits need the action they belong to")
+        subject = subject_of(identity)
+        kind_limits = self._globals.get(kind, ()) if own_limits is None else _parsed(own_limits)
+        applied: dict[str, tuple[str, Limit]] = {}  # by key: a limit listed twice counts once
+        for limit in kind_limits:
+            applied.setdefault(limit_key(subject, limit, None), (f"{kind}-{limit.text}", limit))
+        for limit in _parsed(action_limits):
+            applied.setdefault(limit_key(subject, limit, action), (f"action-{limit.text}", limit))
+        return Check(
+            identity=identity,
+            subject=subject,
+            limits=tuple(limit for _, limit in applied.values()),
+            keys=tuple(applied),
+            names=tuple(name for name, _ in applied.values()),
+            cost=cost,
+            ban=self._ban,
+        )
+
+    def _count(self, plan: Check, decision: Decision, denied: Iterable[int]) -> None:
+        if decision.allowed:
+            counts = [("allowed", name) for name in plan.names]
+        elif decision.banned_until is not None:
+            counts = [("banned", name) for name in plan.names]
+        else:
+            counts = [("limited", plan.names[i]) for i in denied]
+        with self._counting:
+            self.counters.update(counts)
+
+    # --- bans -------------------------------------------------------------------------
+
+    @staticmethod
+    def parse_limit(text: str) -> Limit:
+        """A limit as declarations write it; ``ValueError`` says what is wrong."""
+        return parse_limit(text)
+
+    def bans(self) -> list[dict[str, Any]]:
+        """Bans in force: ``[{"identity", "until" (epoch seconds), "level"}]``, soonest
+        first. On Redis, by SCAN of the ban keys (``DependencyUnavailable`` when it is down).
+        """
+        found = self._started().bans()
+        return [
+            {"identity": ban.identity, "until": ban.until / MICROS, "level": ban.level}
+            for ban in sorted(found, key=lambda ban: (ban.until, ban.identity))
+        ]
+
+    def unban(self, identity: str) -> bool:
+        """Lift ``identity``'s ban and forget its strikes and ban level (the next ban starts
+        again at ``ratelimit.ban_ttl``); True when a ban was in force."""
+        backend = self._started()
+        lifted = self._fallback.unban(identity) if self._fallback is not None else False
+        return backend.unban(identity) or lifted
+
+    def _started(self) -> LimiterBackend:
+        if self._backend is None:
+            raise RuntimeError("the rate_limiter manager has not started")
+        return self._backend
+
+
+def _parsed(texts: Sequence[str]) -> tuple[Limit, ...]:
+    if isinstance(texts, str):  # a single limit where a list was meant
+        texts = (texts,)
+    return tuple(parse_limit(text) for text in texts)
