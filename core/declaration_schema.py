@@ -12,7 +12,10 @@ from typing import Any
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ACTION_KEY = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
-RATE = r"^\s*[1-9][0-9]*\s*/\s*([1-9][0-9]*\s*)?(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$"
+RATE = (
+    r"^\s*[1-9][0-9]*\s*/\s*([1-9][0-9]*\s*)?"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|h|days?|d)\s*$"
+)
 DURATION = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
 JSON_TYPES = ["string", "integer", "number", "boolean", "object", "array", "null"]
 

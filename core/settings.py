@@ -315,7 +315,8 @@ _TABLE = (
         "ratelimit.ban_threshold",
         _int,
         20,
-        "429 answers within ratelimit.ban_window that get an identity banned (0: never ban)",
+        "An identity answered 429 more than this many "
+        "times within ratelimit.ban_window is banned (0: never ban)",
         minimum=0,
     ),
     Setting("ratelimit.ban_window", _seconds, 60.0, "Window in which 429 answers are counted"),

@@ -91,7 +91,9 @@ class ActionDiscoveryManager(Manager):
                     problems.append(where.problem(f"action name {key!r} must match {ACTION_KEY}"))
                     continue
                 try:
-                    self.register(build_action(where, declaration, file.defaults, file.instance))
+                    action = build_action(where, declaration, file.defaults, file.instance)
+                    problems.extend(self._limit_problems(app, action, where))
+                    self.register(action)
                 except DeclarationError as exc:
                     problems.extend(exc.problems)
         if problems:
@@ -100,6 +102,20 @@ class ActionDiscoveryManager(Manager):
 
     def health(self) -> Health:
         return Health("ok", {"actions": len(self._actions)})
+
+    @staticmethod
+    def _limit_problems(app: AppManager, action: Action, where: Where) -> list[Problem]:
+        """Each ``rate_limit`` entry must parse now, not fail on the first request."""
+        if not action.spec.rate_limit or not app.has("rate_limiter"):
+            return []
+        limiter = app.get("rate_limiter")
+        problems = []
+        for index, text in enumerate(action.spec.rate_limit):
+            try:
+                limiter.parse_limit(text)
+            except ValueError as exc:
+                problems.append(where.problem(f"{text!r}: {exc}", f"rate_limit.{index}"))
+        return problems
 
     # --- files ------------------------------------------------------------------------
 

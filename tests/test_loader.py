@@ -379,6 +379,12 @@ def test_invalid_yaml_names_file_and_line(make_app: MakeApp, write_module: Write
         ),
         ("handler: handlers:hello\n    params: {ctx: {type: string}}", "params", "'ctx'"),
         ("handler: handlers:hello\n    rate_limit: [ten per minute]", "rate_limit.0", ""),
+        ("handler: handlers:hello\n    rate_limit: [10/ms]", "rate_limit.0", ""),
+        (
+            "handler: handlers:hello\n    rate_limit: [5/minute, 10/400day]",
+            "rate_limit.1",
+            "'10/400day'",
+        ),
         ("handler: handlers:hello\n    timeout: soon", "timeout", ""),
         ("summary: no handler", None, "'handler' is a required property"),
         ("handler: handlers:nothing", "handler", "no function 'nothing'"),
