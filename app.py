@@ -34,6 +34,7 @@ from managers.database_manager import DatabaseManager
 from managers.hooks_manager import HooksManager
 from managers.jwt_manager import JWTManager
 from managers.module_manager import ModuleManager
+from managers.rate_limiter_manager import RateLimiterManager
 from managers.redis_manager import RedisManager
 from managers.state_manager import StateManager
 
@@ -49,6 +50,7 @@ def default_managers() -> list[Manager]:
         StateManager(),
         JWTManager(),
         ApiKeyManager(),
+        RateLimiterManager(),
         ModuleManager(),
         ActionDiscoveryManager(),
     ]

@@ -1,0 +1,207 @@
+"""Rate limits as a caller meets them: headers, 429, bans, client IPs, and Redis outages."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app import ROOT
+from core.context import SYSTEM
+from core.http import state
+from core.pipeline import CallRequest
+from tests.conftest import MakeApp, WriteModule
+from tests.servers import RedisServer, ServerUnavailable
+
+LIMITED = """
+actions:
+  hit:
+    handler: handlers:hit
+    auth: public
+    rate_limit: [3/minute]
+  free:
+    handler: handlers:hit
+    auth: public
+"""
+HIT = "def hit(ctx):\n    return {'ip': ctx.client_ip}\n"
+
+ON = {
+    "SB_RATELIMIT__ENABLED": "true",
+    "SB_RATELIMIT__IP": "1000/minute",
+    "SB_RATELIMIT__BAN_THRESHOLD": "0",
+}
+
+
+@pytest.fixture
+def limited(write_module: WriteModule) -> Path:
+    return write_module("lim", {"actions.yaml": LIMITED, "handlers.py": HIT})
+
+
+def hit(app: Flask, ip: str = "198.51.100.1", name: str = "lim.hit", **headers: str) -> Any:
+    return app.test_client().post(
+        f"/api/v1/actions/{name}", json={}, headers=headers, environ_base={"REMOTE_ADDR": ip}
+    )
+
+
+def test_limited_actions_carry_ratelimit_headers_and_answer_429(
+    make_app: MakeApp, limited: Path
+) -> None:
+    app = make_app({**ON, "MODULES_PATH": str(limited)})
+    remaining = []
+    for _ in range(3):
+        response = hit(app)
+        assert response.status_code == 200
+        policy = response.headers["RateLimit-Policy"]
+        assert '"ip-1000/minute";q=1000;w=60' in policy
+        assert '"action-3/minute";q=3;w=60' in policy
+        current = response.headers["RateLimit"]
+        found = re.search(r'"action-3/minute";r=(\d+);t=\d+', current)
+        assert found is not None, current
+        remaining.append(int(found[1]))
+    assert remaining == [2, 1, 0]
+    limited_response = hit(app)
+    assert limited_response.status_code == 429
+    body = limited_response.get_json()
+    assert body["type"] == "/problems/rate-limited"
+    assert int(limited_response.headers["Retry-After"]) >= 1
+    assert "RateLimit" in limited_response.headers  # on the 429 too
+    assert hit(app, name="lim.free").status_code == 200  # other actions keep their budget
+    assert hit(app, ip="198.51.100.2").status_code == 200  # other callers keep theirs
+
+
+def test_a_spoofed_forwarded_for_buys_no_new_budget(make_app: MakeApp, limited: Path) -> None:
+    app = make_app({**ON, "MODULES_PATH": str(limited)})
+    for n in range(3):
+        assert hit(app, **{"X-Forwarded-For": f"203.0.113.{n}"}).status_code == 200
+    spoofed = hit(app, **{"X-Forwarded-For": "203.0.113.99"})
+    assert spoofed.status_code == 429  # still the socket peer's budget
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_budget(
+    make_app: MakeApp, limited: Path
+) -> None:
+    app = make_app({**ON, "MODULES_PATH": str(limited), "SB_HTTP__TRUSTED_PROXIES": "10.0.0.0/8"})
+    proxy = "10.0.0.7"
+    for _ in range(3):
+        assert hit(app, ip=proxy, **{"X-Forwarded-For": "203.0.113.5"}).status_code == 200
+    assert hit(app, ip=proxy, **{"X-Forwarded-For": "203.0.113.5"}).status_code == 429
+    other = hit(app, ip=proxy, **{"X-Forwarded-For": "203.0.113.6"})
+    assert other.status_code == 200 and other.get_json()["data"]["ip"] == "203.0.113.6"
+    # the client cannot pick a new address by prepending one: the right-most untrusted counts
+    chained = hit(app, ip=proxy, **{"X-Forwarded-For": "1.1.1.1, 203.0.113.5"})
+    assert chained.status_code == 429
+
+
+def test_repeat_offenders_are_banned_and_admins_lift_bans(make_app: MakeApp, limited: Path) -> None:
+    app = make_app(
+        {
+            **ON,
+            "MODULES_PATH": str(limited),
+            "SB_RATELIMIT__BAN_THRESHOLD": "2",
+            "SB_RATELIMIT__BAN_TTL": "60s",
+        }
+    )
+    for _ in range(3):
+        hit(app)
+    statuses = [hit(app).status_code for _ in range(4)]
+    assert statuses[:2] == [429, 429]
+    banned = hit(app)
+    assert banned.status_code == 403
+    body = banned.get_json()
+    assert body["type"] == "/problems/banned" and "banned_until" in body
+    assert hit(app, name="lim.free").status_code == 403  # a ban covers every action
+
+    manager = state(app).app_manager.get("rate_limiter")
+    assert [b["identity"] for b in manager.bans()] == ["ip:198.51.100.1"]
+    pipeline = state(app).pipeline  # the admin actions, as the CLI runs them
+    shown = pipeline.invoke(CallRequest("ratelimit.bans", {}, "r1", caller=SYSTEM))
+    assert shown.data[0]["identity"] == "ip:198.51.100.1"
+    lifted = pipeline.invoke(
+        CallRequest("ratelimit.unban", {"identity": "ip:198.51.100.1"}, "r2", caller=SYSTEM)
+    )
+    assert lifted.data == {"identity": "ip:198.51.100.1", "unbanned": True}
+    assert manager.bans() == []
+    assert hit(app, name="lim.free").status_code == 200
+
+
+def test_the_bans_cli_sees_and_lifts_bans_of_the_shared_store(
+    make_app: MakeApp, limited: Path, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    shared = {
+        "REDIS_URL": redis_url,
+        "SB_REDIS__PREFIX": redis_prefix,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/bans.db",
+    }
+    app = make_app(
+        {**ON, **shared, "MODULES_PATH": str(limited), "SB_RATELIMIT__BAN_THRESHOLD": "1"}
+    )
+    for _ in range(6):
+        hit(app, ip="198.51.100.77")
+    assert hit(app, ip="198.51.100.77").status_code == 403
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "APP_ENV": "test", **shared}
+        env.pop("MODULES_PATH", None)
+        return subprocess.run(
+            [sys.executable, "app.py", "bans", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    listed = cli()
+    assert listed.returncode == 0, listed.stderr
+    assert "ip:198.51.100.77" in listed.stdout and "until" in listed.stdout
+    assert cli("lift", "ip:198.51.100.77").returncode == 0
+    assert cli("lift", "ip:198.51.100.77").returncode == 1  # not banned any more
+    assert hit(app, ip="198.51.100.77", name="lim.free").status_code == 200
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.cleanup()
+        pytest.fail(f"redis-server is needed: {exc}")
+    yield server
+    server.cleanup()
+
+
+def test_redis_down_open_actions_fall_back_closed_ones_answer_503(
+    make_app: MakeApp, limited: Path, private_redis: RedisServer
+) -> None:
+    app = make_app(
+        {
+            **ON,
+            "MODULES_PATH": str(limited),
+            "REDIS_URL": private_redis.url(),
+            "SB_REDIS__SOCKET_TIMEOUT": "0.5s",
+        }
+    )
+    client = app.test_client()
+    login = {"email": "nobody@example.com", "password": "whatever password"}
+    assert client.post("/api/v1/actions/auth.login", json=login).status_code == 401
+    private_redis.stop()
+    try:
+        # open: the local limiter still answers, and still bounds this worker
+        assert [hit(app).status_code for _ in range(4)] == [200, 200, 200, 429]
+        # closed (auth.login): no limiter, no login
+        down = client.post("/api/v1/actions/auth.login", json=login)
+        assert down.status_code == 503
+        assert down.get_json()["type"] == "/problems/dependency-unavailable"
+    finally:
+        private_redis.start()
+    assert client.post("/api/v1/actions/auth.login", json=login).status_code == 401
+    assert hit(app, ip="198.51.100.9").status_code == 200
