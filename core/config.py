@@ -1,25 +1,29 @@
 """The configuration chain and the ``config`` manager.
 
-Resolution, highest first (this issue builds levels 3-5; secret files and Vault slot in
-above the environment later):
+Resolution, highest first:
 
     command-line overrides (``serve --host --port --workers``)
+    secret files ``<dir>/<key>`` (``secrets.mounts``: /run/secrets and a Kubernetes mount,
+        then ``secrets.dir``)
+    Vault: one KV v2 document at ``vault.config_path`` (``vault.*`` and ``secrets.*`` skip it)
     environment ``SB_<KEY>`` (``.`` -> ``__``, upper-cased), then the unprefixed aliases
     ``config/<APP_ENV>.yaml``
     ``config/default.yaml``
     built-in defaults (``core.settings``)
 
-Every value is typed and checked at load; an unknown key or a wrong type is a
-``ConfigError`` naming the file (or variable) and the key.
+A value may be a reference, ``vault://<path>#<key>`` or ``file://<path>``, resolved at
+boot. Every value is typed and checked at load; an unknown key or a wrong type is a
+``ConfigError`` naming the file (or variable) and the key. In production, unsafe
+combinations are refused, each naming the setting and the fix.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core.errors import ConfigError, Problem
 from core.manager import Manager
@@ -31,10 +35,11 @@ REDACTED = "***"
 
 @dataclass(frozen=True)
 class Value:
-    """A resolved setting and where it came from."""
+    """A resolved setting, where it came from, and whether it must never be shown."""
 
     value: Any
     source: str
+    sensitive: bool = False
 
 
 class Config:
@@ -70,11 +75,19 @@ class Config:
         path = Path(value)
         return path if path.is_absolute() else self.root / path
 
+    def secret_values(self) -> frozenset[str]:
+        """Every sensitive value as text, for the log redaction filter."""
+        return frozenset(
+            str(entry.value)
+            for entry in self._values.values()
+            if entry.sensitive and entry.value and len(str(entry.value)) >= 4
+        )
+
     def describe(self) -> Iterator[tuple[str, Any, str]]:
         """(key, value, source) for every setting, secrets redacted."""
         for key in sorted(self._values):
             entry = self._values[key]
-            shown = REDACTED if SETTINGS[key].secret and entry.value else entry.value
+            shown = REDACTED if entry.sensitive and entry.value else entry.value
             yield key, shown, entry.source
 
 
@@ -125,19 +138,98 @@ def _env_layer(environ: Mapping[str, str], problems: list[Problem]) -> dict[str,
     return layer
 
 
+class SecretReader(Protocol):
+    """What the chain needs from Vault: a KV v2 document by path (KeyError if missing)."""
+
+    def read(self, path: str) -> Mapping[str, Any]: ...
+
+
+VaultConnect = Callable[[Mapping[str, Any], Path], SecretReader]
+
+# Settings that locate the secret levels themselves, so they cannot come from them.
+_BOOTSTRAP = frozenset({"secrets.dir", "secrets.mounts", "app.env"})
+
+
+def _secret_files(directories: Sequence[Path], root: Path) -> dict[str, tuple[str, str]]:
+    """``<dir>/<key>`` for every known key; the first directory that has one wins."""
+    found: dict[str, tuple[str, str]] = {}
+    for directory in directories:
+        if not directory.is_dir():
+            continue
+        for key in SETTINGS:
+            if key in found or key in _BOOTSTRAP:
+                continue
+            path = directory / key
+            if path.is_file():
+                try:
+                    text = path.read_text(encoding="utf-8").rstrip("\n")
+                except (OSError, UnicodeDecodeError):
+                    continue
+                found[key] = (text, f"secret file {path}")
+    return found
+
+
+def _flatten_document(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and name not in MAPPING_KEYS:
+            flat.update({f"{name}.{k}": v for k, v in _flatten_document(value).items()})
+        else:
+            flat[name] = value
+    return flat
+
+
+class _Resolver:
+    """Resolves ``vault://`` and ``file://`` references (Vault connected on first need)."""
+
+    def __init__(self, root: Path, vault: Callable[[], SecretReader | None]) -> None:
+        self.root = root
+        self._vault = vault
+
+    def __call__(self, raw: Any, key: str) -> tuple[Any, bool]:
+        """(value, resolved) for one raw value; ``ValueError`` says what is wrong."""
+        if not isinstance(raw, str):
+            return raw, False
+        if raw.startswith("file://"):
+            path = Path(raw[len("file://") :])
+            path = path if path.is_absolute() else self.root / path
+            try:
+                return path.read_text(encoding="utf-8").rstrip("\n"), True
+            except OSError as exc:
+                raise ValueError(f"cannot read {raw}: {exc.strerror}") from None
+        if raw.startswith("vault://"):
+            target, _, field = raw[len("vault://") :].partition("#")
+            if not target or not field:
+                raise ValueError("write a Vault reference as vault://<path>#<key>")
+            reader = self._vault()
+            if reader is None:
+                raise ValueError("refers to Vault, but vault.addr is not set")
+            try:
+                document = reader.read(target)
+            except KeyError:
+                raise ValueError(f"Vault has no secret at {target}") from None
+            if field not in document:
+                raise ValueError(f"Vault secret {target} has no key {field!r}")
+            return document[field], True
+        return raw, False
+
+
 def load_config(
     root: Path,
     environ: Mapping[str, str],
     overrides: Mapping[str, Any] | None = None,
+    *,
+    vault_connect: VaultConnect | None = None,
 ) -> Config:
     """Resolve every setting; raise ``ConfigError`` listing every problem found."""
     problems: list[Problem] = []
+    overrides = overrides or {}
     env_layer = _env_layer(environ, problems)
     default_layer = _read_layer(root / "config" / "default.yaml", "config/default.yaml", problems)
 
     # APP_ENV picks the environment file, so it is resolved from the other layers first.
     app_env = (
-        (overrides or {}).get("app.env")
+        overrides.get("app.env")
         or (env_layer["app.env"][0] if "app.env" in env_layer else default_layer.get("app.env"))
         or SETTINGS["app.env"].default
     )
@@ -146,33 +238,179 @@ def load_config(
     env_label = f"config/{app_env}.yaml"
     env_file_layer = _read_layer(root / "config" / f"{app_env}.yaml", env_label, problems)
 
-    values: dict[str, Value] = {}
-    for key, setting in SETTINGS.items():
-        candidates: list[tuple[Any, str, bool]] = []  # (raw, source, from_text), best first
-        if overrides and key in overrides:
-            candidates.append((overrides[key], "command line", False))
+    def candidates(
+        key: str, secret_layer: Mapping[str, tuple[str, str]], vault_layer: Mapping[str, Any] | None
+    ) -> list[tuple[Any, str, bool]]:
+        found: list[tuple[Any, str, bool]] = []  # (raw, source, from_text), best first
+        if key in overrides:
+            found.append((overrides[key], "command line", False))
+        if key in secret_layer:
+            text, source = secret_layer[key]
+            found.append((text, source, True))
+        if vault_layer is not None and key in vault_layer:
+            raw = vault_layer[key]
+            found.append((raw, vault_label, isinstance(raw, str)))
         if key in env_layer:
             raw, source = env_layer[key]
-            candidates.append((raw, source, True))
+            found.append((raw, source, True))
         if key in env_file_layer:
-            candidates.append((env_file_layer[key], env_label, False))
+            found.append((env_file_layer[key], env_label, False))
         if key in default_layer:
-            candidates.append((default_layer[key], "config/default.yaml", False))
-        if not candidates:
-            values[key] = Value(setting.default, "default")
-            continue
-        raw, source, from_text = candidates[0]
+            found.append((default_layer[key], "config/default.yaml", False))
+        return found
+
+    def resolve(key: str, found: list[tuple[Any, str, bool]], refs: _Resolver | None) -> Value:
+        setting = SETTINGS[key]
+        if not found:
+            return Value(setting.default, "default", setting.secret)
+        raw, source, from_text = found[0]
+        referenced = False
+        if refs is not None:
+            raw, referenced = refs(raw, key)
+            from_text = from_text or referenced
+        value = setting.coerce(raw, from_text=from_text)
+        sensitive = setting.secret or referenced or source.startswith(("secret file", "vault"))
+        return Value(value, f"{source} ({found[0][0]})" if referenced else source, sensitive)
+
+    # Level 0: what locates the secret levels (never from them).
+    bootstrap: dict[str, Value] = {}
+    for key in ("secrets.dir", "secrets.mounts"):
         try:
-            values[key] = Value(setting.coerce(raw, from_text=from_text), source)
+            bootstrap[key] = resolve(key, candidates(key, {}, None), None)
         except ValueError as exc:
-            problems.append(Problem(f"{key}: {exc}", file=source, field=key))
+            problems.append(Problem(f"{key}: {exc}", field=key))
+    directories = (
+        [Path(d) for d in bootstrap["secrets.mounts"].value]
+        if ("secrets.mounts" in bootstrap)
+        else []
+    )
+    if "secrets.dir" in bootstrap:
+        directory = Path(bootstrap["secrets.dir"].value)
+        directories.append(directory if directory.is_absolute() else root / directory)
+    secret_layer = _secret_files(directories, root)
+
+    # Vault's own settings come from every level but Vault.
+    vault_settings: dict[str, Any] = {}
+    vault_values: dict[str, Value] = {}
+    plain_refs = _Resolver(root, lambda: None)
+    for key in SETTINGS:
+        if key.startswith("vault."):
+            try:
+                vault_values[key] = resolve(key, candidates(key, secret_layer, None), plain_refs)
+                vault_settings[key] = vault_values[key].value
+            except ValueError as exc:
+                problems.append(Problem(f"{key}: {exc}", field=key))
+    reader: SecretReader | None = None
+    vault_label = f"vault {vault_settings.get('vault.config_path')}"
+
+    def connect() -> SecretReader | None:
+        nonlocal reader
+        if reader is None and vault_settings.get("vault.addr") and vault_connect is not None:
+            reader = vault_connect(vault_settings, root)
+        return reader
+
+    vault_layer: dict[str, Any] | None = None
+    if vault_settings.get("vault.addr") and not problems:
+        if vault_connect is None:
+            problems.append(
+                Problem(
+                    "vault.addr is set, but this program cannot reach Vault", field="vault.addr"
+                )
+            )
+        else:
+            try:
+                connected = connect()
+                document = connected.read(vault_settings["vault.config_path"]) if connected else {}
+            except KeyError:
+                document = {}  # no config document: the other levels decide
+            vault_layer = _flatten_document(document)
+            for key in vault_layer:
+                if key not in SETTINGS:
+                    problems.append(_unknown(key, vault_label))
+                elif key.startswith("vault.") or key in _BOOTSTRAP:
+                    problems.append(
+                        Problem(f"{key} cannot be set in Vault itself", file=vault_label, field=key)
+                    )
+
+    refs = _Resolver(root, connect)
+    values: dict[str, Value] = {**bootstrap, **vault_values}
+    try:
+        for key in SETTINGS:
+            if key in values:
+                continue
+            found = candidates(key, secret_layer, vault_layer)
+            try:
+                values[key] = resolve(key, found, refs)
+            except ValueError as exc:
+                source = found[0][1] if found else "default"
+                problems.append(Problem(f"{key}: {exc}", file=source, field=key))
+    finally:
+        close = getattr(reader, "close", None)  # the loader's own Vault session ends here
+        if callable(close):
+            close()
 
     for label, layer in (("config/default.yaml", default_layer), (env_label, env_file_layer)):
         problems.extend(_unknown(key, label) for key in layer if key not in SETTINGS)
-
     if problems:
         raise ConfigError(problems)
-    return Config(root, values)
+    config = Config(root, values)
+    if config.is_production:
+        refusals = production_problems(config)
+        if refusals:
+            raise ConfigError(refusals)
+    return config
+
+
+def production_problems(config: Config) -> list[Problem]:
+    """What production refuses to start with, each naming the setting and the fix."""
+    problems = []
+    if config["jwt.algorithm"] == "HS256":
+        problems.append(
+            Problem(
+                "HS256 shares one secret between signer and verifiers; set "
+                "jwt.algorithm to EdDSA or RS256 with jwt.private_key",
+                field="jwt.algorithm",
+            )
+        )
+    elif not config["jwt.private_key"]:
+        problems.append(
+            Problem(
+                "production needs its own signing key: set jwt.private_key "
+                "(a PEM; a secret file or a vault:// reference keeps it out of "
+                "the environment)",
+                field="jwt.private_key",
+            )
+        )
+    if not config["api_keys.pepper"]:
+        problems.append(
+            Problem(
+                "set api_keys.pepper (32 random bytes or more, from a secret file or Vault)",
+                field="api_keys.pepper",
+            )
+        )
+    if str(config["redis.url"]).startswith("memory://") and config["http.workers"] > 1:
+        problems.append(
+            Problem(
+                "memory:// keeps limits, revocations and idempotency records "
+                "inside one process: set REDIS_URL to a Redis server, or "
+                "http.workers to 1",
+                field="redis.url",
+            )
+        )
+    if config["app.debug"]:
+        problems.append(
+            Problem("debug mode exposes internals: set app.debug to false", field="app.debug")
+        )
+    if "*" in config["http.cors_origins"]:
+        problems.append(
+            Problem(
+                "a wildcard CORS origin lets any site call the API with the "
+                "user's credentials: list the allowed origins in "
+                "http.cors_origins",
+                field="http.cors_origins",
+            )
+        )
+    return problems
 
 
 class ConfigManager(Manager):

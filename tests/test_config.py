@@ -97,6 +97,13 @@ def test_environment_file_overrides_default_yaml(tmp_path: Path) -> None:
     assert config.source("http.host") == "config/default.yaml"
 
 
+# What production refuses to start without (see test_production_refusals).
+PRODUCTION_SECRETS = {
+    "SB_JWT__PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----test",
+    "SB_API_KEYS__PEPPER": "p" * 40,
+}
+
+
 @pytest.mark.parametrize("variable", ["APP_ENV", "SB_APP__ENV"])
 def test_app_env_from_the_environment_selects_the_file(tmp_path: Path, variable: str) -> None:
     write_config(
@@ -105,7 +112,7 @@ def test_app_env_from_the_environment_selects_the_file(tmp_path: Path, variable:
         test="http: {port: 9002}\n",
         production="http: {port: 9003}\n",
     )
-    config = load_config(tmp_path, {variable: "production"})
+    config = load_config(tmp_path, {variable: "production", **PRODUCTION_SECRETS})
 
     assert config.env == "production"
     assert config.is_production
@@ -186,7 +193,9 @@ def test_command_line_overrides_win_over_everything(tmp_path: Path) -> None:
 
 def test_command_line_app_env_selects_the_file(tmp_path: Path) -> None:
     write_config(tmp_path, production="http: {port: 9003}\n")
-    config = load_config(tmp_path, {"APP_ENV": "test"}, {"app.env": "production"})
+    config = load_config(
+        tmp_path, {"APP_ENV": "test", **PRODUCTION_SECRETS}, {"app.env": "production"}
+    )
 
     assert config.env == "production"
     assert config["http.port"] == 9003
@@ -400,7 +409,8 @@ def test_path_resolves_relative_to_root(tmp_path: Path) -> None:
 
 
 def test_project_production_config_loads() -> None:
-    config = load_config(ROOT, {"APP_ENV": "production"})
+    environ = {"APP_ENV": "production", "REDIS_URL": "redis://cache:6379/0", **PRODUCTION_SECRETS}
+    config = load_config(ROOT, environ)
 
     assert isinstance(config, Config)
     assert config.is_production
