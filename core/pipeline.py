@@ -20,7 +20,7 @@ from core.context import Context
 from core.errors import ActionError, DependencyUnavailable, InternalError, NotFound, Timeout
 from core.hooks import ACTION_AFTER, ACTION_BEFORE, ACTION_FAILED, HookEmitter
 from core.idempotency import REPLAYED, Idempotency
-from core.logging import request_id_var
+from core.logging import request_id_var, secret_params_var
 from core.steps import (
     IdempotencyStep,
     RateLimiter,
@@ -118,9 +118,11 @@ class Pipeline:
         """Run one call; raise ``ActionError`` (the problem to send) when it fails."""
         call = Call(request=request, started=time.perf_counter())
         token = request_id_var.set(request.request_id)
+        secrets_token = secret_params_var.set(frozenset())
         try:
             return self._invoke(call)
         finally:
+            secret_params_var.reset(secrets_token)
             request_id_var.reset(token)
 
     def _invoke(self, call: Call) -> CallResult:

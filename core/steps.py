@@ -24,6 +24,7 @@ from core.errors import (
     Unauthorized,
 )
 from core.idempotency import Idempotency, StoredResponse
+from core.logging import secret_params_var
 
 log = logging.getLogger("switchboard.pipeline")
 
@@ -65,6 +66,11 @@ def validate(call: Call) -> None:
     if not isinstance(raw, Mapping):
         raise MalformedRequest("params must be a JSON object")
     call.params = call.action.validate(raw)
+    secret = call.spec.secret_params
+    if secret:  # the log filter masks these values for the rest of the call
+        secret_params_var.set(
+            frozenset(str(call.params[n]) for n in secret if call.params.get(n) is not None)
+        )
 
 
 def rate_limit_headers(states: Sequence[Any]) -> dict[str, str]:
