@@ -37,6 +37,7 @@ from managers.module_manager import ModuleManager
 from managers.rate_limiter_manager import RateLimiterManager
 from managers.redis_manager import RedisManager
 from managers.state_manager import StateManager
+from managers.vault_manager import VaultManager
 
 ROOT = Path(__file__).resolve().parent
 
@@ -45,6 +46,7 @@ def default_managers() -> list[Manager]:
     """The managers this build of Switchboard runs (config is added by the AppManager)."""
     return [
         HooksManager(),
+        VaultManager(),
         DatabaseManager(),
         RedisManager(),
         StateManager(),
@@ -64,12 +66,23 @@ def load(
     quiet: bool = False,
 ) -> Config:
     """Resolve the config and set up logging (``quiet``: warnings and worse only)."""
-    config = load_config(root or ROOT, os.environ if environ is None else environ, overrides)
+    config = load_config(
+        root or ROOT,
+        os.environ if environ is None else environ,
+        overrides,
+        vault_connect=_vault_connect,
+    )
     level = config["logging.level"]
     if quiet and level in ("DEBUG", "INFO"):
         level = "WARNING"
-    configure_logging(level, config["logging.format"])
+    configure_logging(level, config["logging.format"], secrets=config.secret_values())
     return config
+
+
+def _vault_connect(settings: Mapping[str, Any], root: Path) -> Any:
+    from managers.vault_client import VaultClient
+
+    return VaultClient.connect(settings, root)
 
 
 def _cli_app() -> Flask:
@@ -252,6 +265,17 @@ def cmd_bans(args: argparse.Namespace) -> int:
     return _report(code, body, show)
 
 
+def cmd_config(_args: argparse.Namespace) -> int:
+    """The effective settings with the source of each; secrets are shown as ***."""
+    config = load(quiet=True)
+    rows = list(config.describe())
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, source in rows:
+        shown = json.dumps(list(value) if isinstance(value, tuple) else value)
+        print(f"{key:<{width}}  {shown}  ({source})")
+    return 0
+
+
 def cmd_new_module(args: argparse.Namespace) -> int:
     from core.scaffold import ScaffoldError, write_module
 
@@ -307,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
     promote.add_argument("email")
     promote.add_argument("role")
     users.set_defaults(func=cmd_users)
+    sub.add_parser("config", help="print the effective settings and their sources").set_defaults(
+        func=cmd_config
+    )
     bans = sub.add_parser("bans", help="list automatic bans, or lift one")
     bans_sub = bans.add_subparsers(dest="bans_command")
     lift = bans_sub.add_parser("lift", help="lift a ban")

@@ -67,7 +67,11 @@ class Context:
         manager_name = self._ALIASES.get(name, name)
         if self.app.has(manager_name):
             manager: Any = self.app.get(manager_name)
-            # A manager may hand handlers a narrower facade than itself.
+            # A manager may hand handlers a narrower facade than itself, or one scoped to
+            # the calling module (ctx.secrets reads only what module.yaml declares).
+            scoped = getattr(manager, "facade_for", None)
+            if callable(scoped):
+                return scoped(self.module)
             facade = getattr(manager, "handler_facade", None)
             return facade() if callable(facade) else manager
         raise AttributeError(f"ctx.{name}: this app runs no {manager_name!r} manager")

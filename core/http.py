@@ -50,6 +50,7 @@ class SwitchboardState:
     pipeline: Pipeline
     openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
     trusted_proxies: tuple[Network, ...] = ()
+    cors_origins: frozenset[str] = frozenset()
 
 
 def state(flask_app: Flask | None = None) -> SwitchboardState:
@@ -157,10 +158,24 @@ def _assign_request_id() -> None:
     g.request_id_token = request_id_var.set(g.request_id)
 
 
+_CORS_EXPOSE = "X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed"
+_CORS_ALLOW = "Content-Type, Authorization, X-API-Key, Idempotency-Key, X-Request-ID"
+
+
 def _finish(response: Response) -> Response:
     request_id = g.get("request_id")
     if request_id:
         response.headers["X-Request-ID"] = request_id
+    origin = request.headers.get("Origin")
+    allowed = state().cors_origins
+    if origin and (origin in allowed or "*" in allowed):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+        response.vary.add("Origin")
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = _CORS_ALLOW
+            response.headers["Access-Control-Max-Age"] = "600"
     return response
 
 
@@ -203,7 +218,10 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
     flask_app.config["MAX_CONTENT_LENGTH"] = int(app_manager.config["http.max_body_bytes"])
     document = openapi_document(pipeline.registry.actions(), str(app_manager.config["app.name"]))
     trusted = parse_networks(app_manager.config["http.trusted_proxies"])
-    flask_app.extensions[EXTENSION] = SwitchboardState(app_manager, pipeline, document, trusted)
+    origins = frozenset(app_manager.config["http.cors_origins"])
+    flask_app.extensions[EXTENSION] = SwitchboardState(
+        app_manager, pipeline, document, trusted, origins
+    )
     flask_app.register_blueprint(create_blueprint())
     flask_app.before_request(_assign_request_id)
     flask_app.after_request(_finish)

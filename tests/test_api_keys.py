@@ -540,16 +540,25 @@ def test_a_configured_pepper_wins_and_other_peppers_refuse_the_key(
 
 
 def test_production_refuses_to_boot_without_a_pepper(tmp_path: Path) -> None:
-    config = load({"APP_ENV": "production", "DATABASE_URL": sqlite_url(tmp_path)}, root=tmp_path)
-    with pytest.raises(ConfigError) as caught:
-        AppManager(config, [DatabaseManager(), ApiKeyManager()]).boot()
+    environ = {
+        "APP_ENV": "production",
+        "DATABASE_URL": sqlite_url(tmp_path),
+        "SB_JWT__PRIVATE_KEY": "a PEM",
+        "SB_SECRETS__MOUNTS": "",
+    }
+    with pytest.raises(ConfigError) as caught:  # refused as soon as the config loads
+        load(environ, root=tmp_path)
     assert [p.field for p in caught.value.problems] == ["api_keys.pepper"]
     assert "api_keys.pepper" in str(caught.value)
     assert not (tmp_path / "var" / "dev-secrets").exists()  # nothing generated in production
 
 
 def test_production_boots_with_a_pepper(boot: BootKeys) -> None:
-    keys, _ = boot(APP_ENV="production", SB_API_KEYS__PEPPER=GOOD_PEPPER)
+    keys, _ = boot(
+        APP_ENV="production",
+        SB_API_KEYS__PEPPER=GOOD_PEPPER,
+        SB_JWT__PRIVATE_KEY="a PEM (the config check only looks for one)",
+    )
     _, raw = keys.create(name="k", owner="u1", scopes=[])
     assert keys.verify(raw).owner == "u1"
 

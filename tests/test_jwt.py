@@ -812,7 +812,13 @@ def test_production_starts_with_a_configured_key(
 ) -> None:
     # Through the environment, as a secret manager would inject it, newlines escaped.
     escaped = _private_pem(ed_key).replace("\n", "\\n")
-    manager = make_jwt(env={"APP_ENV": "production", "SB_JWT__PRIVATE_KEY": escaped})
+    manager = make_jwt(
+        env={
+            "APP_ENV": "production",
+            "SB_JWT__PRIVATE_KEY": escaped,
+            "SB_API_KEYS__PEPPER": "p" * 40,
+        }
+    )  # production needs one too
     assert manager.health().status == "ok"
     assert manager.verify_access(manager.issue_pair("a", [])["access_token"])["sub"] == "a"
 
