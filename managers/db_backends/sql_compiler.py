@@ -54,9 +54,9 @@ class Dialect(ABC):
     @abstractmethod
     def loads(self, raw: Any) -> dict[str, Any]: ...
 
+    @abstractmethod
     def index_expression(self, path: tuple[str, ...]) -> str:
         """An index term for a field (paths are validated identifiers, so inlining is safe)."""
-        raise NotImplementedError
 
 
 _OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
