@@ -20,17 +20,23 @@ combinations are refused, each naming the setting and the fix.
 from __future__ import annotations
 
 import difflib
+import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from core.errors import ConfigError, Problem
+from core.errors import ActionError, ConfigError, Problem
 from core.manager import Manager
 from core.settings import ALIASES, ENVIRONMENTS, MAPPING_KEYS, SETTINGS
 from core.yamlfile import YamlFileError, load_yaml_file
 
+if TYPE_CHECKING:
+    from core.app_manager import AppManager
+
 REDACTED = "***"
+log = logging.getLogger("switchboard.config")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Value:
     value: Any
     source: str
     sensitive: bool = False
+    reference: str | None = None  # the vault:// or file:// it came from, re-read on refresh
 
 
 class Config:
@@ -74,6 +81,28 @@ class Config:
         """A path setting resolved against the project root (absolute paths stay)."""
         path = Path(value)
         return path if path.is_absolute() else self.root / path
+
+    def refresh(self, reader: SecretReader | None) -> list[str]:
+        """Re-read every ``vault://`` and ``file://`` reference; return the keys that changed.
+
+        A reference that fails now keeps its last value (logged), so a Vault outage never
+        takes a setting away. Values that managers copied at boot need a restart.
+        """
+        resolver = _Resolver(self.root, lambda: reader)
+        changed = []
+        for key, entry in list(self._values.items()):
+            if entry.reference is None:
+                continue
+            try:
+                raw, _ = resolver(entry.reference, key)
+                value = SETTINGS[key].coerce(raw, from_text=True)
+            except (ValueError, KeyError, OSError, ActionError) as exc:
+                log.warning("could not refresh %s from its reference: %s", key, type(exc).__name__)
+                continue
+            if value != entry.value:
+                self._values[key] = Value(value, entry.source, entry.sensitive, entry.reference)
+                changed.append(key)
+        return changed
 
     def secret_values(self) -> frozenset[str]:
         """Every sensitive value as text, for the log redaction filter."""
@@ -270,7 +299,9 @@ def load_config(
             from_text = from_text or referenced
         value = setting.coerce(raw, from_text=from_text)
         sensitive = setting.secret or referenced or source.startswith(("secret file", "vault"))
-        return Value(value, f"{source} ({found[0][0]})" if referenced else source, sensitive)
+        if not referenced:
+            return Value(value, source, sensitive)
+        return Value(value, f"{source} ({found[0][0]})", sensitive, reference=found[0][0])
 
     # Level 0: what locates the secret levels (never from them).
     bootstrap: dict[str, Value] = {}
@@ -414,9 +445,44 @@ def production_problems(config: Config) -> list[Problem]:
 
 
 class ConfigManager(Manager):
-    """Exposes the loaded ``Config`` as the ``config`` manager (``ctx.config``)."""
+    """Exposes the loaded ``Config`` as the ``config`` manager (``ctx.config``) and, when
+    settings come from references, re-reads them every ``vault.cache_ttl``."""
 
     name = "config"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, interval: float | None = None) -> None:
         self.config = config
+        self._interval = interval
+        self._app: AppManager | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, app: AppManager) -> None:
+        self._app = app
+        if not any(v.reference for v in self.config._values.values()):
+            return
+        interval = self._interval or float(self.config["vault.cache_ttl"])
+        self._thread = threading.Thread(
+            target=self._loop, args=(interval,), name="config-refresh", daemon=True
+        )
+        self._thread.start()
+
+    def refresh(self) -> list[str]:
+        """One refresh, through the vault manager's (cached) client when it runs."""
+        reader = None
+        if self._app is not None and self._app.has("vault"):
+            reader = getattr(self._app.get("vault"), "client", None)
+        changed = self.config.refresh(reader)
+        if changed:
+            log.info("settings refreshed from their references: %s", ", ".join(changed))
+        return changed
+
+    def _loop(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -337,3 +337,40 @@ def test_vault_end_to_end_config_document_and_ctx_secrets(
         assert "tok_live_0123456789" not in err and token not in err
     finally:
         double.stop()
+
+
+def test_refresh_rereads_references_and_keeps_values_when_they_fail(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    (root / "name.txt").write_text("first\n")
+    vault = FakeVault({"switchboard/config": {}, "apps/jwt": {"secret": "old-hmac-secret"}})
+    config = load_config(
+        root,
+        {
+            "SB_APP__NAME": "file://name.txt",
+            "VAULT_ADDR": "http://v",
+            "SB_JWT__SECRET": "vault://apps/jwt#secret",
+            "SB_SECRETS__MOUNTS": "",
+        },
+        vault_connect=vault.connect,
+    )
+    assert config.refresh(vault) == []  # nothing moved
+    (root / "name.txt").write_text("second\n")
+    vault.documents = {"apps/jwt": {"secret": "rotated-hmac-secret"}}
+    assert sorted(config.refresh(vault)) == ["app.name", "jwt.secret"]
+    assert config["app.name"] == "second" and config["jwt.secret"] == "rotated-hmac-secret"
+    (root / "name.txt").unlink()
+    vault.documents = {}
+    assert config.refresh(vault) == []  # failures keep the last good values
+    assert config["app.name"] == "second" and config["jwt.secret"] == "rotated-hmac-secret"
+
+
+def test_the_running_app_sees_refreshed_settings(make_app: MakeApp, tmp_path: Path) -> None:
+    (tmp_path / "name.txt").write_text("before\n")
+    app = make_app({"SB_APP__NAME": f"file://{tmp_path}/name.txt"})
+    client = app.test_client()
+    assert client.post("/api/v1/actions/system.info").get_json()["data"]["name"] == "before"
+    (tmp_path / "name.txt").write_text("after\n")
+    from core.http import state
+
+    assert state(app).app_manager.get("config").refresh() == ["app.name"]
+    assert client.post("/api/v1/actions/system.info").get_json()["data"]["name"] == "after"
