@@ -108,6 +108,19 @@ def redis_server() -> Iterator[RedisServer]:
     server.cleanup()
 
 
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that stop and restart it."""
+    server = RedisServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.cleanup()
+        _unavailable("redis-server", exc)
+    yield server
+    server.cleanup()
+
+
 _counter = iter(range(1, 1_000_000))
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from core.context import SYSTEM
 from core.http import state
 from core.pipeline import CallRequest
 from tests.conftest import MakeApp, WriteModule
-from tests.servers import RedisServer, ServerUnavailable
+from tests.servers import RedisServer
 
 LIMITED = """
 actions:
@@ -165,18 +164,6 @@ def test_the_bans_cli_sees_and_lifts_bans_of_the_shared_store(
     assert cli("lift", "ip:198.51.100.77").returncode == 0
     assert cli("lift", "ip:198.51.100.77").returncode == 1  # not banned any more
     assert hit(app, ip="198.51.100.77", name="lim.free").status_code == 200
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.cleanup()
-        pytest.fail(f"redis-server is needed: {exc}")
-    yield server
-    server.cleanup()
 
 
 def test_redis_down_open_actions_fall_back_closed_ones_answer_503(

@@ -32,7 +32,7 @@ from core.config import load_config
 from core.errors import ConfigError, DependencyUnavailable
 from managers.rate_limiter_manager import Decision, Limit, RateLimiterManager, parse_limit
 from managers.redis_manager import RedisManager
-from tests.servers import RedisServer, ServerUnavailable
+from tests.servers import RedisServer
 
 MakeLimiter = Callable[..., RateLimiterManager]
 USER = "user:u1"
@@ -680,15 +680,10 @@ def test_the_in_process_limiter_matches_the_reference_model(threshold: int, tmp_
 # --- Redis outage --------------------------------------------------------------------------
 
 
-def test_redis_outage_fails_open_locally_or_closed_and_recovers(tmp_path: Path) -> None:
-    server = RedisServer()  # private: stopping it must not disturb other tests
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.cleanup()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"redis-server is required under CI=true: {exc}")
-        pytest.skip(f"redis-server unavailable: {exc}")
+def test_redis_outage_fails_open_locally_or_closed_and_recovers(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    server = private_redis  # its own: stopping it must not disturb other tests
     app, limiter = boot(tmp_path, server.url(), ip=["3/minute"])
 
     def open_() -> Decision:
@@ -718,8 +713,7 @@ def test_redis_outage_fails_open_locally_or_closed_and_recovers(tmp_path: Path) 
         assert closed().allowed
         assert limiter.health().status == "ok"
     finally:
-        app.shutdown()
-        server.cleanup()
+        app.shutdown()  # the fixture stops and removes the server
 
 
 def test_health_and_counters(tmp_path: Path) -> None:
