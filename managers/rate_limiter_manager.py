@@ -18,6 +18,7 @@ limiter recovers on its own when Redis returns. Socket.IO messages use the same 
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -237,4 +238,10 @@ class RateLimiterManager(Manager):
 def _parsed(texts: Sequence[str]) -> tuple[Limit, ...]:
     if isinstance(texts, str):  # a single limit where a list was meant
         texts = (texts,)
+    return _parse_all(tuple(texts))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_all(texts: tuple[str, ...]) -> tuple[Limit, ...]:
+    # Declared and per-key limits repeat on every request: parse each list once.
     return tuple(parse_limit(text) for text in texts)
