@@ -21,11 +21,12 @@ from __future__ import annotations
 import copy
 import math
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from core.errors import FieldError, ValidationError
+from core.errors import Conflict, FieldError, ValidationError
 
 FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 COLLECTION = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -270,6 +271,26 @@ def check_document(doc: Any, where: str = "") -> None:
             check_document(value, f"{where}/{index}")
     elif doc is not None and not isinstance(doc, bool):
         _scalar(doc, where or "/")
+
+
+def prepare_insert(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(``_id``, body) of a document to insert: the given string id or a new one; the body
+    without ``_id``/``_version`` and checked, the same on every backend."""
+    body = dict(doc)
+    doc_id = body.pop(ID_FIELD, None) or uuid.uuid4().hex
+    if not isinstance(doc_id, str):
+        raise _bad(f"/{ID_FIELD}", "must be a string")
+    body.pop(VERSION_FIELD, None)
+    check_document(body)
+    return doc_id, body
+
+
+def check_version(what: str, version: int, expected: int | None) -> None:
+    """Optimistic concurrency: ``Conflict`` when ``what`` moved past ``expected``."""
+    if expected is not None and version != expected:
+        raise Conflict(
+            f"{what} is at version {version}, not {expected}", extra={"current_version": version}
+        )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from core.documents import check_version
 from core.errors import Conflict, DependencyUnavailable, NotFound, ValidationError
 from core.manager import Health, Manager
 from core.state import Machine
@@ -163,11 +164,7 @@ class StateManager(Manager):
             if doc is None:
                 raise NotFound(f"no {kind} {id!r}")
             version = doc["_version"]
-            if expected_version is not None and version != expected_version:
-                raise Conflict(
-                    f"{kind} {id!r} is at version {version}, not {expected_version}",
-                    extra={"current_version": version},
-                )
+            check_version(f"{kind} {id!r}", version, expected_version)
             current = doc["state"]
             if not machine.allows(current, to):
                 raise Conflict(f"{kind} {id!r} cannot go from {current!r} to {to!r}")

@@ -77,6 +77,14 @@ def test_insert_and_read_back_with_id_and_version(db: Database) -> None:
     }
 
 
+def test_a_non_string_id_is_refused_on_every_backend(db: Database) -> None:
+    c = db.collection(unique_collection())
+    for bad in (5, 2.5, ["a"], {"x": 1}):
+        with pytest.raises(ValidationError):
+            c.insert_one({"_id": bad, "v": 1})
+    assert c.count() == 0
+
+
 def test_a_given_id_is_kept_and_a_duplicate_is_a_conflict(db: Database) -> None:
     c = db.collection(unique_collection())
     assert c.insert_one({"_id": "k1", "v": 1}) == "k1"

@@ -10,7 +10,6 @@ Transactions need a replica set; elsewhere ``transaction()`` says so.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -27,12 +26,13 @@ from core.documents import (
     Not,
     Or,
     apply_changes,
-    check_document,
+    check_version,
     collection_name,
     field_path,
     parse_changes,
     parse_filter,
     parse_sort,
+    prepare_insert,
 )
 from core.errors import Conflict, DependencyUnavailable
 
@@ -82,15 +82,12 @@ class MongoCollection:
         return self._backend.current_session()
 
     def insert_one(self, doc: Mapping[str, Any]) -> str:
-        body = dict(doc)
-        doc_id = body.pop(ID_FIELD, None) or uuid.uuid4().hex
-        body.pop(VERSION_FIELD, None)
-        check_document(body)
+        doc_id, body = prepare_insert(doc)
         with self._backend.translated():
             self._raw.insert_one(
-                {ID_FIELD: str(doc_id), VERSION_FIELD: 1, **body}, session=self._session()
+                {ID_FIELD: doc_id, VERSION_FIELD: 1, **body}, session=self._session()
             )
-        return str(doc_id)
+        return doc_id
 
     def find(
         self,
@@ -135,11 +132,7 @@ class MongoCollection:
             if current is None:
                 return False
             doc_id, version = current.pop(ID_FIELD), current.pop(VERSION_FIELD)
-            if expected_version is not None and version != expected_version:
-                raise Conflict(
-                    f"{self.name}/{doc_id} is at version {version}, not {expected_version}",
-                    extra={"current_version": version},
-                )
+            check_version(f"{self.name}/{doc_id}", version, expected_version)
             updated = apply_changes(current, parsed)
             with self._backend.translated():
                 result = self._raw.replace_one(

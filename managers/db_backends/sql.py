@@ -20,12 +20,13 @@ from core.documents import (
     ID_FIELD,
     VERSION_FIELD,
     apply_changes,
-    check_document,
+    check_version,
     collection_name,
     field_path,
     parse_changes,
     parse_filter,
     parse_sort,
+    prepare_insert,
 )
 from core.errors import Conflict, FieldError, ValidationError
 from managers.db_backends.sql_compiler import Compiler, Dialect, Params
@@ -192,12 +193,7 @@ class SqlCollection:
         return [self._row(r) for r in cursor.fetchall()]
 
     def insert_one(self, doc: Mapping[str, Any]) -> str:
-        body = dict(doc)
-        doc_id = body.pop(ID_FIELD, None) or uuid.uuid4().hex
-        if not isinstance(doc_id, str):
-            raise_bad(f"{ID_FIELD} must be a string")
-        body.pop(VERSION_FIELD, None)
-        check_document(body)
+        doc_id, body = prepare_insert(doc)
         table = self._backend.ensure_table(self.name)
         with self._backend.session(write=True) as session:
             p = self._dialect.p
@@ -247,11 +243,7 @@ class SqlCollection:
             current = found[0]
             version = current.pop(VERSION_FIELD)
             doc_id = current.pop(ID_FIELD)
-            if expected_version is not None and version != expected_version:
-                raise Conflict(
-                    f"{self.name}/{doc_id} is at version {version}, not {expected_version}",
-                    extra={"current_version": version},
-                )
+            check_version(f"{self.name}/{doc_id}", version, expected_version)
             updated = apply_changes(current, parsed)
             p = self._dialect.p
             cursor = session.cursor()
