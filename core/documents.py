@@ -12,7 +12,8 @@ Semantics (identical on SQLite, PostgreSQL and MongoDB):
 - ``$ne``/``$nin`` are the negation of ``$eq``/``$in`` (so they match missing fields);
 - ``$gt``/``$gte``/``$lt``/``$lte`` take a number or a string and never match other kinds;
 - filters do not reach into arrays (an array field matches only ``$exists`` and ``$ne``);
-- strings may not contain NUL characters (PostgreSQL cannot store them);
+- strings may not contain NUL characters (PostgreSQL cannot store them) or lone surrogate
+  halves (not valid Unicode);
 - sort orders missing/null < numbers < strings < objects < arrays < booleans, then ``_id``.
 """
 
@@ -100,8 +101,7 @@ def field_path(name: Any, where: str = "field") -> tuple[str, ...]:
 
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, str):
-        if "\x00" in value:  # PostgreSQL cannot store NUL in text: refused everywhere alike
-            raise _bad(where, "strings cannot contain NUL (\\u0000) characters")
+        _check_text(value, where)
         return value
     if value is None or isinstance(value, bool):
         return value
@@ -117,6 +117,17 @@ def _scalar(value: Any, where: str) -> Scalar:
         where,
         f"filter values must be null, booleans, numbers or strings, not {type(value).__name__}",
     )
+
+
+def _check_text(value: str, where: str) -> None:
+    """Text every backend can store: no NUL (PostgreSQL refuses it) and no lone surrogate
+    halves (a JSON "\\ud800" escape; not valid Unicode, so neither UTF-8 nor BSON takes it)."""
+    if "\x00" in value:
+        raise _bad(where, "strings cannot contain NUL (\\u0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(where, "strings must be valid Unicode (a lone surrogate half is not)") from None
 
 
 def parse_filter(spec: Mapping[str, Any] | None) -> Node:
@@ -255,16 +266,11 @@ def check_document(doc: Any, where: str = "") -> None:
     """Documents are JSON objects: string keys without dots or ``$``, finite numbers."""
     if isinstance(doc, Mapping):
         for key, value in doc.items():
-            if (
-                not isinstance(key, str)
-                or not key
-                or "." in key
-                or key.startswith("$")
-                or "\x00" in key
-            ):
+            if not isinstance(key, str) or not key or "." in key or key.startswith("$"):
                 raise _bad(
                     f"{where}/{key}", "keys must be non-empty strings without '.' or a leading '$'"
                 )
+            _check_text(key, f"{where}/{key}")
             check_document(value, f"{where}/{key}")
     elif isinstance(doc, list):
         for index, value in enumerate(doc):
@@ -280,6 +286,7 @@ def prepare_insert(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     doc_id = body.pop(ID_FIELD, None) or uuid.uuid4().hex
     if not isinstance(doc_id, str):
         raise _bad(f"/{ID_FIELD}", "must be a string")
+    _check_text(doc_id, f"/{ID_FIELD}")
     body.pop(VERSION_FIELD, None)
     check_document(body)
     return doc_id, body

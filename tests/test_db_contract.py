@@ -220,6 +220,7 @@ def test_unique_index(db: Database) -> None:
         {"age": float("nan")},
         {"age": 2**70},
         {"name": "nul\x00"},
+        {"name": "lone \ud800"},
     ],
 )
 def test_unsafe_or_unknown_filters_are_rejected(people: Collection, query: dict[str, Any]) -> None:
@@ -261,6 +262,9 @@ def test_bad_documents_are_rejected(db: Database) -> None:
         {"x": "nul\x00byte"},
         {"x\x00": 1},
         {"x": ["ok", {"y": "\x00"}]},
+        {"x": "lone \ud800 half"},
+        {"k\udfff": 1},
+        {"_id": "id\ud800"},
     ):
         with pytest.raises(ValidationError):
             c.insert_one(doc)

@@ -20,7 +20,7 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**53), max_value=2**53),
     st.floats(allow_nan=False, allow_infinity=False, width=64),
-    st.text(st.characters(blacklist_characters="\x00"), max_size=6),
+    st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=6),
 )
 small_scalars = st.one_of(
     st.none(),
