@@ -84,41 +84,34 @@ def _unavailable(what: str, exc: ServerUnavailable) -> None:
     pytest.skip(f"{what} unavailable: {exc}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
+def _running(server: Any, what: str, cleanup: Callable[[], None]) -> Iterator[Any]:
+    """Start ``server`` for a fixture; under CI a failure fails, elsewhere it skips."""
     try:
         server.start()
     except ServerUnavailable as exc:
-        server.stop()
-        _unavailable("PostgreSQL", exc)
+        cleanup()
+        _unavailable(what, exc)
     yield server
-    server.stop()
+    cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield from _running(server, "PostgreSQL", server.stop)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.cleanup()
-        _unavailable("redis-server", exc)
-    yield server
-    server.cleanup()
+    yield from _running(server, "redis-server", server.cleanup)
 
 
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that stop and restart it."""
     server = RedisServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.cleanup()
-        _unavailable("redis-server", exc)
-    yield server
-    server.cleanup()
+    yield from _running(server, "redis-server", server.cleanup)
 
 
 _counter = iter(range(1, 1_000_000))
