@@ -388,7 +388,7 @@ def test_successful_call_fires_before_then_after_with_masked_params(hooked_app: 
     client = hooked_app.test_client()
     response = client.post(
         "/api/v1/actions/hooker.login",
-        json={"user": "ada", "pin": "1234"},
+        json={"user": "ada", "pin": "qzxw"},
         headers={"X-Request-ID": "req-hooks-1"},
     )
     assert response.status_code == 200
@@ -407,13 +407,13 @@ def test_successful_call_fires_before_then_after_with_masked_params(hooked_app: 
     assert "duration_ms" not in before.data
     assert isinstance(after.data["duration_ms"], float)
     assert after.data["duration_ms"] >= 0
-    assert "1234" not in repr(events)
+    assert "qzxw" not in repr(events)
 
 
 def test_validation_failure_fires_action_failed_only(hooked_app: Flask) -> None:
     client = hooked_app.test_client()
     response = client.post(
-        "/api/v1/actions/hooker.login", json={"user": "", "pin": "1234", "extra": 1}
+        "/api/v1/actions/hooker.login", json={"user": "", "pin": "qzxw", "extra": 1}
     )
     assert response.status_code == 422
 
@@ -425,7 +425,7 @@ def test_validation_failure_fires_action_failed_only(hooked_app: Flask) -> None:
     assert data["status"] == 422
     assert data["problem"] == "validation"
     assert data["params"] == {}  # nothing validated, nothing leaked
-    assert "1234" not in repr(events)
+    assert "qzxw" not in repr(events)
 
 
 def test_handler_error_fires_action_failed_with_masked_params(hooked_app: Flask) -> None:

@@ -285,12 +285,12 @@ def test_secret_params_never_reach_the_audit_log(
     )
     client = make_app({"MODULES_PATH": str(parent)}).test_client()
     with caplog.at_level(logging.DEBUG):
-        ok = client.post("/api/v1/actions/vault_ish.unlock", json={"pin": "9876"})
+        ok = client.post("/api/v1/actions/vault_ish.unlock", json={"pin": "qzxw"})
         bad = client.post("/api/v1/actions/vault_ish.unlock", json={"pin": "supersecret"})
     assert ok.status_code == 200
     assert "supersecret" not in bad.get_data(as_text=True)
     logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
-    assert "9876" not in logged and "supersecret" not in logged
+    assert "qzxw" not in logged and "supersecret" not in logged
     audits = [r for r in caplog.records if r.name == "switchboard.audit"]
     assert [a.audit["status"] for a in audits] == [200, 422]  # type: ignore[attr-defined]
     assert audits[0].audit["param_names"] == ["pin"]  # type: ignore[attr-defined]
