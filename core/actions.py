@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from core.limits import Limit
 from core.params import ParamSpec, ParamsValidator, ReturnsValidator, object_schema
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ class ActionSpec:
     auth: AuthMode = "user"
     roles: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
-    rate_limit: tuple[str, ...] = ()
+    rate_limit: tuple[Limit, ...] = ()  # parsed at load
+    rate_limit_by: tuple[str, ...] = ("caller",)  # caller | ip | params.<name>
     rate_limit_failure: Literal["open", "closed"] = "open"
     idempotent: bool = False
     timeout: float | None = None
@@ -41,6 +43,16 @@ class ActionSpec:
     @property
     def secret_params(self) -> frozenset[str]:
         return frozenset(n for n, p in self.params.items() if p.secret)
+
+    @property
+    def secret_returns(self) -> frozenset[str]:
+        """Top-level fields of the result marked ``secret: true`` in ``returns``."""
+        properties = (self.returns or {}).get("properties") or {}
+        return frozenset(
+            name
+            for name, schema in properties.items()
+            if isinstance(schema, dict) and schema.get("secret") is True
+        )
 
     def describe(self) -> dict[str, Any]:
         """The public description served by ``GET /api/v1/actions``."""
@@ -55,7 +67,8 @@ class ActionSpec:
             "params": object_schema(self.params),
             "returns": self.returns,
             "idempotent": self.idempotent,
-            "rate_limit": list(self.rate_limit),
+            "rate_limit": [limit.text for limit in self.rate_limit],
+            "rate_limit_by": list(self.rate_limit_by),
             "timeout": self.timeout,
             "deprecated": self.deprecated,
         }

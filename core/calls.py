@@ -1,15 +1,14 @@
-"""A call as it moves through the pipeline: what a transport hands in, what it gets back."""
+"""A call as it moves through the chain: what a transport hands in, what it gets back."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.actions import Action, ActionSpec
 from core.context import ANONYMOUS, Caller
-from core.idempotency import Claim
 
 
 @dataclass(frozen=True)
@@ -28,16 +27,13 @@ class CallRequest:
 
 @dataclass
 class Call:
-    """The state of one call as it moves through the steps."""
+    """The state of one call as it moves through the chain."""
 
     request: CallRequest
     started: float
     caller: Caller = ANONYMOUS
-    found: Action | None = None  # set once the name is looked up
-    params: dict[str, Any] = field(default_factory=dict)
-    result: Any = None
-    claim: Claim | None = None  # held while an idempotent call runs
-    response_headers: dict[str, str] = field(default_factory=dict)  # e.g. RateLimit fields
+    found: Action | None = None  # set by the lookup step
+    params: dict[str, Any] = field(default_factory=dict)  # set by the validate step
 
     @property
     def action(self) -> Action:
@@ -52,13 +48,24 @@ class Call:
 
 @dataclass(frozen=True)
 class CallResult:
-    """What the transport sends: the JSON text as the respond step encoded it (or as it was
-    stored, for an idempotent replay), its status, content type and extra headers."""
+    """What the transport sends: the JSON text as the run step encoded it (or as it was
+    stored, for an idempotent replay), its status, content type and extra headers.
+
+    ``value`` is the handler's result (not for replays), for hooks; it is not sent.
+    """
 
     body: str
     status: int = 200
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
+    replayed: bool = False
+    value: Any = field(default=None, compare=False, repr=False)
+
+    def with_headers(self, headers: Mapping[str, str]) -> CallResult:
+        """This result with ``headers`` added (its own win: a replay's marker stays)."""
+        if not headers:
+            return self
+        return replace(self, headers={**headers, **self.headers})
 
     @property
     def envelope(self) -> dict[str, Any]:
@@ -69,23 +76,14 @@ class CallResult:
         return self.envelope["data"]
 
 
-def respond(call: Call, duration_ms: float) -> CallResult:
-    """The respond step: build the envelope and encode it once, here, so that a result
-    that is not JSON (an object, NaN) fails the call as a 500 that the audit sees."""
+def encode_envelope(spec: ActionSpec, request_id: str, value: Any, duration_ms: float) -> str:
+    """The success envelope as JSON text, encoded once; a value that is not JSON (an
+    object, NaN) raises ``TypeError`` naming the action."""
     envelope = {
-        "data": call.result,
-        "meta": {
-            "action": call.spec.name,
-            "request_id": call.request.request_id,
-            "duration_ms": duration_ms,
-        },
+        "data": value,
+        "meta": {"action": spec.name, "request_id": request_id, "duration_ms": duration_ms},
     }
     try:
-        body = json.dumps(envelope, separators=(",", ":"), allow_nan=False)
+        return json.dumps(envelope, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{call.spec.name} returned a value that is not JSON: {exc}") from exc
-    return CallResult(body)
-
-
-Step = Callable[[Call], None]
-Identify = Callable[[CallRequest], Caller]
+        raise TypeError(f"{spec.name} returned a value that is not JSON: {exc}") from exc

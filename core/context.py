@@ -1,22 +1,24 @@
-"""What a handler sees: the caller and ``ctx``."""
+"""What a handler (or a hook callback, or a module object) sees: the caller and ``ctx``."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.cache import Cache
     from core.config import Config
+    from core.facades import Documents, Hooks, Secrets, StateMachines
+    from core.module import ModuleCatalog
 
 CallerKind = Literal["anonymous", "user", "api_key", "system"]
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: filled by the pipeline's identify step."""
+    """Who is calling: filled by the chain's identify step."""
 
     kind: CallerKind
     id: str | None = None
@@ -32,46 +34,93 @@ ANONYMOUS = Caller("anonymous")
 SYSTEM = Caller("system", id="system")
 
 
-@dataclass(frozen=True)
-class Context:
-    """``ctx``: one call's caller, request facts and the app's managers.
+class ModuleScope:
+    """What every ``ctx`` of one module shares: its settings, logger and facades.
 
-    Managers are reached by name: ``ctx.db``, ``ctx.cache``, ``ctx.hooks``, ... as listed in
-    DESIGN.md. Asking for one this app does not run raises ``AttributeError`` naming it.
+    Built once per module by the AppManager; ``facade(name)`` is handed the lookup that
+    knows which manager serves ``ctx.<name>`` and whether this module may have it.
     """
 
-    app: AppManager
+    def __init__(
+        self,
+        module: str,
+        config: Config,
+        settings: Mapping[str, Any],
+        lookup: Callable[[str, str], object],
+    ) -> None:
+        self.module = module
+        self.config = config
+        self.settings = settings
+        self.logger = logging.getLogger(f"switchboard.modules.{module}")
+        self._lookup = lookup
+        self._facades: dict[str, object] = {}
+
+    def facade(self, name: str) -> object:
+        found = self._facades.get(name)
+        if found is None:
+            found = self._facades[name] = self._lookup(self.module, name)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """``ctx``: one call's caller and request facts, and the module's view of the app.
+
+    ``ctx.db``, ``ctx.cache``, ``ctx.state``, ``ctx.hooks``, ``ctx.secrets`` and
+    ``ctx.modules`` are typed; any other facade a manager contributes (``ctx.realtime``,
+    ``ctx.jwt`` for modules that require it, ...) is reached the same way by name. Asking
+    for one the app does not run raises ``AttributeError`` naming it.
+    """
+
+    scope: ModuleScope
     action: str
-    module: str
     caller: Caller
     request_id: str
-    client_ip: str | None
-    deadline: float | None  # time.monotonic() value past which the caller gets 504
-    logger: logging.Logger
-    module_settings: Mapping[str, Any] = field(default_factory=dict)
+    client_ip: str | None = None
+    deadline: float | None = None  # time.monotonic() value past which the caller gets 504
 
-    # ``ctx.<name>`` -> manager attribute; names follow DESIGN.md's "handler sees" column.
-    _ALIASES: ClassVar[Mapping[str, str]] = {
-        "cache": "redis",
-        "secrets": "vault",
-        "realtime": "websocket",
-    }
+    @property
+    def module(self) -> str:
+        return self.scope.module
 
     @property
     def config(self) -> Config:
-        return self.app.config
+        return self.scope.config
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """The module's merged ``config:`` (module.yaml defaults, then the operator's)."""
+        return self.scope.settings
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self.scope.logger
+
+    @property
+    def db(self) -> Documents:
+        return cast("Documents", self.scope.facade("db"))
+
+    @property
+    def cache(self) -> Cache:
+        return cast("Cache", self.scope.facade("cache"))
+
+    @property
+    def state(self) -> StateMachines:
+        return cast("StateMachines", self.scope.facade("state"))
+
+    @property
+    def hooks(self) -> Hooks:
+        return cast("Hooks", self.scope.facade("hooks"))
+
+    @property
+    def secrets(self) -> Secrets:
+        return cast("Secrets", self.scope.facade("secrets"))
+
+    @property
+    def modules(self) -> ModuleCatalog:
+        return cast("ModuleCatalog", self.scope.facade("modules"))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        manager_name = self._ALIASES.get(name, name)
-        if self.app.has(manager_name):
-            manager: Any = self.app.get(manager_name)
-            # A manager may hand handlers a narrower facade than itself, or one scoped to
-            # the calling module (ctx.secrets reads only what module.yaml declares).
-            scoped = getattr(manager, "facade_for", None)
-            if callable(scoped):
-                return scoped(self.module)
-            facade = getattr(manager, "handler_facade", None)
-            return facade() if callable(facade) else manager
-        raise AttributeError(f"ctx.{name}: this app runs no {manager_name!r} manager")
+        return self.scope.facade(name)

@@ -16,6 +16,7 @@ RATE = (
     r"^\s*[1-9][0-9]*\s*/\s*([1-9][0-9]*\s*)?"
     r"(seconds?|secs?|s|minutes?|mins?|m|hours?|h|days?|d)\s*$"
 )
+RATE_BY = r"^(caller|ip|params\.[A-Za-z_][A-Za-z0-9_]*)$"
 DURATION = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
 JSON_TYPES = ["string", "integer", "number", "boolean", "object", "array", "null"]
 
@@ -72,6 +73,7 @@ _SUBSET: dict[str, Any] = {
     "title": {"type": "string"},
     "description": {"type": "string"},
     "examples": {"type": "array"},
+    "secret": {"type": "boolean"},  # a value hooks and logs never see (params, returns fields)
 }
 
 _COMMON: dict[str, Any] = {
@@ -81,6 +83,12 @@ _COMMON: dict[str, Any] = {
     "roles": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
     "scopes": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
     "rate_limit": {"type": "array", "items": {"type": "string", "pattern": RATE}},
+    "rate_limit_by": {
+        "type": "array",
+        "items": {"type": "string", "pattern": RATE_BY},
+        "minItems": 1,
+        "uniqueItems": True,
+    },
     "rate_limit_failure": {"enum": ["open", "closed"]},
     "idempotent": {"type": "boolean"},
     "timeout": _DURATION_VALUE,
@@ -94,11 +102,7 @@ _DEFS: dict[str, Any] = {
     "schema": {"type": "object", "properties": _SUBSET, "additionalProperties": False},
     "param": {
         "type": "object",
-        "properties": {
-            **_SUBSET,
-            "required": {"type": "boolean"},
-            "secret": {"type": "boolean"},
-        },
+        "properties": {**_SUBSET, "required": {"type": "boolean"}},
         "additionalProperties": False,
     },
 }

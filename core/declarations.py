@@ -8,7 +8,6 @@ module, action and field.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from core.actions import Action, ActionSpec, Invoker
 from core.declaration_schema import NOT_BUILT, SEED_ACTION, SEED_TYPES, TYPED_ACTION
 from core.durations import parse_duration
 from core.errors import DeclarationError, Problem
-from core.module import MODULE_PACKAGE, BaseModule
+from core.limits import Limit, parse_limit
+from core.module import BaseModule, RefError, resolve_ref
 from core.params import (
     ParamSpec,
     ParamsValidator,
@@ -97,7 +97,10 @@ def build_action(
     else:
         params = _typed_params(decl)
         handler_ref = decl["handler"]
-        function = _resolve_handler(where, handler_ref)
+        try:
+            function = resolve_ref(where.module, handler_ref)
+        except RefError as exc:
+            raise where.fail(str(exc), "handler") from exc
         check_signature(where, function, handler_ref, params)
 
         def invoke(ctx: Any, values: dict[str, Any]) -> Any:
@@ -115,6 +118,12 @@ def _spec(
 ) -> ActionSpec:
     timeout = decl.get("timeout", defaults.get("default_timeout"))
     description = decl.get("description", "")
+    limits = _limits(where, decl.get("rate_limit", ()))
+    by = tuple(decl.get("rate_limit_by", ("caller",)))
+    unknown = [b for b in by if b.startswith("params.") and b[len("params.") :] not in params]
+    if unknown:
+        names = ", ".join(unknown)
+        raise where.fail(f"rate_limit_by names {names}: not a declared param", "rate_limit_by")
     return ActionSpec(
         name=where.action or "",
         module=where.module,
@@ -125,7 +134,8 @@ def _spec(
         auth=decl.get("auth", "user"),
         roles=frozenset(decl.get("roles", ())),
         scopes=frozenset(decl.get("scopes", ())),
-        rate_limit=tuple(decl.get("rate_limit", ())),
+        rate_limit=limits,
+        rate_limit_by=by,
         rate_limit_failure=decl.get("rate_limit_failure", "open"),
         idempotent=bool(decl.get("idempotent", False)),
         timeout=None if timeout is None else parse_duration(timeout),
@@ -135,6 +145,19 @@ def _spec(
         examples=tuple(decl.get("examples", ())),
         url_pattern=decl.get("url_pattern"),
     )
+
+
+def _limits(where: Where, texts: Sequence[str]) -> tuple[Limit, ...]:
+    """Each ``rate_limit`` entry parsed now, not on the first request."""
+    limits, problems = [], []
+    for index, text in enumerate(texts):
+        try:
+            limits.append(parse_limit(text))
+        except ValueError as exc:
+            problems.append(where.problem(f"{text!r}: {exc}", f"rate_limit.{index}"))
+    if problems:
+        raise DeclarationError(problems)
+    return tuple(limits)
 
 
 def compile_action(where: Where, spec: ActionSpec, invoke: Invoker) -> Action:
@@ -180,30 +203,6 @@ def _typed_params(decl: Mapping[str, Any]) -> dict[str, ParamSpec]:
         )
         for name, schema in (decl.get("params") or {}).items()
     }
-
-
-def _resolve_handler(where: Where, ref: str) -> Callable[..., Any]:
-    """``"handlers:transfer"`` -> ``switchboard_modules.<module>.handlers.transfer``."""
-    module_path, _, attr = ref.partition(":")
-    qualified = f"{MODULE_PACKAGE}.{where.module}.{module_path}"
-    try:
-        python_module = importlib.import_module(qualified)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and qualified.startswith(exc.name):
-            raise where.fail(
-                f"{module_path}.py not found in module {where.module!r}", "handler"
-            ) from exc
-        raise where.fail(f"importing {module_path!r} failed: {exc}", "handler") from exc
-    except Exception as exc:
-        raise where.fail(
-            f"importing {module_path!r} failed: {type(exc).__name__}: {exc}", "handler"
-        ) from exc
-    function = getattr(python_module, attr, None)
-    if function is None:
-        raise where.fail(f"{module_path}.py has no function {attr!r}", "handler")
-    if not callable(function):
-        raise where.fail(f"{ref} is not callable", "handler")
-    return function  # type: ignore[no-any-return]
 
 
 def check_signature(

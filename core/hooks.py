@@ -1,12 +1,15 @@
-"""Hook event names and the emitter interface the kernel depends on.
+"""Hook events: the kernel's event names, what a callback receives, and the bus interface.
 
-The kernel (pipeline, AppManager glue) fires events through ``HookEmitter``; the
-``hooks`` manager implements it. Hooks are notifications: they never change a call.
+The ``hooks`` manager implements ``HookBus``; the kernel (runtime, module loading) fires
+its events through it. Hooks are notifications: they never change a call. Events are
+declared: the kernel's below, a manager's in ``Manager.events``, a module's in its
+``module.yaml`` ``events:`` (named ``<module>.<event>``); registering a callback for, or
+emitting, an undeclared event is an error naming it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,7 +32,7 @@ BUILTIN_EVENTS = (
 
 @dataclass(frozen=True)
 class HookEvent:
-    """What a callback receives: the event name and its context."""
+    """What a callback receives: the event name and its data."""
 
     name: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -38,8 +41,18 @@ class HookEvent:
 HookCallback = Callable[[HookEvent], None]
 
 
+class UndeclaredEvent(LookupError):
+    """A callback or an emit named an event nobody declared."""
+
+
 @runtime_checkable
-class HookEmitter(Protocol):
-    def emit(self, event: str, **data: Any) -> None: ...
+class HookBus(Protocol):
+    """What the kernel and managers need from the hooks manager."""
+
+    def emit(self, event: str, data: Mapping[str, Any] | None = None, **fields: Any) -> None: ...
 
     def has_listeners(self, event: str) -> bool: ...
+
+    def register(
+        self, event: str, callback: HookCallback, *, priority: int = 100, owner: str | None = None
+    ) -> None: ...

@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
+from core.calls import CallRequest
 from core.client_ip import Network, client_ip, parse_networks
 from core.errors import (
     ActionError,
@@ -30,7 +31,8 @@ from core.errors import (
 from core.idempotency import HEADER as IDEMPOTENCY_HEADER
 from core.logging import request_id_var
 from core.openapi import openapi_document
-from core.pipeline import CallRequest, Pipeline, may_call
+from core.pipeline import Pipeline
+from core.steps import may_call
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
@@ -223,6 +225,10 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
         app_manager, pipeline, document, trusted, origins
     )
     flask_app.register_blueprint(create_blueprint())
+    for route in app_manager.routes():
+        flask_app.add_url_rule(
+            route.path, f"switchboard_{route.endpoint}", route.view, methods=list(route.methods)
+        )
     flask_app.before_request(_assign_request_id)
     flask_app.after_request(_finish)
     flask_app.teardown_request(_reset_request_id)

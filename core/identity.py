@@ -7,15 +7,17 @@ but a *wrong* token never silently downgrades to anonymous).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.calls import CallRequest
 from core.context import ANONYMOUS, Caller
 from core.errors import Unauthorized
-from core.pipeline import CallRequest, Identify
 
 API_KEY_HEADER = "X-API-Key"
+
+Identify = Callable[[CallRequest], Caller]
 
 
 class TokenVerifier(Protocol):
@@ -45,7 +47,9 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value if value is None else str(value)
 
 
-def credential_identifier(tokens: TokenVerifier | None, keys: KeyVerifier | None) -> Identify:
+def credential_identifier(
+    tokens: TokenVerifier | None = None, keys: KeyVerifier | None = None
+) -> Identify:
     """An identify step that accepts whichever credential kinds this app runs."""
 
     def identify(request: CallRequest) -> Caller:

@@ -1,15 +1,37 @@
-"""The Manager contract: what the AppManager boots, stops and asks for health."""
+"""The Manager contract: what a manager contributes, and what the AppManager collects.
+
+A manager is one file in ``managers/`` and one line in ``app.py``. Besides its lifecycle
+(``start``, ``stop``, ``health``) it *declares* what it adds to the app, and the kernel
+collects it; the kernel names no concrete manager:
+
+- before any manager exists: its ``settings``, ``production_problems``, document sources
+  for the config chain (``config_sources``), settings found on disk (``discover_settings``)
+  and CLI ``commands``;
+- once started: the typed capabilities it ``provides`` (Protocols defined in core, looked
+  up by type), its handler ``facade`` (``ctx.<facade>``), ``middleware`` for the call
+  chain, HTTP ``routes``, the hook ``events`` it emits, and its share of the phase after
+  modules have loaded (``modules_loaded``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
+
+from core.errors import DependencyUnavailable, Problem
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
+    from core.chain import Middleware
+    from core.cli import Command
+    from core.config import Config
+    from core.config_loader import SourceSpec
+    from core.module import ModuleCatalog
+    from core.settings import Setting
 
 HealthStatus = Literal["ok", "degraded", "failed", "disabled"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -23,20 +45,60 @@ class Health:
         return {"status": self.status, **self.details}
 
 
-class Manager:
-    """Base class of every manager.
+@dataclass(frozen=True)
+class Route:
+    """An HTTP route a manager serves (the JWKS, ``/metrics``, ...)."""
 
-    ``name`` is how other managers and handlers reach it (``app_manager.<name>``,
-    ``ctx.<name>``); ``requires`` names the managers that must start before it, ``after``
-    those that must start before it when present.
-    ``required`` says whether a ``failed`` health makes the app not ready.
+    path: str
+    endpoint: str
+    view: Callable[..., Any]
+    methods: tuple[str, ...] = ("GET",)
+
+
+class Manager:
+    """Base class of every manager (see the module docstring for the contract).
+
+    ``name`` is how ``requires`` lists refer to it; ``requires`` names every manager it
+    uses (``require()`` refuses one it does not list); ``required`` says whether its
+    ``failed`` health makes the app not ready. ``phase`` 1 starts after every phase-0
+    manager: module loading, which needs them all.
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
-    # Start after these when the app runs them; unlike ``requires`` they may be absent.
-    after: ClassVar[tuple[str, ...]] = ()
     required: ClassVar[bool] = True
+    phase: ClassVar[int] = 0
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    provides: ClassVar[tuple[type, ...]] = ()
+    facade: ClassVar[str | None] = None  # the ctx attribute handlers reach it by
+    privileged: ClassVar[bool] = False  # its facade only for modules that require it
+    events: ClassVar[tuple[str, ...]] = ()  # hook events it emits
+
+    _owner: AppManager | None = None  # set by the AppManager that registers it
+
+    # --- declared before any manager exists -------------------------------------------
+
+    @classmethod
+    def production_problems(cls, config: Config) -> list[Problem]:
+        """What production refuses in this manager's settings (each naming the setting)."""
+        return []
+
+    @classmethod
+    def config_sources(cls) -> tuple[SourceSpec, ...]:
+        """Document sources this manager adds to the config chain (Vault's)."""
+        return ()
+
+    @classmethod
+    def discover_settings(cls, bootstrap: Config) -> Sequence[Setting]:
+        """Settings found on disk once ``modules.path`` is known (modules' ``config:``)."""
+        return ()
+
+    @classmethod
+    def commands(cls) -> Sequence[Command]:
+        """CLI commands (``python app.py <name>``) this manager adds."""
+        return ()
+
+    # --- lifecycle --------------------------------------------------------------------
 
     def start(self, app: AppManager) -> None:
         """Connect, load and validate. Raise ``BootError`` with the place that is wrong."""
@@ -50,3 +112,38 @@ class Manager:
 
     def health(self) -> Health:
         return Health()
+
+    # --- contributed once started -----------------------------------------------------
+
+    def capability(self, kind: type[T]) -> T:
+        """The object that implements ``kind`` (one of ``provides``); the manager itself
+        unless it hands out a part of itself (the store behind the cache, say)."""
+        return cast(T, self)
+
+    def facade_for(self, module: str) -> object:
+        """What ``ctx.<facade>`` gives a handler of ``module``."""
+        return self
+
+    def middleware(self) -> Sequence[Middleware]:
+        """Middleware for the call chain, each placed relative to a named built-in step."""
+        return ()
+
+    def routes(self) -> Sequence[Route]:
+        return ()
+
+    def modules_loaded(self, modules: ModuleCatalog) -> Sequence[Problem]:
+        """Read what the module manifests declare for this manager (state machines,
+        secrets, hooks...), after every module was imported and before any initializes."""
+        return ()
+
+    # --- collaborators ----------------------------------------------------------------
+
+    def require(self, kind: type[T]) -> T:
+        """The collaborator that provides ``kind``; refused unless ``requires`` covers it."""
+        if self._owner is None:
+            raise RuntimeError(f"manager {self.name!r} is not registered with an app")
+        return self._owner.capability_for(self, kind)
+
+    def not_started(self) -> DependencyUnavailable:
+        """The one error for work asked of a manager that is not running: 503."""
+        return DependencyUnavailable(f"the {self.name} manager is not running")

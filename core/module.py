@@ -1,9 +1,11 @@
-"""The module contract: the manifest of ``module.yaml`` and ``BaseModule``'s lifecycle."""
+"""The module contract: the manifest of ``module.yaml``, ``BaseModule``'s lifecycle, and the
+catalog of loaded modules that managers read in the modules-loaded phase."""
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -11,10 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.manager import Health
 
 if TYPE_CHECKING:
+    import types
+
     from core.app_manager import AppManager
+    from core.context import Context
 
 MODULE_PACKAGE = "switchboard_modules"  # each module imports as switchboard_modules.<name>
 MODULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 MANIFEST_KEYS = frozenset(
     {
         "name",
@@ -25,7 +31,11 @@ MANIFEST_KEYS = frozenset(
         "secrets",
         "state_machines",
         "rooms",
+        "services",
+        "hooks",
+        "events",
         "config",
+        "config_schema",
     }
 )
 
@@ -43,14 +53,20 @@ class ModuleManifest:
     secrets: tuple[str, ...] = ()
     state_machines: Mapping[str, Any] = field(default_factory=dict)
     rooms: Mapping[str, Any] = field(default_factory=dict)
+    services: Mapping[str, Any] = field(default_factory=dict)
+    hooks: Mapping[str, Any] = field(default_factory=dict)
+    events: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
+    config_schema: Mapping[str, Any] | None = None
+    file: str = ""  # its module.yaml as problems name it (relative to the project)
 
 
 class BaseModule:
     """Base class a module's ``__init__.py`` may export to hook into its lifecycle.
 
-    The loader creates the object, sets ``module_name``, ``manifest`` and ``settings``
-    (module.yaml ``config:`` merged with the operator's ``modules.settings.<name>``), then
+    The loader creates the object and sets ``module_name``, ``manifest``, ``settings``
+    (module.yaml ``config:`` merged with the operator's settings) and ``ctx`` (a context of
+    this module with the ``system`` caller: ``self.ctx.db``, ``self.ctx.cache``, ...), then
     calls ``initialize(app_manager)`` and ``configure()`` in dependency order and
     ``register_routes()`` once every module is up. ``dispose()`` runs in reverse order at
     shutdown. Seed-format actions (``type: function``) call ``_<function>(args)`` on it.
@@ -59,10 +75,10 @@ class BaseModule:
     module_name: str
     manifest: ModuleManifest
     settings: Mapping[str, Any]
+    ctx: Context
 
     def __init__(self, app_manager: AppManager | None = None) -> None:
         self.app_manager = app_manager
-        self.registered_routes: list[str] = []
         self.dependencies: list[str] = []
         self.module_name = type(self).__name__
 
@@ -88,7 +104,56 @@ class BaseModule:
         return Health()
 
 
-class ModuleCatalog(Protocol):
-    """What action discovery needs from the module manager: modules in load order."""
+@dataclass
+class LoadedModule:
+    """A discovered module and how its lifecycle went."""
 
-    def module_objects(self) -> Sequence[tuple[ModuleManifest, BaseModule]]: ...
+    manifest: ModuleManifest
+    package: types.ModuleType
+    instance: BaseModule
+    status: str = "pending"  # pending | ok | failed
+    error: str | None = None
+    depends_on: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+class ModuleCatalog(Protocol):
+    """The loaded modules, in load order (``ctx.modules``; what managers read once modules
+    have loaded)."""
+
+    def __iter__(self) -> Iterator[LoadedModule]: ...
+
+    def get(self, name: str) -> LoadedModule | None: ...
+
+    def names(self) -> list[str]: ...
+
+    def unavailable_reason(self, module: str) -> str | None: ...
+
+
+class RefError(ValueError):
+    """A ``"python_module:function"`` reference cannot be resolved; says why."""
+
+
+def resolve_ref(module: str, ref: str) -> Callable[..., Any]:
+    """``"handlers:transfer"`` -> ``switchboard_modules.<module>.handlers.transfer``."""
+    module_path, _, attr = ref.partition(":")
+    if not module_path or not attr:
+        raise RefError(f"{ref!r}: write it as 'python_module:function'")
+    qualified = f"{MODULE_PACKAGE}.{module}.{module_path}"
+    try:
+        python_module = importlib.import_module(qualified)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and qualified.startswith(exc.name):
+            raise RefError(f"{module_path}.py not found in module {module!r}") from exc
+        raise RefError(f"importing {module_path!r} failed: {exc}") from exc
+    except Exception as exc:  # a handler file that does not import is the module's problem
+        raise RefError(f"importing {module_path!r} failed: {type(exc).__name__}: {exc}") from exc
+    function = getattr(python_module, attr, None)
+    if function is None:
+        raise RefError(f"{module_path}.py has no function {attr!r}")
+    if not callable(function):
+        raise RefError(f"{ref} is not callable")
+    return function  # type: ignore[no-any-return]

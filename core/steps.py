@@ -1,37 +1,151 @@
-"""The pipeline's steps after identify: authorize, rate-limit, idempotency, validate.
+"""The kernel's built-in steps of the call chain (see ``core.chain`` for their order).
 
-Each is a plain callable on a ``Call``; the pipeline runs them in that order, fixed at boot,
-and a step ends the call by raising an ``ActionError``.
+Each middleware is ``(call, next) -> CallResult``; a step ends the call by raising an
+``ActionError``. The ``run`` step is the innermost: it calls the handler and turns anything
+else it raises into one ``InternalError`` (500) with the request id, logged with its
+traceback, so every middleware around it sees a problem it can settle, count or decorate.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from core.actions import ActionSpec
-from core.calls import Call, CallRequest, CallResult
-from core.context import ANONYMOUS, Caller
+from core.actions import Action, ActionSpec
+from core.calls import Call, CallResult, encode_envelope
+from core.chain import Next
+from core.context import Caller, Context
 from core.errors import (
     ActionError,
     Banned,
+    DependencyUnavailable,
     Forbidden,
+    InternalError,
     MalformedRequest,
+    NotFound,
     RateLimited,
+    Timeout,
     Unauthorized,
 )
-from core.idempotency import Idempotency, StoredResponse
+from core.idempotency import REPLAYED, Idempotency, StoredResponse
+from core.identity import Identify
+from core.limits import RateLimiter, rate_limit_headers
 from core.logging import secret_params_var
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from core.app_manager import AppManager
+    from core.module import ModuleCatalog
+
 log = logging.getLogger("switchboard.pipeline")
+audit_log = logging.getLogger("switchboard.audit")
+
+MASK = "***"
 
 
-def identify_anonymous(request: CallRequest) -> Caller:
-    """Until credentials exist every caller is anonymous (trusted transports preset one)."""
-    return request.caller or ANONYMOUS
+class ActionRegistry(Protocol):
+    """What the chain needs from action discovery."""
+
+    def lookup(self, name: str) -> Action | None: ...
+
+    def actions(self) -> Sequence[Action]: ...
+
+
+def masked(values: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
+    """``values`` with the values of ``secret`` keys replaced by ``***``."""
+    return {k: (MASK if k in secret else v) for k, v in values.items()} if secret else dict(values)
+
+
+def unexpected(call: Call, exc: BaseException) -> InternalError:
+    """The one 500 for an error nobody expected: logged with its traceback, the caller
+    gets only the request id."""
+    request = call.request
+    log.error(
+        "action %s failed unexpectedly (request %s)",
+        request.action,
+        request.request_id,
+        exc_info=exc,
+    )
+    return InternalError(f"an unexpected error occurred; quote request id {request.request_id}")
+
+
+def elapsed_ms(call: Call) -> float:
+    return round((time.perf_counter() - call.started) * 1000, 3)
+
+
+# --- audit ----------------------------------------------------------------------------
+
+
+def audit(call: Call, next: Next) -> CallResult:
+    """One audit record per call, whatever its outcome (params by name only: their values
+    may be personal data)."""
+    try:
+        result = next(call)
+    except ActionError as error:
+        _record(call, error.status, error.slug)
+        raise
+    except Exception:
+        _record(call, 500, InternalError.slug)
+        raise
+    _record(call, result.status, "replayed" if result.replayed else None)
+    return result
+
+
+def _record(call: Call, status: int, problem: str | None) -> None:
+    request = call.request
+    audit_log.info(
+        "%s %s %d",
+        request.action,
+        call.caller.kind,
+        status,
+        extra={
+            "audit": {
+                "action": request.action,
+                "caller_kind": call.caller.kind,
+                "caller_id": call.caller.id,
+                "client_ip": request.client_ip,
+                "transport": request.transport,
+                "request_id": request.request_id,
+                "status": status,
+                "problem": problem,
+                "duration_ms": elapsed_ms(call),
+                "param_names": sorted(call.params),
+            }
+        },
+    )
+
+
+# --- identify, lookup, authorize, validate ----------------------------------------------
+
+
+class IdentifyStep:
+    """Who is calling, from the credentials the transport passed on."""
+
+    def __init__(self, identify: Identify) -> None:
+        self.identify = identify
+
+    def __call__(self, call: Call, next: Next) -> CallResult:
+        call.caller = self.identify(call.request)
+        return next(call)
+
+
+class LookupStep:
+    """The action by its exact name (never fuzzy)."""
+
+    def __init__(self, registry: ActionRegistry) -> None:
+        self.registry = registry
+
+    def __call__(self, call: Call, next: Next) -> CallResult:
+        call.found = self.registry.lookup(call.request.action)
+        if call.found is None:
+            raise NotFound(f"no action named {call.request.action!r}")
+        return next(call)
 
 
 def may_call(caller: Caller, spec: ActionSpec) -> bool:
@@ -51,15 +165,17 @@ def may_call(caller: Caller, spec: ActionSpec) -> bool:
     return not (caller.kind == "api_key" and not spec.scopes <= caller.scopes)
 
 
-def authorize(call: Call) -> None:
-    if may_call(call.caller, call.spec):
-        return
-    if call.caller.kind == "anonymous":
-        raise Unauthorized(f"action {call.spec.name} requires credentials (auth: {call.spec.auth})")
-    raise Forbidden(f"this caller may not call {call.spec.name}")
+def authorize(call: Call, next: Next) -> CallResult:
+    if not may_call(call.caller, call.spec):
+        if call.caller.kind == "anonymous":
+            raise Unauthorized(
+                f"action {call.spec.name} requires credentials (auth: {call.spec.auth})"
+            )
+        raise Forbidden(f"this caller may not call {call.spec.name}")
+    return next(call)
 
 
-def validate(call: Call) -> None:
+def validate(call: Call, next: Next) -> CallResult:
     raw = call.request.params
     if raw is None:
         raw = {}
@@ -71,122 +187,196 @@ def validate(call: Call) -> None:
         secret_params_var.set(
             frozenset(str(call.params[n]) for n in secret if call.params.get(n) is not None)
         )
+    return next(call)
 
 
-def rate_limit_headers(states: Sequence[Any]) -> dict[str, str]:
-    """The ``RateLimit-Policy`` and ``RateLimit`` fields of
-    draft-ietf-httpapi-ratelimit-headers-10 for the limits that applied."""
-    if not states:
-        return {}
-    return {
-        "RateLimit-Policy": ", ".join(
-            f'"{s.name}";q={s.limit.count};w={math.ceil(s.limit.period)}' for s in states
-        ),
-        "RateLimit": ", ".join(
-            f'"{s.name}";r={max(0, s.remaining)};t={math.ceil(max(0.0, s.reset))}' for s in states
-        ),
-    }
+# --- rate limit -------------------------------------------------------------------------
 
 
-class RateLimiter(Protocol):
-    """What the pipeline needs from the rate limiter (see managers/rate_limiter_manager)."""
+def caller_identity(call: Call) -> tuple[str, str]:
+    """(identity, kind) the global limits count against: the user or key, else the IP."""
+    caller = call.caller
+    if caller.kind in ("user", "api_key") and caller.id is not None:
+        return f"{caller.kind}:{caller.id}", caller.kind
+    return f"ip:{call.request.client_ip}", "ip"
 
-    def check(
-        self,
-        *,
-        identity: str,
-        kind: str,
-        action: str | None = None,
-        action_limits: Sequence[str] = (),
-        own_limits: Sequence[str] | None = None,
-        failure: str = "open",
-        cost: int = 1,
-    ) -> Any: ...
+
+def action_subjects(call: Call, identity: str) -> list[tuple[str, str]]:
+    """(label, identity) each of the action's limits counts against, per ``rate_limit_by``;
+    an optional param the call leaves out counts against nothing."""
+    subjects = []
+    for by in call.spec.rate_limit_by:
+        if by == "caller":
+            subjects.append(("", identity))
+        elif by == "ip":
+            subjects.append(("ip", f"ip:{call.request.client_ip}"))
+        else:
+            name = by[len("params.") :]
+            if call.params.get(name) is not None:
+                value = json.dumps(call.params[name], sort_keys=True, ensure_ascii=False)
+                subjects.append((name, f"param:{call.spec.name}:{name}:{value}"))
+    return subjects
 
 
 class RateLimitStep:
-    """Global limits of the caller's kind (an API key's own instead, if it has them) plus the
-    action's, all in one check; the RateLimit headers go on every answer of the call."""
+    """Global limits of the caller's kind (an API key's own instead, if it has them) plus
+    the action's, all in one check; the RateLimit headers go on every answer of the call:
+    results, problems and replays alike."""
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter
 
-    def __call__(self, call: Call) -> None:
-        """Global limits of the caller's kind (an API key's own instead, if it has them)
-        plus the action's, all in one check; headers go on every answer of the call."""
-        caller = call.caller
-        if caller.kind == "system":
-            return
-        identity: str
-        kind: str
-        if caller.kind in ("user", "api_key") and caller.id is not None:
-            identity, kind = f"{caller.kind}:{caller.id}", caller.kind
-        else:
-            identity, kind = f"ip:{call.request.client_ip}", "ip"
+    def __call__(self, call: Call, next: Next) -> CallResult:
+        if call.caller.kind == "system":
+            return next(call)
+        identity, kind = caller_identity(call)
         decision = self.limiter.check(
             identity=identity,
             kind=kind,
             action=call.spec.name,
             action_limits=call.spec.rate_limit,
-            own_limits=caller.rate_limit or None,
+            action_subjects=action_subjects(call, identity),
+            own_limits=call.caller.rate_limit or None,
             failure=call.spec.rate_limit_failure,
         )
-        call.response_headers.update(rate_limit_headers(decision.states))
+        headers = rate_limit_headers(decision.states)
         if decision.banned_until is not None:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.banned_until))
             wait = max(1, math.ceil(decision.banned_until - time.time()))
             raise Banned(
                 f"too many rejected requests: banned until {until}",
-                headers={"Retry-After": str(wait)},
+                headers={**headers, "Retry-After": str(wait)},
                 extra={"banned_until": until},
             )
         if not decision.allowed:
             wait = max(1, math.ceil(decision.retry_after))
             raise RateLimited(
                 f"rate limit exceeded for {call.spec.name}; retry later",
-                headers={"Retry-After": str(wait)},
+                headers={**headers, "Retry-After": str(wait)},
             )
+        try:
+            result = next(call)
+        except ActionError as error:
+            error.headers = {**headers, **error.headers}
+            raise
+        return result.with_headers(headers)
 
 
-class Replay(Exception):
-    """Raised by the idempotency step: the stored response answers this call."""
-
-    def __init__(self, stored: StoredResponse) -> None:
-        super().__init__("replay")
-        self.stored = stored
+# --- idempotency ------------------------------------------------------------------------
 
 
 class IdempotencyStep:
-    """Claims an ``Idempotency-Key`` before validation and settles it after the call."""
+    """Claim, replay and settle an ``Idempotency-Key``, all here.
+
+    The claim is made on the validated params, so ``3`` and ``3.0`` are one request. What
+    the call answers is stored for replay unless it is a 5xx (worth retrying) or a 422
+    (the retry will send other params).
+    """
 
     def __init__(self, idempotency: Idempotency) -> None:
         self.idempotency = idempotency
 
-    def __call__(self, call: Call) -> None:
-        """The idempotency step: claim the key, or replay what the first call answered."""
+    def __call__(self, call: Call, next: Next) -> CallResult:
         key = call.request.idempotency_key
         if key is None or not call.spec.idempotent:
-            return
+            return next(call)
         caller = call.caller
         who = f"{caller.kind}:{caller.id}" if caller.id else f"ip:{call.request.client_ip}"
-        outcome = self.idempotency.begin(call.spec.name, who, key, call.request.params)
+        outcome = self.idempotency.begin(call.spec.name, who, key, call.params)
         if isinstance(outcome, StoredResponse):
-            raise Replay(outcome)
-        call.claim = outcome
-
-    def settle(
-        self, call: Call, *, result: CallResult | None = None, error: ActionError | None = None
-    ) -> None:
-        """Store the outcome for replay (or release the claim after a crash). The call's
-        own outcome stands even if the store fails: the claim then expires by itself."""
-        if call.claim is None:
-            return
+            return CallResult(
+                outcome.body,
+                outcome.status,
+                outcome.content_type,
+                {REPLAYED: "true"},
+                replayed=True,
+            )
         try:
-            if result is not None:
-                self.idempotency.finish(call.claim, result.status, result.body, result.content_type)
-            elif error is not None:
-                self.idempotency.finish_error(call.claim, error, call.request.request_id)
+            result = next(call)
+        except ActionError as error:
+            if error.status >= 500 or error.status == 422:
+                self._settle(call, self.idempotency.release, outcome)
             else:
-                self.idempotency.release(call.claim)
+                request_id = call.request.request_id
+                self._settle(call, self.idempotency.finish_error, outcome, error, request_id)
+            raise
+        except BaseException:
+            self._settle(call, self.idempotency.release, outcome)
+            raise
+        status, body, content_type = result.status, result.body, result.content_type
+        self._settle(call, self.idempotency.finish, outcome, status, body, content_type)
+        return result
+
+    @staticmethod
+    def _settle(call: Call, settle: Callable[..., None], *args: Any) -> None:
+        """The call's own outcome stands even if the store fails: the claim then expires."""
+        try:
+            settle(*args)
         except ActionError:
             log.exception("could not settle the idempotency record of %s", call.request.action)
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+class RunStep:
+    """The innermost step: the handler, its ``timeout:``, its ``returns`` check outside
+    production, and the envelope encoded once (a result that is not JSON is a 500)."""
+
+    def __init__(
+        self, app: AppManager, modules: ModuleCatalog | None, *, check_returns: bool, workers: int
+    ) -> None:
+        self.app = app
+        self.modules = modules
+        self.check_returns = check_returns
+        self._workers = workers
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __call__(self, call: Call) -> CallResult:
+        spec = call.spec
+        reason = self.modules.unavailable_reason(spec.module) if self.modules else None
+        if reason is not None:
+            raise DependencyUnavailable(f"module {spec.module!r} is unavailable: {reason}")
+        request = call.request
+        ctx = Context(
+            self.app.scope(spec.module),
+            spec.name,
+            call.caller,
+            request.request_id,
+            request.client_ip,
+            time.monotonic() + spec.timeout if spec.timeout is not None else None,
+        )
+        try:
+            if spec.timeout is None:
+                value = call.action.invoke(ctx, call.params)
+            else:
+                value = self._with_timeout(call, ctx, spec.timeout)
+            if self.check_returns and call.action.returns is not None:
+                problems = call.action.returns.problems(value)
+                if problems:
+                    raise TypeError(
+                        f"{spec.name} returned a value that breaks its `returns` schema: "
+                        + "; ".join(problems)
+                    )
+            body = encode_envelope(spec, request.request_id, value, elapsed_ms(call))
+        except ActionError:
+            raise
+        except Exception as exc:
+            raise unexpected(call, exc) from exc
+        return CallResult(body, value=value)
+
+    def _with_timeout(self, call: Call, ctx: Context, timeout: float) -> Any:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._workers, thread_name_prefix="action"
+            )
+        future = self._executor.submit(call.action.invoke, ctx, call.params)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            # The handler keeps running (threads cannot be killed); ctx.deadline tells it.
+            raise Timeout(f"{call.spec.name} did not finish within {timeout:g}s") from None

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jsonschema
 
@@ -22,6 +22,7 @@ from core.declarations import Where, build_action, schema_problems
 from core.errors import DeclarationError, Problem
 from core.manager import Health, Manager
 from core.module import MODULE_NAME, BaseModule, ModuleCatalog
+from core.steps import ActionRegistry
 from core.yamlfile import YamlFileError, load_yaml_file
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class ActionDiscoveryManager(Manager):
 
     name = "actions"
     requires = ("config", "modules")
+    phase = 1
+    provides: ClassVar[tuple[type, ...]] = (ActionRegistry,)
 
     def __init__(self) -> None:
         self._actions: dict[str, Action] = {}
@@ -82,7 +85,7 @@ class ActionDiscoveryManager(Manager):
 
     def start(self, app: AppManager) -> None:
         self._app = app
-        catalog: ModuleCatalog = app.get("modules")
+        catalog = self.require(ModuleCatalog)
         problems: list[Problem] = []
         for file in self._files(app.config.root, catalog, problems):
             for key, declaration in file.declarations.items():
@@ -91,9 +94,7 @@ class ActionDiscoveryManager(Manager):
                     problems.append(where.problem(f"action name {key!r} must match {ACTION_KEY}"))
                     continue
                 try:
-                    action = build_action(where, declaration, file.defaults, file.instance)
-                    problems.extend(self._limit_problems(app, action, where))
-                    self.register(action)
+                    self.register(build_action(where, declaration, file.defaults, file.instance))
                 except DeclarationError as exc:
                     problems.extend(exc.problems)
         if problems:
@@ -103,29 +104,14 @@ class ActionDiscoveryManager(Manager):
     def health(self) -> Health:
         return Health("ok", {"actions": len(self._actions)})
 
-    @staticmethod
-    def _limit_problems(app: AppManager, action: Action, where: Where) -> list[Problem]:
-        """Each ``rate_limit`` entry must parse now, not fail on the first request."""
-        if not action.spec.rate_limit or not app.has("rate_limiter"):
-            return []
-        limiter = app.get("rate_limiter")
-        problems = []
-        for index, text in enumerate(action.spec.rate_limit):
-            try:
-                limiter.parse_limit(text)
-            except ValueError as exc:
-                problems.append(where.problem(f"{text!r}: {exc}", f"rate_limit.{index}"))
-        return problems
-
     # --- files ------------------------------------------------------------------------
 
     def _files(
         self, root: Path, catalog: ModuleCatalog, problems: list[Problem]
     ) -> list[DeclarationFile]:
-        instances = {manifest.name: inst for manifest, inst in catalog.module_objects()}
+        instances = {loaded.name: loaded.instance for loaded in catalog}
         candidates = [
-            (manifest.path / "actions.yaml", manifest.name, False)
-            for manifest, _ in catalog.module_objects()
+            (loaded.manifest.path / "actions.yaml", loaded.name, False) for loaded in catalog
         ]
         operator_dir = root / "actions"
         if operator_dir.is_dir():

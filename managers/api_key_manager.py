@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.declaration_schema import RATE
 from core.dev_secrets import dev_secret
@@ -41,13 +41,17 @@ from core.errors import (
     Unauthorized,
     ValidationError,
 )
-from core.identity import KeyIdentity
+from core.facades import Documents
+from core.identity import KeyIdentity, KeyVerifier
 from core.manager import Health, Manager
+from core.retry import retrying
+from core.settings import Setting, text
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
+    from core.cli import Command
+    from core.config import Config
     from core.documents import Collection
-    from managers.database_manager import Database
 
 log = logging.getLogger("switchboard.api_keys")
 
@@ -126,11 +130,42 @@ class ApiKeyManager(Manager):
 
     name = "api_keys"
     requires = ("config", "db")
+    provides: ClassVar[tuple[type, ...]] = (KeyVerifier,)
+    facade = "api_keys"
+    privileged = True
+    settings: ClassVar[tuple[Setting, ...]] = (
+        Setting(
+            "api_keys.pepper",
+            text,
+            None,
+            "Server-side secret mixed into API key hashes; "
+            "generated into var/dev-secrets/ outside production",
+            secret=True,
+            owner="manager api_keys",
+        ),
+    )
+
+    @classmethod
+    def production_problems(cls, config: Config) -> list[Problem]:
+        if config["api_keys.pepper"]:
+            return []
+        return [
+            Problem(
+                "set api_keys.pepper (32 random bytes or more, from a secret file or Vault)",
+                field="api_keys.pepper",
+            )
+        ]
+
+    @classmethod
+    def commands(cls) -> Sequence[Command]:
+        from managers.api_key_commands import KEYS
+
+        return (KEYS,)
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._pepper: bytes | None = None
-        self._db: Database | None = None
+        self._db: Documents | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -146,7 +181,7 @@ class ApiKeyManager(Manager):
                     )
                 ]
             )
-        self._db = app.get("db").handler_facade()
+        self._db = self.require(Documents)
         self._keys().create_index(["owner"])
         self._pepper = pepper
 
@@ -263,17 +298,13 @@ class ApiKeyManager(Manager):
         if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
             return False
         changes = {"$set": {"revoked": True, "revoked_at": self._clock()}}
-        for attempt in range(3):
-            try:
-                found = self._keys().update_one({"_id": key_id}, changes)
-            except Conflict:  # a concurrent last_used_at write won the row; try again
-                if attempt == 2:
-                    raise
-                continue
-            if found:
-                log.info("API key %s revoked", key_id)
-            return found
-        raise AssertionError("unreachable")  # pragma: no cover
+        # A concurrent last_used_at write may win the row: try again.
+        found = retrying(
+            lambda: self._keys().update_one({"_id": key_id}, changes), on=Conflict, retries=2
+        )
+        if found:
+            log.info("API key %s revoked", key_id)
+        return found
 
     def list(self, owner: str | None = None) -> list[PublicRecord]:
         """Public records, oldest first; all keys, or those of ``owner``."""
@@ -284,12 +315,12 @@ class ApiKeyManager(Manager):
 
     def _keys(self) -> Collection:
         if self._db is None:
-            raise DependencyUnavailable("the api_keys manager is not started")
+            raise self.not_started()
         return self._db.collection(COLLECTION)
 
     def _hash(self, secret: str) -> str:
         if self._pepper is None:
-            raise DependencyUnavailable("the api_keys manager is not started")
+            raise self.not_started()
         return hmac.new(self._pepper, secret.encode("ascii"), hashlib.sha256).hexdigest()
 
     def _touch(self, key_id: str, last_used_at: Any, now: float) -> None:

@@ -5,23 +5,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from core.config import Config
 from core.documents import Collection
 from core.errors import ConfigError, DependencyUnavailable, Problem, TransactionConflict
+from core.facades import Documents
 from core.manager import Health, Manager
+from core.retry import retrying
+from core.settings import Setting, duration, integer, text
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
 
 log = logging.getLogger("switchboard.db")
 T = TypeVar("T")
+_OWNER = "manager db"
 
 
 class Backend(Protocol):
@@ -178,17 +181,12 @@ class Database:
 
     def run_transaction(self, work: Callable[[], T], *, retries: int = 5) -> T:
         """Run ``work()`` in a transaction, again (with backoff) when it loses a race."""
-        delay = 0.02
-        for attempt in range(retries + 1):
-            try:
-                with self.transaction():
-                    return work()
-            except TransactionConflict:
-                if attempt == retries:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def attempt() -> T:
+            with self.transaction():
+                return work()
+
+        return retrying(attempt, on=TransactionConflict, retries=retries)
 
 
 class DatabaseManager(Manager):
@@ -197,6 +195,60 @@ class DatabaseManager(Manager):
 
     name = "db"
     requires = ("config",)
+    provides: ClassVar[tuple[type, ...]] = (Documents,)
+    facade = "db"
+    settings: ClassVar[tuple[Setting, ...]] = (
+        Setting(
+            "database.url",
+            text,
+            "sqlite:///var/switchboard.db",
+            "sqlite:///relative/path, sqlite:////absolute/path, postgresql://… or mongodb://…",
+            alias="DATABASE_URL",
+            secret=True,
+            owner=_OWNER,
+        ),
+        Setting(
+            "database.read_url",
+            text,
+            None,
+            "Optional URL of a read-only role for reads outside transactions",
+            alias="DATABASE_READ_URL",
+            secret=True,
+            owner=_OWNER,
+        ),
+        Setting(
+            "database.pool_size",
+            integer,
+            10,
+            "Connections per worker process (PostgreSQL, SQLite)",
+            minimum=1,
+            maximum=500,
+            owner=_OWNER,
+        ),
+        Setting(
+            "database.pool_timeout",
+            duration,
+            5.0,
+            "How long a call waits for a free connection before answering 503",
+            owner=_OWNER,
+        ),
+        Setting(
+            "database.statement_timeout",
+            duration,
+            30.0,
+            "PostgreSQL statement_timeout; SQLite busy timeout",
+            owner=_OWNER,
+        ),
+        Setting(
+            "database.connect_retries",
+            integer,
+            3,
+            "Retries of a transient connection error (with backoff)",
+            minimum=0,
+            maximum=10,
+            owner=_OWNER,
+        ),
+    )
 
     def __init__(self) -> None:
         self.backend: Backend | None = None
@@ -228,10 +280,18 @@ class DatabaseManager(Manager):
         self.database = Database(backend, replica)
         log.info("database ready (%s)", self.scheme)
 
-    def handler_facade(self) -> Database:
+    @property
+    def documents(self) -> Database:
+        """``ctx.db`` (the same object for every module)."""
         if self.database is None:
-            raise DependencyUnavailable("the database is not started")
+            raise self.not_started()
         return self.database
+
+    def capability(self, kind: type[T]) -> T:
+        return cast(T, self.documents)
+
+    def facade_for(self, module: str) -> Database:
+        return self.documents
 
     def health(self) -> Health:
         if self.backend is None:

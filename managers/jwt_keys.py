@@ -1,4 +1,5 @@
-"""JWT keys: the signing key, the table of keys tokens may be verified with, and their JWKs.
+"""JWT settings and keys: the signing key, the table of keys tokens may be verified with, and
+their JWKs.
 
 A key comes from its setting (a PEM) or, outside production, from ``core.dev_secrets``. Each is
 checked at boot (type, size, a kid of its own) and bound to the one algorithm it accepts.
@@ -19,12 +20,62 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from core.dev_secrets import dev_secret
 from core.errors import ConfigError, Problem
+from core.settings import Setting, duration, mapping, text
 
 if TYPE_CHECKING:
     from core.config import Config
 
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+_OWNER = "manager jwt"
+
+JWT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "jwt.algorithm",
+        text,
+        "EdDSA",
+        "Signing algorithm: EdDSA or RS256 (HS256 outside production only)",
+        choices=("EdDSA", "RS256", "HS256"),
+        owner=_OWNER,
+    ),
+    Setting(
+        "jwt.private_key",
+        text,
+        None,
+        "PEM private key that signs tokens (EdDSA/RS256); "
+        "generated into var/dev-secrets/ outside production",
+        secret=True,
+        owner=_OWNER,
+    ),
+    Setting(
+        "jwt.secret",
+        text,
+        None,
+        "HS256 shared secret (development and tests only)",
+        secret=True,
+        owner=_OWNER,
+    ),
+    Setting(
+        "jwt.kid",
+        text,
+        None,
+        "Key id of the signing key (default: its RFC 7638 thumbprint)",
+        owner=_OWNER,
+    ),
+    Setting(
+        "jwt.verification_keys",
+        mapping,
+        {},
+        "Extra public keys still accepted, {kid: PEM} (YAML only), for key rotation",
+        owner=_OWNER,
+    ),
+    Setting("jwt.issuer", text, "switchboard", "iss claim issued and required", owner=_OWNER),
+    Setting("jwt.audience", text, "switchboard-api", "aud claim issued and required", owner=_OWNER),
+    Setting("jwt.access_ttl", duration, 900.0, "Lifetime of access tokens", owner=_OWNER),
+    Setting("jwt.refresh_ttl", duration, 30 * 86400.0, "Lifetime of refresh tokens", owner=_OWNER),
+    Setting("jwt.leeway", duration, 30.0, "Clock skew tolerated on exp/nbf/iat", owner=_OWNER),
+)
 
 MIN_RSA_BITS = 2048
 MIN_HMAC_BYTES = 32  # RFC 7518 3.2: at least the hash output size

@@ -16,15 +16,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import jwt
 from flask import Response
 
 from core.errors import ConfigError, Problem, Unauthorized
-from core.manager import Health, Manager
+from core.identity import TokenVerifier
+from core.manager import Health, Manager, Route
+from core.settings import Setting
 from core.store import KeyValueStore
-from managers.jwt_keys import PrivateKey, VerificationKey, jwk_set, load_keys
+from managers.jwt_keys import JWT_SETTINGS, PrivateKey, VerificationKey, jwk_set, load_keys
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
@@ -82,6 +84,31 @@ class JWTManager(Manager):
 
     name = "jwt"
     requires = ("config", "redis")
+    provides: ClassVar[tuple[type, ...]] = (TokenVerifier,)
+    facade = "jwt"
+    privileged = True
+    settings: ClassVar[tuple[Setting, ...]] = JWT_SETTINGS
+
+    @classmethod
+    def production_problems(cls, config: Config) -> list[Problem]:
+        if config["jwt.algorithm"] == "HS256":
+            return [
+                Problem(
+                    "HS256 shares one secret between signer and verifiers; set "
+                    "jwt.algorithm to EdDSA or RS256 with jwt.private_key",
+                    field="jwt.algorithm",
+                )
+            ]
+        if not config["jwt.private_key"]:
+            return [
+                Problem(
+                    "production needs its own signing key: set jwt.private_key "
+                    "(a PEM; a secret file or a vault:// reference keeps it out of "
+                    "the environment)",
+                    field="jwt.private_key",
+                )
+            ]
+        return []
 
     def __init__(self) -> None:
         self._store: KeyValueStore | None = None
@@ -103,10 +130,11 @@ class JWTManager(Manager):
         config = app.config
         policy = TokenPolicy.from_config(config)
         signer, signing, keys = load_keys(config)
-        self._store = app.get("redis").store
+        self._store = self.require(KeyValueStore)
         self._policy, self._signer, self._signing, self._keys = policy, signer, signing, keys
-        if app.flask is not None:
-            app.flask.add_url_rule(JWKS_PATH, "switchboard_jwks", self._jwks_view, methods=["GET"])
+
+    def routes(self) -> list[Route]:
+        return [Route(JWKS_PATH, "jwks", self._jwks_view)]
 
     def stop(self) -> None:
         self._store = None
@@ -162,7 +190,7 @@ class JWTManager(Manager):
     def _sign(self, claims: dict[str, Any]) -> str:
         signing = self._signing
         if signing is None:
-            raise RuntimeError("the jwt manager has not started")
+            raise self.not_started()
         token = self._codec.encode(
             claims, self._signer, algorithm=signing.algorithm, headers={"kid": signing.kid}
         )
@@ -313,12 +341,12 @@ class JWTManager(Manager):
 
     def _ready_policy(self) -> TokenPolicy:
         if self._policy is None:
-            raise RuntimeError("the jwt manager has not started")
+            raise self.not_started()
         return self._policy
 
     def _ready_store(self) -> KeyValueStore:
         if self._store is None:
-            raise RuntimeError("the jwt manager has not started")
+            raise self.not_started()
         return self._store
 
 

@@ -5,21 +5,26 @@ Problems are collected, not raised, so one boot error can name every broken modu
 
 from __future__ import annotations
 
-import importlib
 import importlib.machinery
 import importlib.util
 import inspect
+import json
+import re
 import sys
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core import settings
 from core.errors import Problem
 from core.module import MANIFEST_KEYS, MODULE_NAME, MODULE_PACKAGE, BaseModule, ModuleManifest
+from core.params import SchemaCompileError, compile_schema
+from core.settings import Parser, Setting
 from core.yamlfile import YamlFileError, load_yaml_file
 
 _MARKERS = ("__init__.py", "module.yaml", "actions.yaml")
+CONFIG_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class DefaultModule(BaseModule):
@@ -100,8 +105,133 @@ def read_manifest(folder: Path, root: Path, problems: list[Problem]) -> ModuleMa
         secrets=_tuple_of_str(data.get("secrets"), "secrets", label, problems),
         state_machines=_mapping(data.get("state_machines"), "state_machines", label, problems),
         rooms=_mapping(data.get("rooms"), "rooms", label, problems),
-        config=_mapping(data.get("config"), "config", label, problems),
+        services=_mapping(data.get("services"), "services", label, problems),
+        hooks=_mapping(data.get("hooks"), "hooks", label, problems),
+        events=_tuple_of_str(data.get("events"), "events", label, problems),
+        config=_config(data.get("config"), label, name, problems),
+        config_schema=_config_schema(data.get("config_schema"), label, name, problems),
+        file=label,
     )
+
+
+def _config(value: Any, label: str, module: str, problems: list[Problem]) -> Mapping[str, Any]:
+    config = _mapping(value, "config", label, problems)
+    for key in config:
+        if not isinstance(key, str) or not CONFIG_KEY.match(key):
+            problems.append(
+                Problem(
+                    f"config key {key!r} must match {CONFIG_KEY.pattern}: it becomes the "
+                    f"setting {module}.<key>",
+                    file=label,
+                    module=module,
+                    field=f"config.{key}",
+                )
+            )
+    return {k: v for k, v in config.items() if isinstance(k, str) and CONFIG_KEY.match(k)}
+
+
+def _config_schema(
+    value: Any, label: str, module: str, problems: list[Problem]
+) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("properties", {}), dict):
+        problems.append(
+            Problem(
+                "config_schema must be a JSON Schema object with properties",
+                file=label,
+                module=module,
+                field="config_schema",
+            )
+        )
+        return None
+    return value
+
+
+# --- module config as settings ----------------------------------------------------------
+
+_TYPES: dict[str, Parser] = {
+    "integer": settings.integer,
+    "number": settings.number,
+    "boolean": settings.boolean,
+    "string": settings.text,
+    "array": settings.anything,  # parsed below: JSON or comma-separated text
+    "object": settings.mapping,
+}
+
+
+def _kind_of(default: Any, schema: Mapping[str, Any] | None) -> str | None:
+    declared = (schema or {}).get("type")
+    if isinstance(declared, list):
+        declared = next((t for t in declared if t != "null"), None)
+    if isinstance(declared, str):
+        return declared
+    if isinstance(default, bool):
+        return "boolean"
+    for kind, python in (("integer", int), ("number", float), ("string", str)):
+        if isinstance(default, python):
+            return kind
+    if isinstance(default, list):
+        return "array"
+    if isinstance(default, dict):
+        return "object"
+    return None  # no default and no schema: any JSON value, text from the environment
+
+
+def _array(value: Any, from_text: bool) -> list[Any]:
+    if from_text and isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValueError("expected a JSON array or comma-separated text") from None
+        else:
+            return [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _parser(default: Any, schema: Mapping[str, Any] | None) -> Parser:
+    kind = _kind_of(default, schema)
+    base = _array if kind == "array" else _TYPES.get(kind or "", settings.anything)
+    if not schema:
+        return base
+    clean = {k: v for k, v in schema.items() if k not in ("secret", "description")}
+    try:
+        validator = compile_schema(clean)
+    except SchemaCompileError:
+        return base  # reported by the module manager, with the module's name
+
+    def parse(value: Any, from_text: bool) -> Any:
+        typed = base(value, from_text)
+        for error in validator.iter_errors(typed):
+            raise ValueError(error.message)
+        return typed
+
+    return parse
+
+
+def declared_settings(manifest: ModuleManifest) -> list[Setting]:
+    """The module's ``config:`` keys as settings ``<module>.<key>``, typed by their
+    ``config_schema`` property, else by their default."""
+    properties = (manifest.config_schema or {}).get("properties") or {}
+    found = []
+    for key, default in manifest.config.items():
+        schema = properties.get(key)
+        schema = schema if isinstance(schema, dict) else None
+        found.append(
+            Setting(
+                f"{manifest.name}.{key}",
+                _parser(default, schema),
+                default,
+                str((schema or {}).get("description", f"config {key!r} of module {manifest.name}")),
+                secret=bool((schema or {}).get("secret", False)),
+                owner=f"module {manifest.name}",
+            )
+        )
+    return found
 
 
 def _import_package(manifest: ModuleManifest) -> types.ModuleType:
@@ -133,17 +263,6 @@ def _import_package(manifest: ModuleManifest) -> types.ModuleType:
         del sys.modules[qualified]
         raise
     return package
-
-
-def _resolve(package: str, ref: str) -> Any:
-    """``"handlers:can_ship"`` inside the module package."""
-    module_path, _, attr = ref.partition(":")
-    if not attr:
-        raise ValueError("use 'python_module:function'")
-    function = getattr(importlib.import_module(f"{package}.{module_path}"), attr)
-    if not callable(function):
-        raise TypeError(f"{ref} is not callable")
-    return function
 
 
 def _module_class(package: types.ModuleType) -> type[BaseModule]:

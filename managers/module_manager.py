@@ -1,22 +1,34 @@
-"""ModuleManager: finds module folders, orders them by dependency and runs their lifecycle."""
+"""ModuleManager: finds module folders, orders them by dependency and runs their lifecycle.
+
+It starts in phase 1, after every other manager: it imports each module, hands the
+catalog to the managers (``AppManager.publish_modules``: state machines, secrets, hooks,
+... are read by the managers that own them), then initializes the modules in dependency
+order. A module's ``config:`` keys are settings ``<module>.<key>`` of the config chain
+(``discover_settings``), so ``ctx.settings`` holds what the operator set.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
-import types
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from core.config import Config
+from core.context import SYSTEM, Context
 from core.errors import ManagerStopError, ModuleError, Problem
-from core.hooks import MODULE_LOADED, HookEmitter
+from core.hooks import MODULE_LOADED, HookBus
 from core.manager import Health, Manager
-from core.module import BaseModule, ModuleManifest
-from core.state import MachineRegistry, parse_machine
-from managers.module_loading import _import_package, _module_class, _rel, _resolve, discover
+from core.module import LoadedModule, ModuleCatalog
+from core.settings import Setting
+from managers.module_loading import (
+    _import_package,
+    _module_class,
+    _rel,
+    declared_settings,
+    discover,
+)
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
@@ -24,20 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.modules")
 
 
-@dataclass
-class LoadedModule:
-    """A discovered module and how its lifecycle went."""
-
-    manifest: ModuleManifest
-    package: types.ModuleType
-    instance: BaseModule
-    status: str = "pending"  # pending | ok | failed
-    error: str | None = None
-    depends_on: tuple[str, ...] = field(default=())
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
+def module_folders(config: Config) -> list[Path]:
+    """``modules/`` of the project, then every ``modules.path`` folder, in order."""
+    return [config.root / "modules", *(config.path(p) for p in config["modules.path"])]
 
 
 class ModuleManager(Manager):
@@ -48,27 +49,22 @@ class ModuleManager(Manager):
     """
 
     name = "modules"
-    requires = ("config", "hooks")
-    # Modules initialize once every service they may use is up.
-    after = (
-        "db",
-        "redis",
-        "state",
-        "vault",
-        "jwt",
-        "api_keys",
-        "rate_limiter",
-        "websocket",
-        "services",
-        "metrics",
-    )
+    requires = ("config",)
+    phase = 1
+    provides: ClassVar[tuple[type, ...]] = (ModuleCatalog,)
+    facade = "modules"
 
     def __init__(self) -> None:
         self._modules: dict[str, LoadedModule] = {}
         self._order: list[str] = []
-        self._app: AppManager | None = None
 
-    # --- queries ----------------------------------------------------------------------
+    @classmethod
+    def discover_settings(cls, bootstrap: Config) -> Sequence[Setting]:
+        # Broken manifests are skipped here: start() reports them with the module's name.
+        found = discover(module_folders(bootstrap), bootstrap.root, [])
+        return [setting for manifest in found.values() for setting in declared_settings(manifest)]
+
+    # --- the catalog ------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[LoadedModule]:
         return (self._modules[n] for n in self._order)
@@ -79,9 +75,6 @@ class ModuleManager(Manager):
     def names(self) -> list[str]:
         return list(self._order)
 
-    def module_objects(self) -> list[tuple[ModuleManifest, BaseModule]]:
-        return [(m.manifest, m.instance) for m in self]
-
     def unavailable_reason(self, module: str) -> str | None:
         loaded = self._modules.get(module)
         if loaded is None or loaded.status == "ok":
@@ -90,24 +83,18 @@ class ModuleManager(Manager):
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def folders(self, app: AppManager) -> list[Path]:
-        config = app.config
-        return [config.root / "modules", *(config.path(p) for p in config["modules.path"])]
-
     def start(self, app: AppManager) -> None:
-        self._app = app
         root = app.config.root
         problems: list[Problem] = []
-        found = discover(self.folders(app), root, problems)
+        found = discover(module_folders(app.config), root, problems)
         if problems:
             raise ModuleError(problems)
-
         for manifest in found.values():
             label = _rel(manifest.path, root)
             try:
                 package = _import_package(manifest)
                 instance = _module_class(package)()
-            except Exception as exc:
+            except Exception as exc:  # a module that does not import is its own problem
                 problems.append(
                     Problem(
                         f"import failed: {type(exc).__name__}: {exc}",
@@ -118,8 +105,10 @@ class ModuleManager(Manager):
                 continue
             instance.module_name = manifest.name
             instance.manifest = manifest
-            operator = app.config["modules.settings"].get(manifest.name, {})
-            instance.settings = {**manifest.config, **operator}
+            instance.settings = {
+                key: app.config.get(f"{manifest.name}.{key}", default)
+                for key, default in manifest.config.items()
+            }
             deps = (*manifest.depends_on, *instance.declare_dependencies())
             self._modules[manifest.name] = LoadedModule(
                 manifest, package, instance, depends_on=tuple(dict.fromkeys(deps))
@@ -127,49 +116,20 @@ class ModuleManager(Manager):
             problems.extend(
                 Problem(
                     f"requires manager {req!r}, which this app does not run",
-                    file=label,
+                    file=manifest.file,
                     module=manifest.name,
                     field="requires",
                 )
                 for req in manifest.requires
                 if not app.has(req)
             )
-        problems.extend(self._define_machines(app, root))
         if problems:
             raise ModuleError(problems)
         self._order = self._dependency_order(root)
+        for loaded in self:
+            loaded.instance.ctx = Context(app.scope(loaded.name), "", SYSTEM, "")
+        app.publish_modules(self)
         self._initialize_all(app)
-
-    def _define_machines(self, app: AppManager, root: Path) -> list[Problem]:
-        """Hand module.yaml ``state_machines`` to the state manager, before any initialize()."""
-        problems: list[Problem] = []
-        for loaded in self._modules.values():
-            declared = loaded.manifest.state_machines
-            if not declared:
-                continue
-            where: dict[str, str | None] = {
-                "file": _rel(loaded.manifest.path / "module.yaml", root),
-                "module": loaded.name,
-            }
-            if not app.has("state"):
-                problems.append(
-                    Problem(
-                        "declares state_machines, but this app runs no state manager",
-                        field="state_machines",
-                        **where,
-                    )
-                )
-                continue
-            registry: MachineRegistry = app.get("state")
-            package = loaded.package.__name__
-            for name, spec in declared.items():
-                machine, found = parse_machine(
-                    f"{loaded.name}.{name}", spec, functools.partial(_resolve, package), where
-                )
-                problems.extend(found)
-                if machine is not None:
-                    registry.define(machine)
-        return problems
 
     def _dependency_order(self, root: Path) -> list[str]:
         problems = [
@@ -202,7 +162,7 @@ class ModuleManager(Manager):
 
     def _initialize_all(self, app: AppManager) -> None:
         strict = bool(app.config["modules.strict"])
-        hooks: HookEmitter | None = app.get("hooks") if app.has("hooks") else None
+        hooks = app.capability(HookBus)
         for name in self._order:
             loaded = self._modules[name]
             failed_deps = [d for d in loaded.depends_on if self._modules[d].status != "ok"]
@@ -215,7 +175,7 @@ class ModuleManager(Manager):
             try:
                 loaded.instance.initialize(app)
                 loaded.instance.configure()
-            except Exception as exc:
+            except Exception as exc:  # strict: the boot fails; else the module answers 503
                 if strict:
                     raise ModuleError(
                         [
@@ -232,12 +192,6 @@ class ModuleManager(Manager):
             loaded.status = "ok"
             if hooks is not None:
                 hooks.emit(MODULE_LOADED, module=name, version=loaded.manifest.version)
-
-    def register_routes(self) -> None:
-        """Let every healthy module add Flask routes (called once the Flask app exists)."""
-        for loaded in self:
-            if loaded.status == "ok":
-                loaded.instance.register_routes()
 
     def stop(self) -> None:
         errors: dict[str, BaseException] = {}
@@ -263,7 +217,7 @@ class ModuleManager(Manager):
                 continue
             try:
                 reported = loaded.instance.health_check()
-            except Exception as exc:
+            except Exception as exc:  # a broken health check is itself a failure
                 log.exception("health_check of module %s raised", loaded.name)
                 reported = Health("failed", {"error": type(exc).__name__})
             health = (

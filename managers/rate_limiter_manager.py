@@ -17,15 +17,22 @@ limiter recovers on its own when Redis returns. Socket.IO messages use the same 
 
 from __future__ import annotations
 
+import argparse
 import collections
 import functools
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.errors import ConfigError, DependencyUnavailable, Problem
+from core.cli import Command, Runtime
+from core.errors import ActionError, ConfigError, DependencyUnavailable, Problem
+from core.http import state
+from core.limits import Decision, LimitState, RateLimiter
 from core.manager import Health, Manager
+from core.settings import Setting, boolean, duration, integer, strings
+from core.store import KeyValueStore
 from managers.rate_limits import open_limiter
 from managers.rate_limits.base import (
     BanPolicy,
@@ -35,7 +42,7 @@ from managers.rate_limits.base import (
     limit_key,
     subject_of,
 )
-from managers.rate_limits.decision import Decision, LimitState, decide, denying
+from managers.rate_limits.decision import decide, denying
 from managers.rate_limits.gcra import MAX_COST, MAX_PERIOD, MICROS, Limit, parse_limit
 from managers.rate_limits.memory import MemoryLimiter
 
@@ -46,6 +53,7 @@ __all__ = ["Decision", "Limit", "LimitState", "RateLimiterManager", "parse_limit
 
 KINDS = ("ip", "user", "api_key")  # kinds with global limits in the config
 FAILURES = ("open", "closed")
+_OWNER = "manager rate_limiter"
 
 
 class RateLimiterManager(Manager):
@@ -54,6 +62,63 @@ class RateLimiterManager(Manager):
 
     name = "rate_limiter"
     requires = ("config", "redis")
+    provides: ClassVar[tuple[type, ...]] = (RateLimiter,)
+    facade = "rate_limiter"
+    privileged = True
+    settings: ClassVar[tuple[Setting, ...]] = (
+        Setting(
+            "ratelimit.enabled",
+            boolean,
+            True,
+            "Apply rate limits (the test config turns them off; tests of the limiter turn them on)",
+            owner=_OWNER,
+        ),
+        Setting(
+            "ratelimit.ip",
+            strings,
+            ("300/minute",),
+            "Limits per client IP for anonymous callers",
+            owner=_OWNER,
+        ),
+        Setting("ratelimit.user", strings, ("600/minute",), "Limits per user", owner=_OWNER),
+        Setting(
+            "ratelimit.api_key",
+            strings,
+            ("3000/minute",),
+            "Limits per API key (a key's own rate_limit replaces these)",
+            owner=_OWNER,
+        ),
+        Setting(
+            "ratelimit.ban_threshold",
+            integer,
+            20,
+            "An identity answered 429 more than this many "
+            "times within ratelimit.ban_window is banned (0: never ban)",
+            minimum=0,
+            owner=_OWNER,
+        ),
+        Setting(
+            "ratelimit.ban_window",
+            duration,
+            60.0,
+            "Window in which 429 answers are counted",
+            owner=_OWNER,
+        ),
+        Setting(
+            "ratelimit.ban_ttl",
+            duration,
+            60.0,
+            "First ban's length; each repeat doubles it",
+            owner=_OWNER,
+        ),
+        Setting("ratelimit.ban_max_ttl", duration, 86400.0, "Longest ban", owner=_OWNER),
+    )
+
+    @classmethod
+    def commands(cls) -> Sequence[Command]:
+        return (
+            Command("bans", "list automatic bans, or lift one", _bans_command, _bans_arguments),
+        )
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         # The clock times the in-process limiters; on Redis the server's TIME does.
@@ -99,7 +164,7 @@ class RateLimiterManager(Manager):
             durations["ban_ttl"],
             durations["ban_max_ttl"],
         )
-        self._backend = open_limiter(app.get("redis").store, self._clock)
+        self._backend = open_limiter(self.require(KeyValueStore), self._clock)
         # The local bound when the shared store is down (memory:// is never down).
         self._fallback = None if self._backend.name == "memory" else MemoryLimiter(self._clock)
         self._degraded = False
@@ -123,7 +188,8 @@ class RateLimiterManager(Manager):
         identity: str,
         kind: str,
         action: str | None = None,
-        action_limits: Sequence[str] = (),
+        action_limits: Sequence[Limit | str] = (),
+        action_subjects: Sequence[tuple[str, str]] = (),
         own_limits: Sequence[str] | None = None,
         failure: str = "open",
         cost: int = 1,
@@ -131,9 +197,11 @@ class RateLimiterManager(Manager):
         """Decide one request of ``identity`` (see the module docstring).
 
         ``kind`` selects the global limits (``ip``, ``user``, ``api_key``; another kind has
-        none); ``own_limits`` replace them when given. ``ValueError`` for a bad limit text,
-        cost or failure mode; ``DependencyUnavailable`` when the store is down and
-        ``failure`` is ``closed``.
+        none); ``own_limits`` replace them when given. The action's limits count against
+        each of ``action_subjects`` ((label, identity): an action's ``rate_limit_by``), or
+        ``identity`` when there are none. ``ValueError`` for a bad limit text, cost or
+        failure mode; ``DependencyUnavailable`` when the store is down and ``failure`` is
+        ``closed``.
         """
         if not self._enabled:
             return Decision(True, ())
@@ -148,6 +216,7 @@ class RateLimiterManager(Manager):
             kind=kind,
             action=action,
             action_limits=action_limits,
+            action_subjects=action_subjects,
             own_limits=own_limits,
             cost=cost,
         )
@@ -172,7 +241,8 @@ class RateLimiterManager(Manager):
         identity: str,
         kind: str,
         action: str | None,
-        action_limits: Sequence[str],
+        action_limits: Sequence[Limit | str],
+        action_subjects: Sequence[tuple[str, str]],
         own_limits: Sequence[str] | None,
         cost: int,
     ) -> Check:
@@ -183,8 +253,16 @@ class RateLimiterManager(Manager):
         applied: dict[str, tuple[str, Limit]] = {}  # by key: a limit listed twice counts once
         for limit in kind_limits:
             applied.setdefault(limit_key(subject, limit, None), (f"{kind}-{limit.text}", limit))
-        for limit in _parsed(action_limits):
-            applied.setdefault(limit_key(subject, limit, action), (f"action-{limit.text}", limit))
+        if isinstance(action_limits, str):  # a single limit where a list was meant
+            action_limits = (action_limits,)
+        limits = [
+            limit if isinstance(limit, Limit) else parse_limit(limit) for limit in action_limits
+        ]
+        for label, who in action_subjects or (("", identity),):
+            by = subject if who == identity else subject_of(who)
+            prefix = f"action-{label}-" if label else "action-"
+            for limit in limits:
+                applied.setdefault(limit_key(by, limit, action), (f"{prefix}{limit.text}", limit))
         return Check(
             identity=identity,
             subject=subject,
@@ -231,7 +309,7 @@ class RateLimiterManager(Manager):
 
     def _started(self) -> LimiterBackend:
         if self._backend is None:
-            raise RuntimeError("the rate_limiter manager has not started")
+            raise self.not_started()
         return self._backend
 
 
@@ -245,3 +323,34 @@ def _parsed(texts: Sequence[str]) -> tuple[Limit, ...]:
 def _parse_all(texts: tuple[str, ...]) -> tuple[Limit, ...]:
     # Declared and per-key limits repeat on every request: parse each list once.
     return tuple(parse_limit(text) for text in texts)
+
+
+# --- python app.py bans ----------------------------------------------------------------
+
+
+def _bans_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bans_command")
+    lift = sub.add_parser("lift", help="lift a ban")
+    lift.add_argument("identity", help="as listed, e.g. ip:203.0.113.7 or user:<id>")
+
+
+def _bans_command(args: argparse.Namespace, runtime: Runtime) -> int:
+    with runtime.booted() as app:
+        limiter = state(app).app_manager.get(RateLimiterManager)
+        try:
+            if args.bans_command == "lift":
+                if not limiter.unban(args.identity):
+                    print(f"{args.identity!r} is not banned", file=sys.stderr)
+                    return 1
+                print(f"lifted the ban of {args.identity}")
+                return 0
+            bans = limiter.bans()
+        except ActionError as error:
+            print(f"{error.title}: {error.detail}", file=sys.stderr)
+            return 1
+    if not bans:
+        print("no bans")
+    for ban in bans:
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ban["until"]))
+        print(f"{ban['identity']}  until {until}  (level {ban['level']})")
+    return 0

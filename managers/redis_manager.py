@@ -8,16 +8,21 @@ data in ``manager.store``, so whatever must be shared between worker processes i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 from core.cache import Cache
 from core.errors import ConfigError, DependencyUnavailable, Problem
 from core.manager import Health, Manager
+from core.settings import Setting, duration, integer, text
 from core.store import KeyValueStore
 from managers.cache_backends import SETTING, Backend, StoreOptions, open_store, scheme_of
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
+    from core.config import Config
+
+T = TypeVar("T")
+_OWNER = "manager redis"
 
 
 class RedisManager(Manager):
@@ -25,6 +30,54 @@ class RedisManager(Manager):
 
     name = "redis"
     requires = ("config",)
+    provides: ClassVar[tuple[type, ...]] = (KeyValueStore,)
+    facade = "cache"
+    settings: ClassVar[tuple[Setting, ...]] = (
+        Setting(
+            "redis.url",
+            text,
+            "memory://",
+            "memory:// (in-process, one worker only), redis://… or rediss://…",
+            alias="REDIS_URL",
+            secret=True,
+            owner=_OWNER,
+        ),
+        Setting(
+            "redis.prefix",
+            text,
+            "sb:",
+            "Prefix of every key and channel Switchboard uses",
+            owner=_OWNER,
+        ),
+        Setting(
+            "redis.pool_size",
+            integer,
+            20,
+            "Redis connections per worker process",
+            minimum=1,
+            owner=_OWNER,
+        ),
+        Setting(
+            "redis.socket_timeout",
+            duration,
+            2.0,
+            "Redis socket connect/read timeout",
+            owner=_OWNER,
+        ),
+    )
+
+    @classmethod
+    def production_problems(cls, config: Config) -> list[Problem]:
+        if scheme_of(str(config["redis.url"])) == "memory" and config["http.workers"] > 1:
+            return [
+                Problem(
+                    "memory:// keeps limits, revocations and idempotency records "
+                    "inside one process: set REDIS_URL to a Redis server, or "
+                    "http.workers to 1",
+                    field="redis.url",
+                )
+            ]
+        return []
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
@@ -60,13 +113,16 @@ class RedisManager(Manager):
     def store(self) -> KeyValueStore:
         """The key-value store, for other managers (keys without the configured prefix)."""
         if self._backend is None:
-            raise RuntimeError("the redis manager has not started")
+            raise self.not_started()
         return self._backend
 
-    def handler_facade(self) -> Cache:
+    def capability(self, kind: type[T]) -> T:
+        return cast(T, self.store)
+
+    def facade_for(self, module: str) -> Cache:
         """``ctx.cache``."""
         if self._cache is None:
-            raise RuntimeError("the redis manager has not started")
+            raise self.not_started()
         return self._cache
 
     def health(self) -> Health:

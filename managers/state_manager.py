@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.documents import check_version
-from core.errors import Conflict, DependencyUnavailable, NotFound, ValidationError
+from core.documents import Collection, check_version
+from core.errors import Conflict, DependencyUnavailable, NotFound, Problem, ValidationError
+from core.facades import Documents, StateMachines
+from core.hooks import HookBus
 from core.manager import Health, Manager
-from core.state import Machine
+from core.module import ModuleCatalog, resolve_ref
+from core.settings import Setting, duration
+from core.state import Machine, parse_machine
 from core.store import KeyValueStore, Subscription
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
-    from managers.database_manager import Database
 
 log = logging.getLogger("switchboard.state")
 
@@ -44,23 +48,36 @@ class StateManager(Manager):
 
     name = "state"
     requires = ("config", "db", "redis", "hooks")
+    provides: ClassVar[tuple[type, ...]] = (StateMachines,)
+    facade = "state"
+    events: ClassVar[tuple[str, ...]] = (STATE_CHANGED,)
+    settings: ClassVar[tuple[Setting, ...]] = (
+        Setting(
+            "state.local_ttl",
+            duration,
+            1.0,
+            "How long a worker trusts its in-process copy of "
+            "a state when an invalidation message is missed",
+            owner="manager state",
+        ),
+    )
 
     def __init__(self) -> None:
         self._machines: dict[str, Machine] = {}
         self._local: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._subscription: Subscription | None = None
-        self._db: Database | None = None
+        self._db: Documents | None = None
         self._store: KeyValueStore | None = None
-        self._hooks: Any = None
+        self._hooks: HookBus | None = None
         self._local_ttl = 1.0
 
     # --- lifecycle --------------------------------------------------------------------
 
     def start(self, app: AppManager) -> None:
-        self._db = app.get("db").handler_facade()
-        self._store = app.get("redis").store
-        self._hooks = app.get("hooks")
+        self._db = self.require(Documents)
+        self._store = self.require(KeyValueStore)
+        self._hooks = self.require(HookBus)
         self._local_ttl = float(app.config["state.local_ttl"])
         history = self._db.collection("sb_state_history")
         history.create_index(["kind", "id", "version"], unique=True)
@@ -74,8 +91,23 @@ class StateManager(Manager):
     def health(self) -> Health:
         return Health("ok", {"machines": sorted(self._machines)})
 
-    def handler_facade(self) -> StateManager:
-        return self
+    def modules_loaded(self, modules: ModuleCatalog) -> Sequence[Problem]:
+        """Define the machines module.yaml ``state_machines`` declare, before any module
+        initializes."""
+        problems: list[Problem] = []
+        for loaded in modules:
+            where: dict[str, str | None] = {"file": loaded.manifest.file, "module": loaded.name}
+            for name, spec in loaded.manifest.state_machines.items():
+                machine, found = parse_machine(
+                    f"{loaded.name}.{name}",
+                    spec,
+                    functools.partial(resolve_ref, loaded.name),
+                    where,
+                )
+                problems.extend(found)
+                if machine is not None:
+                    self.define(machine)
+        return problems
 
     def define(self, machine: Machine) -> None:
         """Register a machine (module.yaml ``state_machines`` arrive here at module load)."""
@@ -247,14 +279,16 @@ class StateManager(Manager):
                 "workers will see it within state.local_ttl",
                 key,
             )
-        if record is not None:
+        if record is not None and self._hooks is not None:
             self._hooks.emit(
                 STATE_CHANGED,
-                kind=record["kind"],
-                id=record["id"],
-                **{"from": previous},
-                to=record["state"],
-                version=record["version"],
+                {
+                    "kind": record["kind"],
+                    "id": record["id"],
+                    "from": previous,
+                    "to": record["state"],
+                    "version": record["version"],
+                },
             )
 
     def _remember(self, key: str, record: dict[str, Any]) -> None:
@@ -276,20 +310,20 @@ class StateManager(Manager):
             raise LookupError(f"no state machine {kind!r}; defined: {sorted(self._machines)}")
         return machine
 
-    def _database(self) -> Database:
+    def _database(self) -> Documents:
         if self._db is None:
-            raise RuntimeError("the state manager is not started")
+            raise self.not_started()
         return self._db
 
     def _store_(self) -> KeyValueStore:
         if self._store is None:
-            raise RuntimeError("the state manager is not started")
+            raise self.not_started()
         return self._store
 
-    def _records(self) -> Any:
+    def _records(self) -> Collection:
         return self._database().collection("sb_states")
 
-    def _history(self) -> Any:
+    def _history(self) -> Collection:
         return self._database().collection("sb_state_history")
 
 

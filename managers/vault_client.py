@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -24,7 +24,6 @@ import requests
 from hvac import exceptions as hvac_errors
 
 from core.errors import ConfigError, DependencyUnavailable, Problem
-from core.settings import SETTINGS
 
 log = logging.getLogger("switchboard.vault")
 
@@ -81,9 +80,11 @@ class VaultSettings:
     def from_mapping(cls, settings: Mapping[str, Any]) -> VaultSettings:
         """Build from resolved ``vault.*`` keys; a missing key takes its built-in default."""
 
+        defaults = {f.name: f.default for f in fields(cls)}
+
         def value(name: str) -> Any:
             key = f"vault.{name}"
-            return settings[key] if key in settings else SETTINGS[key].default
+            return settings[key] if key in settings else defaults.get(name)
 
         addr = value("addr")
         if not addr:

@@ -11,14 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from core.errors import DependencyUnavailable, Forbidden, NotFound
+from core.config import ReferenceResolver
+from core.config_loader import SourceSpec
+from core.errors import DependencyUnavailable, Forbidden, NotFound, Problem
 from core.logging import remember_secret
 from core.manager import Health, Manager
-from core.settings import SETTINGS
+from core.module import ModuleCatalog
+from core.settings import Setting, duration, text
 from managers.vault_client import Clock, VaultClient
 
 if TYPE_CHECKING:
@@ -26,7 +30,145 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.vault")
 
-VAULT_KEYS = tuple(key for key in SETTINGS if key.startswith("vault."))
+_OWNER = "manager vault"
+
+VAULT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "vault.addr",
+        text,
+        None,
+        "Vault address; unset disables Vault",
+        alias="VAULT_ADDR",
+        owner=_OWNER,
+    ),
+    Setting(
+        "vault.config_path",
+        text,
+        "switchboard/config",
+        "KV v2 path of the config document",
+        owner=_OWNER,
+    ),
+    Setting("vault.mount", text, "secret", "Mount point of the KV v2 secrets engine", owner=_OWNER),
+    Setting(
+        "vault.auth_method",
+        text,
+        "token",
+        "token, approle or kubernetes",
+        choices=("token", "approle", "kubernetes"),
+        owner=_OWNER,
+    ),
+    Setting(
+        "vault.token",
+        text,
+        None,
+        "Token for vault.auth_method=token",
+        alias="VAULT_TOKEN",
+        secret=True,
+        owner=_OWNER,
+    ),
+    Setting("vault.role_id", text, None, "AppRole role_id", owner=_OWNER),
+    Setting("vault.secret_id", text, None, "AppRole secret_id", secret=True, owner=_OWNER),
+    Setting("vault.kubernetes_role", text, None, "Vault role for Kubernetes auth", owner=_OWNER),
+    Setting(
+        "vault.kubernetes_jwt_path",
+        text,
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "Service account token file for Kubernetes auth",
+        owner=_OWNER,
+    ),
+    Setting(
+        "vault.kubernetes_mount",
+        text,
+        "kubernetes",
+        "Mount of the Kubernetes auth method",
+        owner=_OWNER,
+    ),
+    Setting(
+        "vault.approle_mount", text, "approle", "Mount of the AppRole auth method", owner=_OWNER
+    ),
+    Setting("vault.timeout", duration, 2.0, "Timeout of one Vault request", owner=_OWNER),
+    Setting(
+        "vault.cache_ttl",
+        duration,
+        60.0,
+        "How long a secret read from Vault is reused",
+        owner=_OWNER,
+    ),
+    Setting(
+        "vault.secrets_path",
+        text,
+        "switchboard/modules",
+        "KV v2 path under which ctx.secrets.get(name) reads",
+        owner=_OWNER,
+    ),
+)
+
+
+VAULT_KEYS = frozenset(setting.key for setting in VAULT_SETTINGS)
+DEFAULT_SECRETS_PATH = "switchboard/modules"
+
+
+def parse_reference(target: str) -> tuple[str, str]:
+    """``<path>#<key>`` of a ``vault://`` reference; ``ValueError`` saying how to write it."""
+    path, _, field = target.partition("#")
+    if not path or not field:
+        raise ValueError("write a Vault reference as vault://<path>#<key>")
+    return path, field
+
+
+class DocumentReader(Protocol):
+    """What reading the config chain needs of a Vault client: a KV v2 document by path
+    (``KeyError`` when there is none)."""
+
+    def read(self, path: str) -> Mapping[str, Any]: ...
+
+
+def read_reference(client: DocumentReader, target: str) -> Any:
+    """The value ``vault://<target>`` names; ``ValueError`` saying why there is none."""
+    path, field = parse_reference(target)
+    try:
+        document = client.read(path)
+    except KeyError:
+        raise ValueError(f"Vault has no secret at {path}") from None
+    if field not in document:
+        raise ValueError(f"Vault secret {path} has no key {field!r}")
+    return document[field]
+
+
+class VaultDocument:
+    """The Vault level of the config chain: one KV v2 document, and ``vault://`` targets."""
+
+    def __init__(self, client: DocumentReader, config_path: str) -> None:
+        self._client = client
+        self.label = f"vault {config_path}"
+        self._path = config_path
+
+    def document(self) -> Mapping[str, Any]:
+        try:
+            return dict(self._client.read(self._path))
+        except KeyError:
+            return {}  # no config document: the other levels decide
+
+    def resolve(self, target: str) -> Any:
+        return read_reference(self._client, target)
+
+    def close(self) -> None:
+        close = getattr(self._client, "close", None)
+        if callable(close):
+            close()
+
+
+Connect = Callable[[Mapping[str, Any], Path], DocumentReader]
+
+
+def vault_source(connect: Connect = VaultClient.connect) -> SourceSpec:
+    """The Vault level of the config chain, reached through ``connect`` (a test's double)."""
+
+    def open_document(own: Mapping[str, Any], root: Path) -> VaultDocument:
+        config_path = own.get("vault.config_path") or "switchboard/config"
+        return VaultDocument(connect(own, root), str(config_path))
+
+    return SourceSpec("vault", "Vault", VAULT_KEYS, "vault.addr", open_document)
 
 
 class Secrets:
@@ -89,13 +231,22 @@ class VaultManager(Manager):
     name = "vault"
     requires = ("config",)
     required = False
+    provides: ClassVar[tuple[type, ...]] = (ReferenceResolver,)
+    facade = "secrets"
+    settings: ClassVar[tuple[Setting, ...]] = VAULT_SETTINGS
+    scheme = "vault"
+
+    @classmethod
+    def config_sources(cls) -> tuple[SourceSpec, ...]:
+        return (vault_source(),)
 
     def __init__(self, *, maintain_interval: float = 10.0, clock: Clock = time.monotonic) -> None:
         self._interval = maintain_interval
         self._clock = clock
         self._client: VaultClient | None = None
-        self._app: AppManager | None = None
-        self._secrets_path = str(SETTINGS["vault.secrets_path"].default)
+        self._secrets_path = DEFAULT_SECRETS_PATH
+        self._globs: dict[str, tuple[str, ...]] = {}
+        self.refresh_interval = 60.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -105,9 +256,9 @@ class VaultManager(Manager):
         return self._client
 
     def start(self, app: AppManager) -> None:
-        self._app = app
         settings = {key: app.config[key] for key in VAULT_KEYS}
         self._secrets_path = str(settings["vault.secrets_path"])
+        self.refresh_interval = float(settings["vault.cache_ttl"])
         if not settings["vault.addr"]:
             return
         self._client = VaultClient.connect(settings, app.config.root, clock=self._clock)
@@ -146,13 +297,16 @@ class VaultManager(Manager):
             return Health("degraded", {**details, "reason": "token renewal and login failed"})
         return Health("ok", details)
 
+    def resolve_reference(self, target: str) -> Any:
+        """``vault://<target>`` through the running (cached) client: for config refresh."""
+        if self._client is None:
+            raise ValueError("Vault is not configured (vault.addr is unset)")
+        return read_reference(self._client, target)
+
+    def modules_loaded(self, modules: ModuleCatalog) -> Sequence[Problem]:
+        self._globs = {loaded.name: tuple(loaded.manifest.secrets) for loaded in modules}
+        return ()
+
     def facade_for(self, module: str) -> Secrets:
         """``ctx.secrets`` of ``module``: reads limited to its manifest's ``secrets`` globs."""
-        return Secrets(module, self._globs(module), self._client, self._secrets_path)
-
-    def _globs(self, module: str) -> tuple[str, ...]:
-        app = self._app
-        if app is None or not app.has("modules"):
-            return ()
-        loaded = app.get("modules").get(module)
-        return tuple(loaded.manifest.secrets) if loaded is not None else ()
+        return Secrets(module, self._globs.get(module, ()), self._client, self._secrets_path)

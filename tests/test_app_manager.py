@@ -10,13 +10,15 @@ from flask import Flask
 
 import app as app_module
 from core.app_manager import AppManager
-from core.config import Config, ConfigManager, load_config
+from core.config import Config, ConfigManager
 from core.errors import BootError, ManagerStopError, RegistryFrozen
 from core.http import state
 from core.manager import Health, Manager
 from core.runtime import build_app, shutdown_app
 from managers.hooks_manager import HooksManager
+from managers.module_manager import ModuleManager
 from tests.conftest import MakeApp
+from tests.helpers import load_config
 
 
 class Recorder(Manager):
@@ -337,8 +339,8 @@ def test_two_apps_are_independent(make_app: MakeApp) -> None:
     for name in ("config", "hooks", "modules", "actions"):
         assert one.get(name) is not two.get(name)
     assert one.get("hooks", HooksManager) is not two.get("hooks", HooksManager)
-    system_one = one.modules.get("system")
-    system_two = two.modules.get("system")
+    system_one = one.get(ModuleManager).get("system")
+    system_two = two.get(ModuleManager).get("system")
     assert system_one is not None
     assert system_two is not None
     assert system_one.instance is not system_two.instance

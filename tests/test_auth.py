@@ -10,7 +10,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.http import state
+from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
+from tests.helpers import module_object
 
 PASSWORD = "correct horse battery staple"
 
@@ -82,7 +84,7 @@ def login(client: FlaskClient, email: str, password: str = PASSWORD) -> dict[str
 
 def make_admin(app: Flask, client: FlaskClient, email: str) -> str:
     register(client, email)
-    db = state(app).app_manager.get("db").handler_facade()
+    db = state(app).app_manager.get(DatabaseManager).documents
     db.collection("users").update_one({"email": email}, {"$set": {"roles": ["admin"]}})
     return str(login(client, email)["access_token"])
 
@@ -108,8 +110,9 @@ def test_register_login_me(client: FlaskClient) -> None:
 
 def test_passwords_are_stored_as_argon2id_hashes(app: Flask, client: FlaskClient) -> None:
     register(client, "hash@example.com")
-    db = state(app).app_manager.get("db").handler_facade()
+    db = state(app).app_manager.get(DatabaseManager).documents
     stored = db.collection("users").find_one({"email": "hash@example.com"})
+    assert stored is not None
     assert stored["password_hash"].startswith("$argon2id$")
     assert PASSWORD not in str(stored)
 
@@ -157,7 +160,7 @@ def test_a_bad_login_looks_the_same_whether_or_not_the_email_exists(
     app: Flask, client: FlaskClient
 ) -> None:
     register(client, "known@example.com")
-    module = state(app).app_manager.get("modules").get("auth").instance
+    module = module_object(app, "auth")
     real = module.hasher
     verified: list[str] = []
 

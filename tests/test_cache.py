@@ -96,7 +96,7 @@ def call(app: Flask, name: str, **params: Any) -> tuple[int, Any]:
 
 
 def manager(app: Flask) -> RedisManager:
-    return state(app).app_manager.get("redis", RedisManager)
+    return state(app).app_manager.get(RedisManager)
 
 
 # --- handlers -------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from app import ROOT
-from core.config import Config, load_config
+from core.config import Config
 from core.errors import ConfigError, Problem
+from tests.helpers import load_config
 
 
 def write_config(root: Path, **files: str) -> Path:

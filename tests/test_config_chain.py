@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from app import ROOT
-from core.config import load_config
+from core.config import ConfigManager
 from core.errors import ConfigError
 from core.logging import configure_logging
+from managers.vault_manager import read_reference
 from tests.conftest import MakeApp, WriteModule
+from tests.helpers import load_config
 
 
 class FakeVault:
@@ -353,14 +355,18 @@ def test_refresh_rereads_references_and_keeps_values_when_they_fail(tmp_path: Pa
         },
         vault_connect=vault.connect,
     )
-    assert config.refresh(vault) == []  # nothing moved
+    resolvers = {"vault": lambda target: read_reference(vault, target)}
+    assert config.refresh(resolvers) == []  # nothing moved
     (root / "name.txt").write_text("second\n")
     vault.documents = {"apps/jwt": {"secret": "rotated-hmac-secret"}}
-    assert sorted(config.refresh(vault)) == ["app.name", "jwt.secret"]
+    assert sorted(config.refresh(resolvers)) == [
+        "app.name",
+        "jwt.secret",
+    ]
     assert config["app.name"] == "second" and config["jwt.secret"] == "rotated-hmac-secret"
     (root / "name.txt").unlink()
     vault.documents = {}
-    assert config.refresh(vault) == []  # failures keep the last good values
+    assert config.refresh(resolvers) == []  # failures keep the last good values
     assert config["app.name"] == "second" and config["jwt.secret"] == "rotated-hmac-secret"
 
 
@@ -372,5 +378,5 @@ def test_the_running_app_sees_refreshed_settings(make_app: MakeApp, tmp_path: Pa
     (tmp_path / "name.txt").write_text("after\n")
     from core.http import state
 
-    assert state(app).app_manager.get("config").refresh() == ["app.name"]
+    assert state(app).app_manager.get(ConfigManager).refresh() == ["app.name"]
     assert client.post("/api/v1/actions/system.info").get_json()["data"]["name"] == "after"

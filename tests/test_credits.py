@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.http import state
+from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp
 
 PASSWORD = "a long enough password"
@@ -37,7 +38,7 @@ class Bank:
         self.client = app.test_client()
         self.ids: list[str] = []
         self.tokens: list[str] = []
-        db = state(app).app_manager.get("db").handler_facade()
+        db = state(app).app_manager.get(DatabaseManager).documents
         for i in range(n):
             email = f"user{i}@example.com"
             made = call(self.client, "auth.register", None, {"email": email, "password": PASSWORD})

@@ -12,13 +12,14 @@ import pytest
 
 from core.errors import BootError, DependencyUnavailable, Timeout
 from core.http import state
+from managers.database_manager import DatabaseManager
 from managers.db_backends.postgres import PostgresBackend
 from tests.conftest import MakeApp
 from tests.servers import free_port
 
 
 def backend_of(app: Any) -> Any:
-    return state(app).app_manager.get("db")
+    return state(app).app_manager.get(DatabaseManager)
 
 
 def test_the_embedded_default_is_a_sqlite_file_under_the_project(
@@ -29,13 +30,13 @@ def test_the_embedded_default_is_a_sqlite_file_under_the_project(
     app = make_app({"DATABASE_URL": "sqlite:///var/data.db"}, root=project)
     ready = app.test_client().get("/health/ready").get_json()
     assert ready["checks"]["db"] == {"status": "ok", "backend": "sqlite"}
-    backend_of(app).handler_facade().collection("things").insert_one({"a": 1})
+    backend_of(app).documents.collection("things").insert_one({"a": 1})
     assert (project / "var" / "data.db").is_file()
 
 
 def test_postgres_through_the_app(make_app: MakeApp, postgres_url: str) -> None:
     app = make_app({"DATABASE_URL": postgres_url})
-    db = backend_of(app).handler_facade()
+    db = backend_of(app).documents
     db.collection("things").insert_one({"_id": "x", "n": 1})
     assert db.collection("things").find_one({"n": 1})["_id"] == "x"
     assert app.test_client().get("/health/ready").get_json()["checks"]["db"]["backend"] == (
@@ -162,7 +163,7 @@ def test_reads_outside_transactions_use_the_read_url(make_app: MakeApp, tmp_path
     app = make_app(
         {"DATABASE_URL": f"sqlite:///{primary}", "DATABASE_READ_URL": f"sqlite:///{replica}"}
     )
-    db = backend_of(app).handler_facade()
+    db = backend_of(app).documents
     things = db.collection("things")
     things.insert_one({"_id": "w", "n": 1})
     assert things.find_one({"_id": "w"}) is None  # read from the replica

@@ -12,11 +12,12 @@ from flask import Flask
 import app as app_module
 from core.app_manager import AppManager
 from core.context import ANONYMOUS
-from core.hooks import BUILTIN_EVENTS, HookEvent
+from core.hooks import BUILTIN_EVENTS, HookEvent, UndeclaredEvent
 from core.http import state
 from core.manager import Manager
 from core.runtime import build_app, shutdown_app
 from managers.hooks_manager import HooksManager
+from managers.module_manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
 
 
@@ -31,8 +32,24 @@ def recorder(seen: list[str], label: str) -> Any:
 # --- HooksManager on its own ----------------------------------------------------------
 
 
-def test_callbacks_run_in_priority_order_then_registration_order() -> None:
+def declared() -> HooksManager:
+    """A hooks manager that knows the events these tests use."""
     hooks = HooksManager()
+    hooks.declare("x", "y", "order.paid", "nobody.listens")
+    return hooks
+
+
+def test_an_undeclared_event_can_be_neither_listened_to_nor_emitted() -> None:
+    hooks = declared()
+    with pytest.raises(UndeclaredEvent, match=r"'ordr\.paid'"):
+        hooks.register("ordr.paid", recorder([], "typo"))
+    with pytest.raises(UndeclaredEvent, match=r"'ordr\.paid'"):
+        hooks.emit("ordr.paid", n=1)
+    assert not hooks.has_listeners("ordr.paid")
+
+
+def test_callbacks_run_in_priority_order_then_registration_order() -> None:
+    hooks = declared()
     seen: list[str] = []
     hooks.register("x", recorder(seen, "late"), priority=200)
     hooks.register("x", recorder(seen, "default1"))
@@ -47,7 +64,7 @@ def test_callbacks_run_in_priority_order_then_registration_order() -> None:
 
 
 def test_callback_receives_event_name_and_data() -> None:
-    hooks = HooksManager()
+    hooks = declared()
     received: list[HookEvent] = []
     hooks.register("order.paid", received.append)
 
@@ -59,7 +76,7 @@ def test_callback_receives_event_name_and_data() -> None:
 def test_raising_callback_is_isolated_counted_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    hooks = HooksManager()
+    hooks = declared()
     seen: list[str] = []
 
     def explode(event: HookEvent) -> None:
@@ -92,7 +109,7 @@ def test_raising_callback_is_isolated_counted_and_logged(
 
 
 def test_unregister_removes_the_callback_and_says_whether_it_was_there() -> None:
-    hooks = HooksManager()
+    hooks = declared()
     seen: list[str] = []
     keep = recorder(seen, "keep")
     drop = recorder(seen, "drop")
@@ -112,7 +129,7 @@ def test_unregister_removes_the_callback_and_says_whether_it_was_there() -> None
 
 
 def test_bound_methods_can_be_unregistered() -> None:
-    hooks = HooksManager()
+    hooks = declared()
     received: list[HookEvent] = []
     hooks.register("x", received.append)
 
@@ -122,7 +139,7 @@ def test_bound_methods_can_be_unregistered() -> None:
 
 
 def test_emit_without_listeners_is_a_no_op() -> None:
-    hooks = HooksManager()
+    hooks = declared()
 
     hooks.emit("nobody.listens", n=1)
 
@@ -132,7 +149,7 @@ def test_emit_without_listeners_is_a_no_op() -> None:
 
 
 def test_has_listeners() -> None:
-    hooks = HooksManager()
+    hooks = declared()
     callback = recorder([], "a")
     assert not hooks.has_listeners("x")
 
@@ -143,7 +160,7 @@ def test_has_listeners() -> None:
 
 
 def test_register_rejects_a_non_callable() -> None:
-    hooks = HooksManager()
+    hooks = declared()
 
     with pytest.raises(TypeError, match="'x'"):
         hooks.register("x", "not a function")  # type: ignore[arg-type]
@@ -151,7 +168,7 @@ def test_register_rejects_a_non_callable() -> None:
 
 
 def test_callback_registered_during_emit_runs_from_the_next_emit() -> None:
-    hooks = HooksManager()
+    hooks = declared()
     seen: list[str] = []
     late = recorder(seen, "late")
 
@@ -270,10 +287,10 @@ def hooked_app(make_app: MakeApp, modules_path: Path) -> Flask:
 
 
 def seen_events(flask_app: Flask) -> list[HookEvent]:
-    loaded = state(flask_app).app_manager.modules.get("hooker")
+    loaded = state(flask_app).app_manager.get(ModuleManager).get("hooker")
     assert loaded is not None
     assert loaded.status == "ok"
-    seen: list[HookEvent] = loaded.instance.seen
+    seen: list[HookEvent] = getattr(loaded.instance, "seen")  # noqa: B009
     return seen
 
 
@@ -283,7 +300,7 @@ def action_events(flask_app: Flask) -> list[HookEvent]:
 
 def test_boot_events_seen_by_a_module(hooked_app: Flask) -> None:
     app_manager = state(hooked_app).app_manager
-    order = app_manager.modules.names()
+    order = app_manager.get(ModuleManager).names()
     assert order.index("hooker") < order.index("zeta")  # zeta depends on hooker
 
     events = [
@@ -316,6 +333,7 @@ class RecordingHooks(HooksManager):
         self.seen: list[HookEvent] = []
 
     def start(self, app: AppManager) -> None:
+        super().start(app)
         for event in BUILTIN_EVENTS:
             self.register(event, self.seen.append)
 
@@ -333,7 +351,7 @@ def test_module_loaded_fires_for_every_module_in_load_order(modules_path: Path) 
     try:
         app_manager = state(flask_app).app_manager
         assert app_manager.hooks is hooks
-        order = app_manager.modules.names()
+        order = app_manager.get(ModuleManager).names()
         assert {"system", "hooker", "zeta"} <= set(order)
         assert [(e.name, e.data.get("module")) for e in hooks.seen] == [
             *(("module.loaded", name) for name in order),
@@ -374,10 +392,10 @@ def test_failed_module_fires_no_module_loaded(
     flask_app = build_app(config, with_hooks(hooks))
     try:
         loaded = [e.data["module"] for e in hooks.seen if e.name == "module.loaded"]
-        order = state(flask_app).app_manager.modules.names()
+        order = state(flask_app).app_manager.get(ModuleManager).names()
         assert loaded == [name for name in order if name != "broken"]
         assert {"system", "hooker", "zeta"} <= set(loaded)
-        broken = state(flask_app).app_manager.modules.get("broken")
+        broken = state(flask_app).app_manager.get(ModuleManager).get("broken")
         assert broken is not None
         assert broken.status == "failed"
     finally:
@@ -481,7 +499,7 @@ def test_calls_in_other_modules_are_seen_too(hooked_app: Flask) -> None:
 def test_raising_hook_does_not_change_the_call(
     hooked_app: Flask, caplog: pytest.LogCaptureFixture
 ) -> None:
-    hooks = state(hooked_app).app_manager.get("hooks", HooksManager)
+    hooks = state(hooked_app).app_manager.get(HooksManager)
 
     def bad(event: HookEvent) -> None:
         raise ValueError("bad hook")

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.http import state
+from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
 
 ACTIONS = """
@@ -70,7 +71,7 @@ def app(make_app: MakeApp, parent: Path) -> Flask:
 
 
 def executions(app: Flask, **match: Any) -> int:
-    database = state(app).app_manager.get("db").handler_facade()
+    database = state(app).app_manager.get(DatabaseManager).documents
     return int(database.collection("executions").count(match))
 
 
@@ -133,7 +134,9 @@ def test_without_a_key_or_on_other_actions_nothing_is_replayed(app: Flask) -> No
     assert executions(app, plain=True) == 2
 
 
-def test_client_errors_are_replayed_server_errors_are_not(app: Flask) -> None:
+def test_client_errors_are_replayed_invalid_params_and_server_errors_are_not(
+    app: Flask,
+) -> None:
     client = app.test_client()
     declined = post(client, "k-4xx", {"amount": 2, "mode": "conflict"})
     assert declined.status_code == 409
@@ -143,8 +146,12 @@ def test_client_errors_are_replayed_server_errors_are_not(app: Flask) -> None:
     assert replay.mimetype == "application/problem+json"
     invalid = post(client, "k-422", {"amount": 0})
     assert invalid.status_code == 422
-    assert post(client, "k-422", {"amount": 0}).headers["Idempotent-Replayed"] == "true"
-    assert executions(app) == 1  # the 422 never reached the handler
+    again = post(client, "k-422", {"amount": 0})  # validated before the key is claimed
+    assert again.status_code == 422 and "Idempotent-Replayed" not in again.headers
+    assert executions(app) == 1  # the 422s never reached the handler
+    fixed = post(client, "k-422", {"amount": 4})  # the key is still free for the real call
+    assert fixed.status_code == 200 and "Idempotent-Replayed" not in fixed.headers
+    assert executions(app) == 2
 
     crashed = post(client, "k-5xx", {"amount": 3, "mode": "crash"})
     assert crashed.status_code == 500

@@ -142,7 +142,7 @@ def make_jwt(tmp_path: Path) -> Iterator[MakeJWT]:
     ) -> JWTManager:
         app_manager = _boot(root or tmp_path, env, overrides)
         booted.append(app_manager)
-        return app_manager.get("jwt", JWTManager)
+        return app_manager.get(JWTManager)
 
     yield make
     for app_manager in reversed(booted):
@@ -494,7 +494,7 @@ def shared_jwt(
     """One manager per algorithm for the property tests (hypothesis runs a body many times)."""
     root = tmp_path_factory.mktemp("jwt-props")
     app_manager = _boot(root, None, {"jwt.algorithm": request.param})
-    yield app_manager.get("jwt", JWTManager)
+    yield app_manager.get(JWTManager)
     app_manager.shutdown()
 
 
@@ -868,20 +868,22 @@ def test_bad_key_configuration_fails_the_boot_naming_the_setting(
 # --- the JWKS route -------------------------------------------------------------------
 
 
-def test_start_registers_the_jwks_route_on_the_flask_app(
+def test_the_jwt_manager_contributes_the_jwks_route(
     tmp_path: Path, ed_key: ed25519.Ed25519PrivateKey
 ) -> None:
     config = switchboard.load(
         {"APP_ENV": "test"}, {"jwt.private_key": _private_pem(ed_key)}, root=tmp_path
     )
     app_manager = AppManager(config, [RedisManager(), JWTManager()])
-    app_manager.flask = Flask("jwks-test")
     app_manager.boot()
     try:
-        client = app_manager.flask.test_client()
-        response = client.get("/.well-known/jwks.json")
+        (route,) = app_manager.routes()
+        assert route.path == "/.well-known/jwks.json" and route.methods == ("GET",)
+        flask_app = Flask("jwks-test")
+        flask_app.add_url_rule(route.path, route.endpoint, route.view)
+        response = flask_app.test_client().get(route.path)
         assert response.status_code == 200 and response.mimetype == "application/json"
-        assert response.get_json() == app_manager.get("jwt", JWTManager).jwks()
+        assert response.get_json() == app_manager.get(JWTManager).jwks()
         assert "public" in response.headers["Cache-Control"]
     finally:
         app_manager.shutdown()
@@ -906,7 +908,7 @@ def test_jwks_is_served_by_the_full_app_and_verifies_its_tokens(
         assert response.status_code == 200
         assert "X-Request-ID" in response.headers
         body = response.get_json()
-        manager: JWTManager = flask_app.extensions["switchboard"].app_manager.get("jwt")
+        manager: JWTManager = flask_app.extensions["switchboard"].app_manager.get(JWTManager)
         assert body == manager.jwks()
         # A client that knows only the JWKS verifies our tokens.
         token = manager.issue_pair("alice", ["member"])["access_token"]

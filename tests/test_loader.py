@@ -10,7 +10,10 @@ from flask import Flask
 
 from core.errors import BootError, DeclarationError, ModuleError, Problem, RegistryFrozen
 from core.http import state
+from managers.action_discovery_manager import ActionDiscoveryManager
+from managers.module_manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
+from tests.helpers import module_object
 
 HELLO_ACTIONS = """
 actions:
@@ -83,7 +86,7 @@ def test_a_folder_copied_into_modules_of_a_project_loads(make_app: MakeApp, tmp_
     (folder / "actions.yaml").write_text(HELLO_ACTIONS)
     (folder / "handlers.py").write_text(HELLO_HANDLERS)
     app = make_app(root=tmp_path / "project")
-    assert state(app).app_manager.get("modules").names() == ["shop"]
+    assert state(app).app_manager.get(ModuleManager).names() == ["shop"]
     assert call(app, "shop.hello", {"name": "bo"})[1]["data"]["greeting"] == "hello, bo"
 
 
@@ -135,7 +138,7 @@ def test_the_seed_format_loads_unchanged(make_app: MakeApp, write_module: WriteM
     assert spec["params"]["required"] == ["title"]
     status, body = call(app, "legacy.create_item", {"title": "lamp", "extra": [1, {"a": None}]})
     assert status == 200 and body["data"] == {"created": "lamp", "count": 1}
-    module = state(app).app_manager.get("modules").get("legacy").instance
+    module = module_object(app, "legacy")
     assert module.seen == [{"title": "lamp", "extra": [1, {"a": None}]}]
     status, body = call(app, "legacy.create_item", {"title": "lamp", "count": "two"})
     assert status == 422 and body["errors"][0]["path"] == "/count"
@@ -208,7 +211,7 @@ def test_operator_settings_override_module_config(
         "modules:\n  settings:\n    tuned: {size: 5}\n"
     )
     app = make_app({"MODULES_PATH": str(parent)}, root=project)
-    module = state(app).app_manager.get("modules").get("tuned").instance
+    module = module_object(app, "tuned")
     assert module.settings == {"size": 5, "color": "red"}
 
 
@@ -230,9 +233,9 @@ def test_a_module_may_add_routes(make_app: MakeApp, write_module: WriteModule) -
 
 
 def test_registering_an_action_after_boot_raises(app: Flask) -> None:
-    actions = state(app).app_manager.get("actions")
+    actions = state(app).app_manager.get(ActionDiscoveryManager)
     with pytest.raises(RegistryFrozen):
-        actions.register(actions.lookup("system.echo"))
+        actions.register(actions.actions()[0])
 
 
 # --- modules that fail --------------------------------------------------------------------

@@ -13,9 +13,10 @@ import pytest
 from flask import Flask
 
 from app import ROOT
+from core.calls import CallRequest
 from core.context import SYSTEM
 from core.http import state
-from core.pipeline import CallRequest
+from managers.rate_limiter_manager import RateLimiterManager
 from tests.conftest import MakeApp, WriteModule
 from tests.servers import RedisServer
 
@@ -117,7 +118,7 @@ def test_repeat_offenders_are_banned_and_admins_lift_bans(make_app: MakeApp, lim
     assert body["type"] == "/problems/banned" and "banned_until" in body
     assert hit(app, name="lim.free").status_code == 403  # a ban covers every action
 
-    manager = state(app).app_manager.get("rate_limiter")
+    manager = state(app).app_manager.get(RateLimiterManager)
     assert [b["identity"] for b in manager.bans()] == ["ip:198.51.100.1"]
     pipeline = state(app).pipeline  # the admin actions, as the CLI runs them
     shown = pipeline.invoke(CallRequest("ratelimit.bans", {}, "r1", caller=SYSTEM))

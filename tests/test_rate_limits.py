@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 from app import ROOT
 from core.app_manager import AppManager
-from core.config import load_config
 from core.errors import ConfigError, DependencyUnavailable
 from managers.rate_limiter_manager import Decision, Limit, RateLimiterManager, parse_limit
 from managers.redis_manager import RedisManager
+from tests.helpers import load_config
 from tests.servers import RedisServer
 
 MakeLimiter = Callable[..., RateLimiterManager]
@@ -431,7 +431,7 @@ import json, sys, threading
 from pathlib import Path
 
 from core.app_manager import AppManager
-from core.config import load_config
+from tests.helpers import load_config
 from managers.rate_limiter_manager import RateLimiterManager
 from managers.redis_manager import RedisManager
 

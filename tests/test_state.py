@@ -15,8 +15,11 @@ from flask import Flask
 
 from core.errors import Conflict, ModuleError, NotFound, Problem, ValidationError
 from core.http import state
+from managers.database_manager import DatabaseManager
+from managers.redis_manager import RedisManager
 from managers.state_manager import StateManager
 from tests.conftest import MakeApp, WriteModule
+from tests.helpers import module_object
 from tests.servers import RedisServer
 
 KIND = "shop.order"
@@ -49,7 +52,7 @@ class Shop(BaseModule):
     def _changed(self, event):
         # Read the row from another thread, so on another connection: it sees the change
         # only if the transaction that made it has committed.
-        db = self.app_manager.get("db").handler_facade()
+        db = self.ctx.db
         key = event.data["kind"] + ":" + event.data["id"]
         seen = {}
 
@@ -178,17 +181,17 @@ def call(app: Flask, action: str, **params: Any) -> tuple[int, Any]:
 
 
 def states(app: Flask) -> StateManager:
-    return state(app).app_manager.get("state", StateManager)
+    return state(app).app_manager.get(StateManager)
 
 
 def db_row(app: Flask, id: str) -> dict[str, Any] | None:
-    database = state(app).app_manager.get("db").handler_facade()
+    database = state(app).app_manager.get(DatabaseManager).documents
     row: dict[str, Any] | None = database.collection("sb_states").find_one({"_id": f"{KIND}:{id}"})
     return row
 
 
 def db_history(app: Flask, id: str) -> list[dict[str, Any]]:
-    database = state(app).app_manager.get("db").handler_facade()
+    database = state(app).app_manager.get(DatabaseManager).documents
     found: list[dict[str, Any]] = database.collection("sb_state_history").find(
         {"kind": KIND, "id": id}, sort=[("version", 1)]
     )
@@ -196,12 +199,12 @@ def db_history(app: Flask, id: str) -> list[dict[str, Any]]:
 
 
 def shared_copy(app: Flask, id: str) -> dict[str, Any] | None:
-    raw = state(app).app_manager.get("redis").store.get(f"state:{KIND}:{id}")
+    raw = state(app).app_manager.get(RedisManager).store.get(f"state:{KIND}:{id}")
     return None if raw is None else dict(json.loads(raw))
 
 
 def events(app: Flask) -> list[dict[str, Any]]:
-    module = state(app).app_manager.get("modules").get("shop").instance
+    module = module_object(app, "shop")
     found: list[dict[str, Any]] = module.events
     return found
 
@@ -382,7 +385,7 @@ def test_a_transition_checks_the_version_in_the_database_not_in_a_cache(shop_app
     call(shop_app, "create", id="o1")
     assert call(shop_app, "get", id="o1")[1]["version"] == 1  # now cached in every tier
     # someone else moves the row behind every cache's back
-    database = state(shop_app).app_manager.get("db").handler_facade()
+    database = state(shop_app).app_manager.get(DatabaseManager).documents
     database.collection("sb_states").update_one(
         {"_id": f"{KIND}:o1"}, {"$set": {"state": "cancelled"}}
     )

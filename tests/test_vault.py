@@ -8,12 +8,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from core.app_manager import AppManager
-from core.config import load_config
 from core.errors import ConfigError, DependencyUnavailable, Forbidden, NotFound
 from core.manager import Manager
 from core.module import ModuleManifest
@@ -21,6 +20,7 @@ from managers.hooks_manager import HooksManager
 from managers.module_manager import ModuleManager
 from managers.vault_client import VaultClient
 from managers.vault_manager import VaultManager
+from tests.helpers import load_config
 from tests.vault_double import VaultDouble
 
 ROLE_ID = "role-4f1c"
@@ -46,22 +46,28 @@ class FakeClock:
 
 @dataclass(frozen=True)
 class _Loaded:
+    name: str
     manifest: ModuleManifest
 
 
 class ModuleRegistry(Manager):
-    """The part of the ``modules`` manager the vault facade reads: ``get(name).manifest``."""
+    """Stands in for the ``modules`` manager: publishes manifests that declare secrets, as
+    the modules-loaded phase does."""
 
     name = "modules"
+    phase = 1
 
     def __init__(self, secrets: Mapping[str, tuple[str, ...]]) -> None:
-        self._loaded = {
-            name: _Loaded(ModuleManifest(name, Path("."), secrets=globs))
+        self._loaded = [
+            _Loaded(name, ModuleManifest(name, Path("."), secrets=globs))
             for name, globs in secrets.items()
-        }
+        ]
 
-    def get(self, name: str) -> _Loaded | None:
-        return self._loaded.get(name)
+    def start(self, app: AppManager) -> None:
+        app.publish_modules(cast(Any, self))
+
+    def __iter__(self) -> Iterator[_Loaded]:
+        return iter(self._loaded)
 
 
 @pytest.fixture

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -22,8 +21,11 @@ import psycopg2.extensions
 import psycopg2.pool
 
 from core.errors import Conflict, DependencyUnavailable, Timeout, TransactionConflict
+from core.retry import retrying
 from managers.db_backends.sql import Session, SqlBackend
 from managers.db_backends.sql_compiler import Dialect
+
+T = TypeVar("T")
 
 
 class PostgresDialect(Dialect):
@@ -139,21 +141,17 @@ class PostgresBackend(SqlBackend):
         )
         self.ping()
 
-    def _with_retries(self, attempt: Any) -> Any:
-        delay = 0.1
-        for tries_left in range(self._retries, -1, -1):
-            try:
-                return attempt()
-            except _TRANSIENT as exc:
-                if tries_left == 0:
-                    reason = str(exc).strip().splitlines()
-                    raise DependencyUnavailable(
-                        f"PostgreSQL at {self.describe()} is unreachable: "
-                        f"{reason[0] if reason else type(exc).__name__}"
-                    ) from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _with_retries(self, attempt: Callable[[], T]) -> T:
+        try:
+            return retrying(
+                attempt, on=_TRANSIENT, retries=self._retries, first_wait=0.1, max_wait=2.0
+            )
+        except _TRANSIENT as exc:
+            reason = str(exc).strip().splitlines()
+            raise DependencyUnavailable(
+                f"PostgreSQL at {self.describe()} is unreachable: "
+                f"{reason[0] if reason else type(exc).__name__}"
+            ) from exc
 
     @contextmanager
     def _checkout(self) -> Iterator[Any]:

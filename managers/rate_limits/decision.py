@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from core.limits import Decision, LimitState
 from managers.rate_limits.base import Check, Outcome
 from managers.rate_limits.gcra import (
     MICROS,
-    Limit,
     admits,
     remaining,
     reset_seconds,
     retry_seconds,
 )
-
-
-@dataclass(frozen=True)
-class LimitState:
-    """One applied limit after this request."""
-
-    name: str  # policy name for headers, e.g. "ip-10/minute", "action-10/minute"
-    limit: Limit
-    remaining: int  # requests left right now (after this one when allowed)
-    reset: float  # seconds until the full quota is back
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether a request may go on, and every limit that applied to it."""
-
-    allowed: bool
-    states: tuple[LimitState, ...]
-    retry_after: float = 0.0  # seconds (when not allowed)
-    banned_until: float | None = None  # epoch seconds (when banned)
-    degraded: bool = False  # True when Redis was down and the local fallback answered
 
 
 def denying(check: Check, outcome: Outcome) -> tuple[int, ...]:

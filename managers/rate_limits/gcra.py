@@ -1,4 +1,4 @@
-"""GCRA on exact integers, and the ``"10/minute"`` strings limits are written as.
+"""GCRA on exact integers (the ``"10/minute"`` grammar is the kernel's: ``core.limits``).
 
 A limit of N per T admits a burst of exactly N and then one request per emission interval
 I = T/N. Each limit keeps a theoretical arrival time (TAT): a request at ``now`` moves it to
@@ -12,83 +12,25 @@ ints) compute the same numbers. Everything here is pure; backends only store TAT
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import NamedTuple
 
-from core.declaration_schema import RATE
+from core.limits import MAX_COST, MAX_COUNT, MAX_PERIOD, MICROS, Limit, parse_limit
 
-MICROS = 1_000_000
-MAX_COUNT = 10**9
-MAX_PERIOD = 366 * 86400  # seconds; keeps every microsecond value far below 2**53
-MAX_COST = 10**6
-
-_PATTERN = re.compile(RATE)  # the declaration schema's pattern: one grammar everywhere
-_UNIT = re.compile(r"^([0-9]*)\s*([a-z]+)$")
-_UNITS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "m": 60,
-    "min": 60,
-    "minute": 60,
-    "h": 3600,
-    "hour": 3600,
-    "d": 86400,
-    "day": 86400,
-}
-
-
-@dataclass(frozen=True)
-class Limit:
-    """``count`` requests per ``period`` seconds; ``text`` as written (e.g. ``10/minute``)."""
-
-    count: int
-    period: float
-    text: str
-
-    @property
-    def period_us(self) -> int:
-        return round(self.period * MICROS)
-
-    @property
-    def key(self) -> str:
-        """The limit in store keys: the same for every spelling (``10/min``, ``10/1minute``)."""
-        return f"{self.count}/{round(self.period)}s"
-
-
-def parse_limit(text: str) -> Limit:
-    """``"10/minute"``, ``"5/second"``, ``"200/hour"``, ``"1000/day"``, ``"10/5minute"``.
-
-    ``ValueError`` for anything else, for ``ms`` (the pattern would read it as minutes), and
-    for counts above 10**9 or periods above 366 days.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"a rate limit is a string like '10/minute', got {type(text).__name__}")
-    return _parse(text)
-
-
-@lru_cache(maxsize=1024)
-def _parse(text: str) -> Limit:
-    if not _PATTERN.fullmatch(text):
-        raise ValueError(f"{text!r} is not a rate limit like '10/minute' or '100/5minute'")
-    count_text, _, per = text.partition("/")
-    found = _UNIT.match(per.strip())
-    if found is None:  # unreachable for text the pattern accepted; kept as a guard
-        raise ValueError(f"{text!r} is not a rate limit like '10/minute'")
-    multiplier_text, unit = found.groups()
-    if unit == "ms":
-        raise ValueError(f"{text!r}: 'ms' would mean minutes here; write 'minute' or 'second'")
-    if unit not in _UNITS:
-        unit = unit[:-1]  # a plural: "minutes", "secs", "hs"
-    count = int(count_text.strip())
-    period = int(multiplier_text or "1") * _UNITS[unit]
-    if count > MAX_COUNT:
-        raise ValueError(f"{text!r}: at most {MAX_COUNT} requests per period")
-    if period > MAX_PERIOD:
-        raise ValueError(f"{text!r}: the period is at most 366 days")
-    return Limit(count, float(period), text.strip())
+__all__ = [
+    "MAX_COST",
+    "MAX_COUNT",
+    "MAX_PERIOD",
+    "MICROS",
+    "Limit",
+    "Tat",
+    "admits",
+    "advance",
+    "current",
+    "parse_limit",
+    "remaining",
+    "reset_seconds",
+    "retry_seconds",
+]
 
 
 class Tat(NamedTuple):

@@ -25,12 +25,10 @@ class AuthModule(BaseModule):
 
     def initialize(self, app_manager: Any) -> None:
         super().initialize(app_manager)
-        config = app_manager.config
         self.hasher = PasswordHasher()  # Argon2id with the RFC 9106 low-memory parameters
         # Unknown emails are checked against this, so a login costs the same either way.
         self.dummy_hash = self.hasher.hash("switchboard-dummy-password")
-        self.min_length = int(config["auth.password_min_length"])
-        pattern = config["auth.password_pattern"]
+        self.min_length = int(self.settings["password_min_length"])
+        pattern = self.settings["password_pattern"]
         self.pattern = re.compile(pattern) if pattern else None
-        users = app_manager.get("db").handler_facade().collection("users")
-        users.create_index(["email"], unique=True)
+        self.ctx.db.collection("users").create_index(["email"], unique=True)

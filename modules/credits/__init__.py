@@ -14,7 +14,6 @@ class CreditsModule(BaseModule):
 
     def initialize(self, app_manager: Any) -> None:
         super().initialize(app_manager)
-        db = app_manager.get("db").handler_facade()
-        ledger = db.collection("credit_ledger")
+        ledger = self.ctx.db.collection("credit_ledger")
         ledger.create_index(["from", "at"])
         ledger.create_index(["to", "at"])

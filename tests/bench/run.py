@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import create_app
+from core.calls import CallRequest
 from core.http import state
 from core.params import ParamSpec, ParamsValidator, compile_schema, object_schema
-from core.pipeline import CallRequest
 from core.runtime import shutdown_app
 
 BUDGET_SECONDS = 3.0  # per measurement

@@ -1,0 +1,241 @@
+"""The command line: the kernel's commands plus those the managers contribute.
+
+``python app.py [serve] [--host H] [--port P] [--workers N]`` (the default), ``check``,
+``actions [--json]``, ``call <action> [--json '{...}' | --json -]``, ``new-module <name>``,
+``config``; managers add theirs (``Manager.commands``: ``keys``, ``bans``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from core.calls import CallRequest
+from core.config import Config
+from core.context import SYSTEM
+from core.errors import ActionError, BootError
+from core.http import state
+from core.manager import Manager
+from core.module import ModuleCatalog
+from core.runtime import build_app, shutdown_app
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``python app.py <name>`` command: its arguments and what it does."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace, Runtime], int]
+    configure: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+class Runtime:
+    """What a command works with: the project's config and a booted app on demand."""
+
+    def __init__(
+        self,
+        load: Callable[..., Config],
+        managers: Callable[[], Sequence[Manager]],
+        root: Path,
+    ) -> None:
+        self._load = load
+        self.managers = managers
+        self.root = root
+
+    def config(self, overrides: Mapping[str, Any] | None = None, *, quiet: bool = True) -> Config:
+        return self._load(overrides=overrides, quiet=quiet)
+
+    def build(self, config: Config | None = None) -> Flask:
+        return build_app(config or self.config(), self.managers())
+
+    @contextmanager
+    def booted(self) -> Iterator[Flask]:
+        """An app booted for the length of the block (as the CLI's commands use it)."""
+        app = self.build()
+        try:
+            yield app
+        finally:
+            shutdown_app(app)
+
+    def call(self, action: str, params: Any) -> tuple[int, dict[str, Any]]:
+        """Run one action in-process as the system caller: (exit code, envelope or problem);
+        ``params`` as given (anything but a JSON object is the pipeline's 400)."""
+        request = CallRequest(
+            action=action,
+            params=params,
+            request_id=uuid.uuid4().hex,
+            transport="cli",
+            caller=SYSTEM,
+        )
+        with self.booted() as app:
+            try:
+                return 0, state(app).pipeline.invoke(request).envelope
+            except ActionError as error:
+                return 1, error.problem(request.request_id)
+
+
+def report(code: int, body: Mapping[str, Any], show: Callable[[Any], None]) -> int:
+    """Print a call's data with ``show``, or its problem on stderr; the exit code."""
+    if code:
+        print(f"{body['title']}: {body['detail']}", file=sys.stderr)
+        for error in body.get("errors", []):
+            print(f"  {error['path']}: {error['message']}", file=sys.stderr)
+        return code
+    show(body["data"])
+    return 0
+
+
+# --- the kernel's commands ------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, runtime: Runtime) -> int:
+    from core.server import serve
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("http.host", args.host),
+            ("http.port", args.port),
+            ("http.workers", args.workers),
+        )
+        if value is not None
+    }
+    config = runtime.config(overrides, quiet=False)
+    # Boot once here so a broken module or declaration stops `serve` with the problem list
+    # instead of a crash loop of workers.
+    shutdown_app(runtime.build(config))
+    serve(config, lambda: runtime.build(config))
+    return 0
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--workers", type=int)
+
+
+def _check(_args: argparse.Namespace, runtime: Runtime) -> int:
+    with runtime.booted() as app:
+        current = state(app)
+        actions = current.pipeline.registry.actions()
+        catalog = current.app_manager.capability(ModuleCatalog)
+        modules = catalog.names() if catalog is not None else []
+    print(f"ok: {len(modules)} module(s), {len(actions)} action(s)")
+    return 0
+
+
+def _actions(args: argparse.Namespace, runtime: Runtime) -> int:
+    with runtime.booted() as app:
+        actions = state(app).pipeline.registry.actions()
+    if args.json:
+        print(json.dumps([a.spec.describe() for a in actions], indent=2))
+        return 0
+    width = max((len(a.spec.name) for a in actions), default=0)
+    for action in actions:
+        spec = action.spec
+        print(f"{spec.name:<{width}}  {spec.auth:<7}  {spec.summary}")
+    return 0
+
+
+def _call(args: argparse.Namespace, runtime: Runtime) -> int:
+    text = sys.stdin.read() if args.json == "-" else args.json
+    try:
+        params = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        print(f"--json is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    code, body = runtime.call(args.action, params)
+    print(json.dumps(body, indent=2), file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def _call_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action")
+    parser.add_argument("--json", default="{}", help="params as a JSON object, or - for stdin")
+
+
+def _actions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print declarations as JSON")
+
+
+def _config(_args: argparse.Namespace, runtime: Runtime) -> int:
+    """The effective settings with the source of each; secrets are shown as ***."""
+    rows = list(runtime.config().describe())
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, source in rows:
+        shown = json.dumps(list(value) if isinstance(value, tuple) else value)
+        print(f"{key:<{width}}  {shown}  ({source})")
+    return 0
+
+
+def _new_module(args: argparse.Namespace, runtime: Runtime) -> int:
+    from core.scaffold import ScaffoldError, write_module
+
+    try:
+        folder = write_module(Path(args.dir) if args.dir else runtime.root / "modules", args.name)
+    except ScaffoldError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"created {folder}; `python app.py check` to verify, then call {args.name}.hello")
+    return 0
+
+
+def _new_module_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name")
+    parser.add_argument("--dir", help="parent folder (default: modules/)")
+
+
+KERNEL_COMMANDS = (
+    Command("serve", "serve HTTP (the default command)", _serve, _serve_arguments),
+    Command("check", "load config, modules and actions; report problems", _check),
+    Command("actions", "list every action", _actions, _actions_arguments),
+    Command("call", "run one action in-process (as the system caller)", _call, _call_arguments),
+    Command("config", "print the effective settings and their sources", _config),
+    Command("new-module", "scaffold a module folder", _new_module, _new_module_arguments),
+)
+
+
+# --- entry point ----------------------------------------------------------------------
+
+
+def parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="app.py", description="Switchboard plugin runtime")
+    sub = root.add_subparsers(dest="command")
+    for command in commands:
+        child = sub.add_parser(command.name, help=command.help)
+        command.configure(child)
+        child.set_defaults(func=command.run)
+    return root
+
+
+def main(argv: Sequence[str], runtime: Runtime, extra: Sequence[Command] = ()) -> int:
+    """Run one command; a boot problem prints the problem list and exits 1."""
+    commands: dict[str, Command] = {c.name: c for c in KERNEL_COMMANDS}
+    for command in [
+        *extra,
+        *(c for manager in runtime.managers() for c in type(manager).commands()),
+    ]:
+        if command.name in commands:
+            raise BootError(f"two commands are named {command.name!r}")
+        commands[command.name] = command
+    arguments = list(argv)
+    if not arguments or (arguments[0].startswith("-") and arguments[0] not in ("-h", "--help")):
+        arguments.insert(0, "serve")  # serve is the default command
+    args = parser(list(commands.values())).parse_args(arguments)
+    try:
+        return int(args.func(args, runtime))
+    except BootError as error:
+        print(f"{len(error.problems)} problem(s):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
