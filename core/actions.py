@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from core.limits import Limit
@@ -40,11 +41,11 @@ class ActionSpec:
     examples: tuple[Any, ...] = ()
     url_pattern: str | None = None
 
-    @property
+    @cached_property
     def secret_params(self) -> frozenset[str]:
         return frozenset(n for n, p in self.params.items() if p.secret)
 
-    @property
+    @cached_property
     def secret_returns(self) -> frozenset[str]:
         """Top-level fields of the result marked ``secret: true`` in ``returns``."""
         properties = (self.returns or {}).get("properties") or {}

@@ -22,7 +22,7 @@ class CallRequest:
     transport: str = "http"
     headers: Mapping[str, str] = field(default_factory=dict)
     caller: Caller | None = None  # preset by trusted transports (the CLI runs as system)
-    idempotency_key: str | None = None  # the Idempotency-Key header (or Socket.IO field)
+    idempotency_key: str | None = None  # the Idempotency-Key header
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The one exception tree of Switchboard.
 
 Every error a caller can see carries its HTTP status and problem slug; the HTTP and
-Socket.IO layers only translate (``core.http`` renders RFC 9457 problem documents).
+transports only translate (``core.http`` renders RFC 9457 problem documents).
 Boot-time errors (``ConfigError``, ``ModuleError``, ``DeclarationError``) carry the
 place that is wrong so that ``python app.py check`` can print each one.
 """

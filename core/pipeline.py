@@ -3,7 +3,7 @@
 ``build_pipeline`` fills the built-in steps (``core.chain.STEPS``) from the capabilities
 the app's managers provide (``TokenVerifier``, ``KeyVerifier``, ``RateLimiter``,
 ``KeyValueStore``, ``ActionRegistry``, ``ModuleCatalog``), places the middleware they
-contribute, and composes the chain. Every transport (HTTP, Socket.IO, the CLI) hands a
+contribute, and composes the chain. Every transport (HTTP, the CLI) hands a
 ``CallRequest`` to ``Pipeline.invoke`` and gets a ``CallResult`` or an ``ActionError``.
 """
 

@@ -98,6 +98,8 @@ def audit(call: Call, next: Next) -> CallResult:
 
 
 def _record(call: Call, status: int, problem: str | None) -> None:
+    if not audit_log.isEnabledFor(logging.INFO):
+        return
     request = call.request
     audit_log.info(
         "%s %s %d",

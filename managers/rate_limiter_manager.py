@@ -11,8 +11,8 @@ the ``redis`` manager opened.
 When Redis is down, an action with ``rate_limit_failure: open`` is decided by an in-process
 limiter of this worker (the same algorithm, so there is still a bound per worker) and one
 with ``closed`` gets ``DependencyUnavailable``. Every check tries Redis first, so the
-limiter recovers on its own when Redis returns. Socket.IO messages use the same ``check()``
-(for example ``identity="sio:<sid>"``, ``kind="sio"``: a kind without global limits).
+limiter recovers on its own when Redis returns. Other callers use the same ``check()``
+(a kind without global limits, such as ``kind="sio"``, counts only the limits it passes).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ _OWNER = "manager rate_limiter"
 
 
 class RateLimiterManager(Manager):
-    """``check()`` for the pipeline (and Socket.IO); ``bans()``/``unban()`` for admins;
-    ``counters`` of allowed/limited/banned per limit name for the metrics manager."""
+    """``check()`` for the chain; ``bans()``/``unban()`` for admins; ``counters`` of
+    allowed/limited/banned decisions per limit name."""
 
     name = "rate_limiter"
     requires = ("config", "redis")

@@ -1,6 +1,6 @@
 """RedisManager: the app's shared key-value store (memory:// or Redis) and ``ctx.cache``.
 
-The cache, rate limiter, token denylist, presence and idempotency records all keep their
+The cache, rate limiter, token denylist and idempotency records all keep their
 data in ``manager.store``, so whatever must be shared between worker processes is, as soon as
 ``redis.url`` points at a real server. The backend is picked by the URL's scheme from
 ``managers.cache_backends.BACKENDS``.

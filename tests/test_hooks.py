@@ -12,10 +12,12 @@ from flask import Flask
 import app as app_module
 from core.app_manager import AppManager
 from core.context import ANONYMOUS
+from core.errors import BootError
 from core.hooks import BUILTIN_EVENTS, HookEvent, UndeclaredEvent
 from core.http import state
 from core.manager import Manager
 from core.runtime import build_app, shutdown_app
+from managers.database_manager import DatabaseManager
 from managers.hooks_manager import HooksManager
 from managers.module_manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
@@ -539,3 +541,120 @@ def test_each_app_has_its_own_hooks(make_app: MakeApp, modules_path: Path) -> No
     assert [e.name for e in action_events(first)] == ["action.before", "action.after"]
     assert action_events(second) == []
     assert state(first).app_manager.hooks is not state(second).app_manager.hooks
+
+
+# --- hooks declared in module.yaml ---------------------------------------------------------
+
+BOOKSHELF_MANIFEST = """
+events: [book.lent]
+hooks:
+  action.after: handlers:on_after
+  bookshelf.book.lent: {handler: handlers:on_lent, priority: 5}
+"""
+BOOKSHELF_ACTIONS = """
+actions:
+  lend:
+    handler: handlers:lend
+    auth: public
+    params:
+      book: {type: string, required: true}
+      pin: {type: string, secret: true}
+    returns:
+      type: object
+      properties:
+        receipt: {type: string, secret: true}
+  shout:
+    handler: handlers:shout
+    auth: public
+"""
+BOOKSHELF_HANDLERS = """
+def lend(ctx, *, book, pin=None):
+    ctx.hooks.emit("bookshelf.book.lent", {"book": book})
+    return {"book": book, "receipt": "r-" + book}
+
+
+def shout(ctx):
+    ctx.hooks.emit("system.started", {})  # not this module's event
+
+
+def on_after(ctx, event):
+    if event.data["module"] != "bookshelf":
+        return
+    ctx.db.collection("hook_log").insert_one(
+        {
+            "event": event.name,
+            "action": event.data["action"],
+            "params": event.data["params"],
+            "result": event.data["result"],
+            "caller": ctx.caller.kind,
+            "module": ctx.module,
+            "limit": ctx.settings["limit"],
+        }
+    )
+
+
+def on_lent(ctx, event):
+    ctx.db.collection("hook_log").insert_one({"event": event.name, "book": event.data["book"]})
+"""
+
+
+def bookshelf(write_module: WriteModule, manifest: str = BOOKSHELF_MANIFEST) -> Path:
+    return write_module(
+        "bookshelf",
+        {
+            "module.yaml": manifest + "config: {limit: 3}\n",
+            "actions.yaml": BOOKSHELF_ACTIONS,
+            "handlers.py": BOOKSHELF_HANDLERS,
+        },
+    )
+
+
+def test_module_hooks_get_a_ctx_the_masked_result_and_custom_events(
+    make_app: MakeApp, write_module: WriteModule
+) -> None:
+    app = make_app({"MODULES_PATH": str(bookshelf(write_module))})
+    client = app.test_client()
+    response = client.post(
+        "/api/v1/actions/bookshelf.lend", json={"book": "dune", "pin": "pin-7f3a9c"}
+    )
+    assert response.status_code == 200
+    assert response.get_json()["data"] == {"book": "dune", "receipt": "r-dune"}
+    rows = state(app).app_manager.get(DatabaseManager).documents.collection("hook_log").find()
+    by_event = {row["event"]: row for row in rows}
+    assert set(by_event) == {"bookshelf.book.lent", "action.after"}
+    assert by_event["bookshelf.book.lent"]["book"] == "dune"
+    after = by_event["action.after"]
+    assert after["action"] == "bookshelf.lend" and after["module"] == "bookshelf"
+    assert after["caller"] == "system" and after["limit"] == 3  # the hook's own ctx
+    assert after["params"] == {"book": "dune", "pin": "***"}
+    assert after["result"] == {"book": "dune", "receipt": "***"}
+
+
+def test_a_module_emits_only_its_own_declared_events(
+    make_app: MakeApp, write_module: WriteModule
+) -> None:
+    app = make_app({"MODULES_PATH": str(bookshelf(write_module))})
+    response = app.test_client().post("/api/v1/actions/bookshelf.shout", json={})
+    assert response.status_code == 500
+    assert response.get_json()["type"] == "/problems/internal"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "words"),
+    [
+        ("hooks: {book.lent: handlers:on_lent}\n", "no hook event 'book.lent'"),
+        ("hooks: {action.aftr: handlers:on_after}\n", "no hook event 'action.aftr'"),
+        ("hooks: {action.after: handlers:missing}\n", "handlers.py has no function 'missing'"),
+        ("hooks: {action.after: [1]}\n", "a hook is 'python_module:function'"),
+        ("events: [Book-Lent]\n", "event name 'Book-Lent' must look like book.lent"),
+    ],
+)
+def test_a_bad_hook_declaration_is_a_load_error_naming_it(
+    make_app: MakeApp, write_module: WriteModule, manifest: str, words: str
+) -> None:
+    with pytest.raises(BootError) as caught:
+        make_app({"MODULES_PATH": str(bookshelf(write_module, manifest))})
+    (problem,) = caught.value.problems
+    assert words in problem.message
+    assert problem.module == "bookshelf" and problem.file is not None
+    assert problem.file.endswith("bookshelf/module.yaml")

@@ -193,3 +193,67 @@ def test_redis_down_open_actions_fall_back_closed_ones_answer_503(
         private_redis.start()
     assert client.post("/api/v1/actions/auth.login", json=login).status_code == 401
     assert hit(app, ip="198.51.100.9").status_code == 200
+
+
+KEYED = """
+actions:
+  guess:
+    handler: handlers:guess
+    auth: public
+    idempotent: true
+    rate_limit: [2/minute]
+    rate_limit_by: [ip, params.email]
+    params:
+      email: {type: string, required: true}
+      amount: {type: integer, default: 1}
+"""
+GUESS = "def guess(ctx, *, email, amount):\n    return {'email': email, 'amount': amount}\n"
+
+
+@pytest.fixture
+def keyed(write_module: WriteModule) -> Path:
+    return write_module("keyed", {"actions.yaml": KEYED, "handlers.py": GUESS})
+
+
+def guess(app: Flask, email: str, ip: str, key: str | None = None, amount: Any = 1) -> Any:
+    headers = {"Idempotency-Key": key} if key else {}
+    return app.test_client().post(
+        "/api/v1/actions/keyed.guess",
+        json={"email": email, "amount": amount},
+        headers=headers,
+        environ_base={"REMOTE_ADDR": ip},
+    )
+
+
+def test_rate_limit_by_counts_per_ip_and_per_param(make_app: MakeApp, keyed: Path) -> None:
+    app = make_app({**ON, "MODULES_PATH": str(keyed)})
+    # one email from many IPs: the per-email budget runs out
+    assert guess(app, "a@example.com", "198.51.100.1").status_code == 200
+    assert guess(app, "a@example.com", "198.51.100.2").status_code == 200
+    refused = guess(app, "a@example.com", "198.51.100.3")
+    assert refused.status_code == 429
+    assert '"action-email-2/minute";r=0' in refused.headers["RateLimit"]
+    # one IP, many emails: the per-IP budget runs out
+    assert guess(app, "b@example.com", "198.51.100.9").status_code == 200
+    assert guess(app, "c@example.com", "198.51.100.9").status_code == 200
+    refused = guess(app, "d@example.com", "198.51.100.9")
+    assert refused.status_code == 429
+    assert '"action-ip-2/minute";r=0' in refused.headers["RateLimit"]
+    # invalid params are refused before any budget is spent
+    bad = app.test_client().post(
+        "/api/v1/actions/keyed.guess", json={}, environ_base={"REMOTE_ADDR": "198.51.100.20"}
+    )
+    assert bad.status_code == 422 and "RateLimit" not in bad.headers
+    assert guess(app, "e@example.com", "198.51.100.20").status_code == 200
+
+
+def test_a_replay_carries_the_ratelimit_headers_and_equal_numbers_are_one_request(
+    make_app: MakeApp, keyed: Path
+) -> None:
+    app = make_app({**ON, "SB_RATELIMIT__IP": "100/minute", "MODULES_PATH": str(keyed)})
+    first = guess(app, "f@example.com", "198.51.100.30", key="k1", amount=3)
+    replay = guess(app, "f@example.com", "198.51.100.30", key="k1", amount=3.0)
+    assert first.status_code == replay.status_code == 200
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_data() == first.get_data()
+    assert '"ip-100/minute";r=98' in replay.headers["RateLimit"]
