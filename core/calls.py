@@ -9,6 +9,8 @@ from typing import Any
 
 from core.actions import Action, ActionSpec
 from core.context import ANONYMOUS, Caller
+from core.gate import GateRequest
+from core.limits import Decision
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Call:
     caller: Caller = ANONYMOUS
     found: Action | None = None  # set by the lookup step
     params: dict[str, Any] = field(default_factory=dict)  # set by the validate step
+    gate: GateRequest = field(default_factory=GateRequest)  # what the gate step will ask
+    decision: Decision | None = None  # the limits' decision, once the gate answered
+    claimed: bool = False  # this call holds its idempotency key
 
     @property
     def action(self) -> Action:

@@ -2,7 +2,8 @@
 
 The kernel's built-in steps are named, in order::
 
-    audit -> identify -> lookup -> authorize -> validate -> rate_limit -> idempotency -> run
+    audit -> identify -> lookup -> authorize -> validate -> rate_limit -> idempotency
+          -> gate -> run
 
 A step whose capability the app lacks (no rate limiter, no shared store) keeps its name, so
 managers can still place middleware relative to it, but does no work. Managers contribute
@@ -30,6 +31,7 @@ STEPS = (
     "validate",
     "rate_limit",
     "idempotency",
+    "gate",
     "run",
 )
 

@@ -97,7 +97,7 @@ def _check_content_type() -> None:
 
 
 def _caller_listing(pipeline: Pipeline) -> list[dict[str, Any]]:
-    caller = pipeline.identify(_call_request("", None))
+    caller = pipeline.caller_of(_call_request("", None))
     return [a.spec.describe() for a in pipeline.registry.actions() if may_call(caller, a.spec)]
 
 

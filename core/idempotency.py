@@ -1,7 +1,8 @@
 """Idempotent replay: the first result for an ``Idempotency-Key`` is stored and replayed.
 
 For an action declared ``idempotent: true``, a call with a key first *claims* it in the
-shared store (SET NX, so exactly one of several concurrent calls wins). The winner runs
+shared store (SET NX in the gate's one round trip, so exactly one of several concurrent
+calls wins). The winner runs
 and stores its status and body for ``idempotency.ttl``; a retry with the same key, caller
 and params gets exactly that response back with ``Idempotent-Replayed: true``. A retry
 while the first still runs gets 409 with Retry-After; the same key with other params 422.
@@ -48,7 +49,7 @@ class StoredResponse:
 
 
 def fingerprint(params: Any) -> str:
-    """A hash of the raw params, independent of key order."""
+    """A hash of the validated params, independent of key order."""
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -60,34 +61,30 @@ class Idempotency:
         self._store = store
         self._ttl = ttl
 
-    def begin(self, action: str, caller: str, key: str, params: Any) -> Claim | StoredResponse:
-        """A ``Claim`` to run, or the stored response to replay; raises 409/422 otherwise."""
+    def claim(self, action: str, caller: str, key: str, params: Any) -> tuple[Claim, str]:
+        """The claim of ``key`` for this call and the record that marks it running (what
+        the gate sets if the key is free); ``MalformedRequest`` for a bad key."""
         if not KEY.match(key):
             raise MalformedRequest(f"{HEADER} must be 1-255 visible ASCII characters")
         digest = hashlib.sha256(f"{action}\n{caller}\n{key}".encode()).hexdigest()
-        record = f"idem:{digest}"
         mine = fingerprint(params)
-        running = json.dumps({"state": "running", "params": mine})
-        for _ in range(3):  # a record may expire between our SET NX and GET
-            if self._store.set(record, running, ttl=RUNNING_TTL, nx=True):
-                return Claim(record, mine)
-            raw = self._store.get(record)
-            if raw is None:
-                continue
-            stored = json.loads(raw)
-            if stored["params"] != mine:
-                raise IdempotencyMismatch(
-                    f"{HEADER} {key!r} was used with different params for {action}"
-                )
-            if stored["state"] == "running":
-                raise IdempotencyInProgress(
-                    f"a request with {HEADER} {key!r} is still running; retry shortly",
-                    headers={"Retry-After": "1"},
-                )
-            return StoredResponse(stored["status"], stored["body"], stored["content_type"])
-        raise IdempotencyInProgress(
-            "the idempotency record is changing; retry shortly", headers={"Retry-After": "1"}
-        )
+        return Claim(f"idem:{digest}", mine), json.dumps({"state": "running", "params": mine})
+
+    @staticmethod
+    def held(claim: Claim, record: bytes, action: str, key: str) -> StoredResponse:
+        """What the record of an already-held key means for this call: the stored response
+        to replay, or 409 (still running) / 422 (the key was used with other params)."""
+        stored = json.loads(record)
+        if stored["params"] != claim.fingerprint:
+            raise IdempotencyMismatch(
+                f"{HEADER} {key!r} was used with different params for {action}"
+            )
+        if stored["state"] == "running":
+            raise IdempotencyInProgress(
+                f"a request with {HEADER} {key!r} is still running; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        return StoredResponse(stored["status"], stored["body"], stored["content_type"])
 
     def finish(self, claim: Claim, status: int, body: str, content_type: str) -> None:
         """Store the response for replay (server errors release the claim instead)."""

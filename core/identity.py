@@ -1,8 +1,11 @@
 """The identify step: who is calling, from ``Authorization: Bearer`` or ``X-API-Key``.
 
-Credentials are checked here, once, before the action is looked up. Bad credentials end
-the call with 401 ``unauthenticated`` (an anonymous call to a public action still works,
-but a *wrong* token never silently downgrades to anonymous).
+Credentials are checked here, once, in process, before the action is looked up: a bad
+signature, an expired token or a wrong key secret ends the call with 401
+``unauthenticated`` (an anonymous call to a public action still works, but a *wrong* token
+never silently downgrades to anonymous). Whether the credential was revoked since is a
+marker in the shared store: identify hands those markers to the gate, which checks them in
+the call's one round trip.
 """
 
 from __future__ import annotations
@@ -14,16 +17,22 @@ from typing import Any, Protocol
 from core.calls import CallRequest
 from core.context import ANONYMOUS, Caller
 from core.errors import Unauthorized
+from core.gate import Precondition
 
 API_KEY_HEADER = "X-API-Key"
 
-Identify = Callable[[CallRequest], Caller]
+Identify = Callable[[CallRequest], tuple[Caller, Sequence[Precondition]]]
 
 
 class TokenVerifier(Protocol):
-    """The jwt manager: access-token claims, or ``Unauthorized`` saying why not."""
+    """The jwt manager: an access token's claims (signature and claims checked here, in
+    process), and the revocation markers the gate checks in the shared store."""
 
-    def verify_access(self, token: str) -> Mapping[str, Any]: ...
+    def decode_access(self, token: str) -> Mapping[str, Any]:
+        """The claims of a well-signed, current access token; ``Unauthorized`` saying why not."""
+        ...
+
+    def revocations(self, claims: Mapping[str, Any]) -> Sequence[Precondition]: ...
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,14 @@ class KeyIdentity:
 
 
 class KeyVerifier(Protocol):
-    """The api_keys manager: the key's identity, or ``Unauthorized`` saying why not."""
+    """The api_keys manager: the key's identity (checked in process, from a short-lived
+    cache of key records), and the revocation marker the gate checks."""
 
-    def verify(self, raw: str) -> KeyIdentity: ...
+    def authenticate(self, raw: str) -> KeyIdentity:
+        """The identity of a valid key; ``Unauthorized`` saying why not."""
+        ...
+
+    def revocations(self, identity: KeyIdentity) -> Sequence[Precondition]: ...
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -52,9 +66,9 @@ def credential_identifier(
 ) -> Identify:
     """An identify step that accepts whichever credential kinds this app runs."""
 
-    def identify(request: CallRequest) -> Caller:
+    def identify(request: CallRequest) -> tuple[Caller, Sequence[Precondition]]:
         if request.caller is not None:  # trusted transports (the CLI) preset the caller
-            return request.caller
+            return request.caller, ()
         authorization = _header(request.headers, "Authorization")
         api_key = _header(request.headers, API_KEY_HEADER)
         if authorization is not None and api_key is not None:
@@ -69,8 +83,8 @@ def credential_identifier(
                 )
             if tokens is None:
                 raise Unauthorized("this service does not accept bearer tokens")
-            claims = tokens.verify_access(token)
-            return Caller(
+            claims = tokens.decode_access(token)
+            caller = Caller(
                 "user",
                 id=str(claims["sub"]),
                 roles=frozenset(claims.get("roles", ())),
@@ -78,16 +92,18 @@ def credential_identifier(
                 session=claims.get("fam"),
                 expires_at=claims.get("exp"),
             )
+            return caller, tokens.revocations(claims)
         if api_key is not None:
             if keys is None:
                 raise Unauthorized("this service does not accept API keys")
-            identity = keys.verify(api_key.strip())
-            return Caller(
+            identity = keys.authenticate(api_key.strip())
+            caller = Caller(
                 "api_key",
                 id=identity.id,
                 scopes=frozenset(identity.scopes),
                 rate_limit=tuple(identity.rate_limit),
             )
-        return ANONYMOUS
+            return caller, keys.revocations(identity)
+        return ANONYMOUS, ()
 
     return identify

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 from core.calls import Call, CallRequest, CallResult
 from core.chain import Handle, arrange, compose
+from core.context import Caller
 from core.errors import ActionError, BootError
+from core.gate import Gate, GateRequest, StoreGate
 from core.idempotency import Idempotency
 from core.identity import Identify, KeyVerifier, TokenVerifier, credential_identifier
 from core.limits import RateLimiter
@@ -23,6 +25,7 @@ from core.logging import request_id_var, secret_params_var
 from core.module import ModuleCatalog
 from core.steps import (
     ActionRegistry,
+    GateStep,
     IdempotencyStep,
     IdentifyStep,
     LookupStep,
@@ -49,15 +52,24 @@ class Pipeline:
         *,
         registry: ActionRegistry,
         identify: Identify,
+        gate: Gate | None,
     ) -> None:
         self.registry = registry
-        self.identify = identify
+        self._identify = identify
+        self._gate = gate
         self.steps: tuple[str, ...] = (*(name for name, _ in middleware), "run")
         self._run = run
         self._chain = compose(middleware, run)
 
     def close(self) -> None:
         self._run.close()
+
+    def caller_of(self, request: CallRequest) -> Caller:
+        """Who ``request`` comes from, revocations checked (``Unauthorized`` otherwise)."""
+        caller, revocations = self._identify(request)
+        if revocations and self._gate is not None:
+            self._gate.pass_gate(GateRequest(absent=list(revocations)))
+        return caller
 
     def invoke(self, request: CallRequest) -> CallResult:
         """Run one call; raise ``ActionError`` (the problem to send) when it fails."""
@@ -84,6 +96,7 @@ def build_pipeline(app: AppManager) -> Pipeline:
     identify = credential_identifier(app.capability(TokenVerifier), app.capability(KeyVerifier))
     limiter = app.capability(RateLimiter)
     store = app.capability(KeyValueStore)
+    gate = app.capability(Gate) or (StoreGate(store) if store is not None else None)
     idempotency = (
         IdempotencyStep(Idempotency(store, float(app.config["idempotency.ttl"])))
         if store is not None
@@ -95,8 +108,9 @@ def build_pipeline(app: AppManager) -> Pipeline:
         ("lookup", LookupStep(registry)),
         ("authorize", authorize),
         ("validate", validate),
-        ("rate_limit", RateLimitStep(limiter) if limiter is not None else None),
+        ("rate_limit", RateLimitStep() if limiter is not None else None),
         ("idempotency", idempotency),
+        ("gate", GateStep(gate) if gate is not None else None),
     ]
     run = RunStep(
         app,
@@ -105,4 +119,4 @@ def build_pipeline(app: AppManager) -> Pipeline:
         workers=int(app.config["actions.timeout_workers"]),
     )
     middleware = arrange(builtins, app.middleware())
-    return Pipeline(middleware, run, registry=registry, identify=identify)
+    return Pipeline(middleware, run, registry=registry, identify=identify, gate=gate)

@@ -32,9 +32,10 @@ from core.errors import (
     Timeout,
     Unauthorized,
 )
-from core.idempotency import REPLAYED, Idempotency, StoredResponse
+from core.gate import ClaimRequest, Gate, LimitRequest
+from core.idempotency import REPLAYED, RUNNING_TTL, Idempotency
 from core.identity import Identify
-from core.limits import RateLimiter, rate_limit_headers
+from core.limits import rate_limit_headers
 from core.logging import secret_params_var
 
 if TYPE_CHECKING:
@@ -127,13 +128,15 @@ def _record(call: Call, status: int, problem: str | None) -> None:
 
 
 class IdentifyStep:
-    """Who is calling, from the credentials the transport passed on."""
+    """Who is calling, from the credentials the transport passed on; whether they were
+    revoked is left to the gate (one round trip for everything the call needs)."""
 
     def __init__(self, identify: Identify) -> None:
         self.identify = identify
 
     def __call__(self, call: Call, next: Next) -> CallResult:
-        call.caller = self.identify(call.request)
+        call.caller, revocations = self.identify(call.request)
+        call.gate.absent.extend(revocations)
         return next(call)
 
 
@@ -221,18 +224,15 @@ def action_subjects(call: Call, identity: str) -> list[tuple[str, str]]:
 
 
 class RateLimitStep:
-    """Global limits of the caller's kind (an API key's own instead, if it has them) plus
-    the action's, all in one check; the RateLimit headers go on every answer of the call:
-    results, problems and replays alike."""
-
-    def __init__(self, limiter: RateLimiter) -> None:
-        self.limiter = limiter
+    """Declares the limits of the call (the caller kind's global ones, or an API key's own,
+    plus the action's) for the gate; puts the RateLimit headers on every answer of the
+    call: results, problems and replays alike."""
 
     def __call__(self, call: Call, next: Next) -> CallResult:
         if call.caller.kind == "system":
             return next(call)
         identity, kind = caller_identity(call)
-        decision = self.limiter.check(
+        call.gate.limits = LimitRequest(
             identity=identity,
             kind=kind,
             action=call.spec.name,
@@ -241,38 +241,26 @@ class RateLimitStep:
             own_limits=call.caller.rate_limit or None,
             failure=call.spec.rate_limit_failure,
         )
-        headers = rate_limit_headers(decision.states)
-        if decision.banned_until is not None:
-            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.banned_until))
-            wait = max(1, math.ceil(decision.banned_until - time.time()))
-            raise Banned(
-                f"too many rejected requests: banned until {until}",
-                headers={**headers, "Retry-After": str(wait)},
-                extra={"banned_until": until},
-            )
-        if not decision.allowed:
-            wait = max(1, math.ceil(decision.retry_after))
-            raise RateLimited(
-                f"rate limit exceeded for {call.spec.name}; retry later",
-                headers={**headers, "Retry-After": str(wait)},
-            )
         try:
             result = next(call)
         except ActionError as error:
-            error.headers = {**headers, **error.headers}
+            if call.decision is not None:
+                error.headers = {**rate_limit_headers(call.decision.states), **error.headers}
             raise
-        return result.with_headers(headers)
+        if call.decision is None:
+            return result
+        return result.with_headers(rate_limit_headers(call.decision.states))
 
 
 # --- idempotency ------------------------------------------------------------------------
 
 
 class IdempotencyStep:
-    """Claim, replay and settle an ``Idempotency-Key``, all here.
+    """Declares the claim of an ``Idempotency-Key`` for the gate, and settles it: what the
+    call answers is stored for replay unless it is a 5xx (worth retrying) or a 422 (the
+    retry will send other params).
 
-    The claim is made on the validated params, so ``3`` and ``3.0`` are one request. What
-    the call answers is stored for replay unless it is a 5xx (worth retrying) or a 422
-    (the retry will send other params).
+    The claim is made on the validated params, so ``3`` and ``3.0`` are one request.
     """
 
     def __init__(self, idempotency: Idempotency) -> None:
@@ -284,29 +272,34 @@ class IdempotencyStep:
             return next(call)
         caller = call.caller
         who = f"{caller.kind}:{caller.id}" if caller.id else f"ip:{call.request.client_ip}"
-        outcome = self.idempotency.begin(call.spec.name, who, key, call.params)
-        if isinstance(outcome, StoredResponse):
+        action = call.spec.name
+        claim, running = self.idempotency.claim(action, who, key, call.params)
+
+        def taken(record: bytes) -> CallResult:
+            stored = self.idempotency.held(claim, record, action, key)
             return CallResult(
-                outcome.body,
-                outcome.status,
-                outcome.content_type,
-                {REPLAYED: "true"},
-                replayed=True,
+                stored.body, stored.status, stored.content_type, {REPLAYED: "true"}, replayed=True
             )
+
+        call.gate.claim = ClaimRequest(claim.record, running, RUNNING_TTL, taken)
         try:
             result = next(call)
         except ActionError as error:
+            if not call.claimed:
+                raise
             if error.status >= 500 or error.status == 422:
-                self._settle(call, self.idempotency.release, outcome)
+                self._settle(call, self.idempotency.release, claim)
             else:
                 request_id = call.request.request_id
-                self._settle(call, self.idempotency.finish_error, outcome, error, request_id)
+                self._settle(call, self.idempotency.finish_error, claim, error, request_id)
             raise
         except BaseException:
-            self._settle(call, self.idempotency.release, outcome)
+            if call.claimed:
+                self._settle(call, self.idempotency.release, claim)
             raise
-        status, body, content_type = result.status, result.body, result.content_type
-        self._settle(call, self.idempotency.finish, outcome, status, body, content_type)
+        if call.claimed:
+            status, body, content_type = result.status, result.body, result.content_type
+            self._settle(call, self.idempotency.finish, claim, status, body, content_type)
         return result
 
     @staticmethod
@@ -316,6 +309,42 @@ class IdempotencyStep:
             settle(*args)
         except ActionError:
             log.exception("could not settle the idempotency record of %s", call.request.action)
+
+
+# --- gate -------------------------------------------------------------------------------
+
+
+class GateStep:
+    """Asks the gate what the steps declared, in one round trip: a revoked credential is
+    401, a ban 403, a spent limit 429, a held idempotency key its replay (or 409/422)."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def __call__(self, call: Call, next: Next) -> CallResult:
+        request = call.gate
+        if not request:
+            return next(call)
+        outcome = self.gate.pass_gate(request)
+        decision = call.decision = outcome.decision
+        if decision is not None and not decision.allowed:
+            if decision.banned_until is not None:
+                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.banned_until))
+                wait = max(1, math.ceil(decision.banned_until - time.time()))
+                raise Banned(
+                    f"too many rejected requests: banned until {until}",
+                    headers={"Retry-After": str(wait)},
+                    extra={"banned_until": until},
+                )
+            raise RateLimited(
+                f"rate limit exceeded for {call.spec.name}; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(decision.retry_after)))},
+            )
+        if request.claim is not None:
+            if outcome.taken is not None:
+                return request.claim.taken(outcome.taken)
+            call.claimed = True
+        return next(call)
 
 
 # --- run --------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ class Subscription(Protocol):
 class KeyValueStore(Protocol):
     """Bytes in, bytes out; TTLs in seconds (floats allowed, millisecond precision)."""
 
+    shared: bool  # whether other processes (workers, the CLI) see what it holds
+
     def get(self, key: str) -> bytes | None: ...
 
     def set(

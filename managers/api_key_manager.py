@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,10 +43,12 @@ from core.errors import (
     ValidationError,
 )
 from core.facades import Documents
+from core.gate import Precondition
 from core.identity import KeyIdentity, KeyVerifier
 from core.manager import Health, Manager
 from core.retry import retrying
 from core.settings import Setting, text
+from core.store import KeyValueStore
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
@@ -71,6 +74,9 @@ MAX_OWNER = 200
 MAX_SCOPES = 64
 MAX_RATE_LIMITS = 8
 TOUCH_INTERVAL = 60.0  # last_used_at is written at most this often per key
+CACHE_SECONDS = 30.0  # how long a worker trusts its copy of a key record
+CACHE_SIZE = 4096  # key records a worker keeps
+REVOKED_MARKER = "apikey:revoked:"  # in the shared store: revoked since workers read it
 
 INVALID = "invalid API key"  # unknown id and wrong secret alike: no oracle
 MALFORMED = "malformed API key; expected sb_<id>_<secret>"
@@ -129,7 +135,7 @@ class ApiKeyManager(Manager):
     """Creates, verifies, lists and revokes API keys (the identify step calls ``verify``)."""
 
     name = "api_keys"
-    requires = ("config", "db")
+    requires = ("config", "db", "redis")
     provides: ClassVar[tuple[type, ...]] = (KeyVerifier,)
     facade = "api_keys"
     privileged = True
@@ -166,6 +172,10 @@ class ApiKeyManager(Manager):
         self._clock = clock
         self._pepper: bytes | None = None
         self._db: Documents | None = None
+        self._store: KeyValueStore | None = None
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (fresh until, record)
+        self._cache_lock = threading.Lock()
+        self._cache_seconds = CACHE_SECONDS
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -182,12 +192,18 @@ class ApiKeyManager(Manager):
                 ]
             )
         self._db = self.require(Documents)
+        self._store = self.require(KeyValueStore)
+        # A revocation reaches other processes through the store's marker; a store of this
+        # process alone (memory://) cannot carry it, so then every call reads the database.
+        self._cache_seconds = CACHE_SECONDS if self._store.shared else 0.0
         self._keys().create_index(["owner"])
         self._pepper = pepper
 
     def stop(self) -> None:
         self._pepper = None
         self._db = None
+        self._store = None
+        self._cache.clear()
 
     def health(self) -> Health:
         try:
@@ -259,9 +275,28 @@ class ApiKeyManager(Manager):
         return public(record), f"{PREFIX}{key_id}_{secret}"
 
     def verify(self, raw: str) -> KeyIdentity:
-        """The identity of a valid key; ``Unauthorized`` saying why not."""
+        """The identity of a valid, unrevoked key, read from the database now;
+        ``Unauthorized`` saying why not."""
         key_id, secret = parse_key(raw)
-        record = self._keys().find_one({"_id": key_id})
+        return self._identity(key_id, secret, self._record(key_id, fresh=True))
+
+    def authenticate(self, raw: str) -> KeyIdentity:
+        """Like ``verify``, from a record this worker read at most ``CACHE_SECONDS`` ago:
+        a revocation since then is the marker ``revocations`` hands the gate."""
+        key_id, secret = parse_key(raw)
+        return self._identity(key_id, secret, self._record(key_id))
+
+    def revocations(self, identity: KeyIdentity) -> tuple[Precondition, ...]:
+        """The marker ``revoke`` sets; while the store is down the database decides."""
+        return (
+            Precondition(
+                f"{REVOKED_MARKER}{identity.id}",
+                Unauthorized(REVOKED),
+                fallback=lambda: self._check_in_database(identity.id),
+            ),
+        )
+
+    def _identity(self, key_id: str, secret: str, record: dict[str, Any] | None) -> KeyIdentity:
         stored = record.get("secret_hash") if record is not None else None
         if not isinstance(stored, str):
             stored = _NO_HASH
@@ -278,13 +313,35 @@ class ApiKeyManager(Manager):
         if expires_at is not None and now >= expires_at:
             log.debug("API key %s refused: expired", key_id)
             raise Unauthorized(EXPIRED)
-        self._touch(key_id, record.get("last_used_at"), now)
+        if self._touch(key_id, record.get("last_used_at"), now):
+            record["last_used_at"] = now  # this worker's copy: no second write within a minute
         return KeyIdentity(
             key_id,
             record.get("owner"),
             tuple(record.get("scopes") or ()),
             rate_limit=tuple(record.get("rate_limit") or ()),
         )
+
+    def _record(self, key_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """The key's record; unless ``fresh``, from this worker's copy while it is young."""
+        now = time.monotonic()
+        cached = None if fresh else self._cache.get(key_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = self._keys().find_one({"_id": key_id})
+        with self._cache_lock:
+            if record is None:
+                self._cache.pop(key_id, None)
+            else:
+                if len(self._cache) >= CACHE_SIZE and key_id not in self._cache:
+                    self._cache.pop(next(iter(self._cache)))  # the oldest entry
+                self._cache[key_id] = (now + self._cache_seconds, record)
+        return record
+
+    def _check_in_database(self, key_id: str) -> None:
+        record = self._record(key_id, fresh=True)
+        if record is None or record.get("revoked"):
+            raise Unauthorized(REVOKED)
 
     def get(self, key_id: str) -> PublicRecord | None:
         """The public record of a key, or None."""
@@ -304,7 +361,26 @@ class ApiKeyManager(Manager):
         )
         if found:
             log.info("API key %s revoked", key_id)
+            self._mark_revoked(key_id)
         return found
+
+    def _mark_revoked(self, key_id: str) -> None:
+        """Every worker refuses the key from its next call: the gate finds the marker."""
+        with self._cache_lock:
+            self._cache.pop(key_id, None)
+        if self._store is None:
+            raise self.not_started()
+        try:
+            # It only has to outlive the copies workers keep: after that they read the
+            # database, which says revoked.
+            self._store.set(f"{REVOKED_MARKER}{key_id}", b"1", ttl=2 * CACHE_SECONDS)
+        except DependencyUnavailable:
+            log.warning(
+                "API key %s is revoked in the database, but the store is unavailable: "
+                "workers stop accepting it within %ss",
+                key_id,
+                int(CACHE_SECONDS),
+            )
 
     def list(self, owner: str | None = None) -> list[PublicRecord]:
         """Public records, oldest first; all keys, or those of ``owner``."""
@@ -323,15 +399,17 @@ class ApiKeyManager(Manager):
             raise self.not_started()
         return hmac.new(self._pepper, secret.encode("ascii"), hashlib.sha256).hexdigest()
 
-    def _touch(self, key_id: str, last_used_at: Any, now: float) -> None:
-        """Record use, at most once per TOUCH_INTERVAL: not a write per request."""
+    def _touch(self, key_id: str, last_used_at: Any, now: float) -> bool:
+        """Record use, at most once per TOUCH_INTERVAL: not a write per request. True when
+        it wrote (or tried to)."""
         if isinstance(last_used_at, int | float) and now - last_used_at < TOUCH_INTERVAL:
-            return
+            return False
         stale = {"$or": [{"last_used_at": None}, {"last_used_at": {"$lte": now - TOUCH_INTERVAL}}]}
         # The condition makes concurrent verifications of one key write once; a Conflict
         # means another request recorded the use first, which is all that was wanted.
         with contextlib.suppress(Conflict):
             self._keys().update_one({"_id": key_id, **stale}, {"$set": {"last_used_at": now}})
+        return True
 
 
 # --- validation of create()'s arguments ------------------------------------------------

@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import jwt
 from flask import Response
 
 from core.errors import ConfigError, Problem, Unauthorized
+from core.gate import Precondition, check_absent
 from core.identity import TokenVerifier
 from core.manager import Health, Manager, Route
 from core.settings import Setting
@@ -39,6 +42,7 @@ TokenType = Literal["access", "refresh"]
 JWKS_PATH = "/.well-known/jwks.json"
 # Far above any token issued here; bounds the work an unauthenticated caller can cause.
 MAX_TOKEN_LENGTH = 16 * 1024
+VERIFIED_CACHE_SIZE = 4096  # tokens whose signature was checked, per worker
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -116,6 +120,8 @@ class JWTManager(Manager):
         self._signer: PrivateKey | bytes = b""
         self._signing: VerificationKey | None = None
         self._keys: dict[str, VerificationKey] = {}
+        self._verified: dict[str, Mapping[str, Any]] = {}  # token -> claims, oldest first
+        self._verified_lock = threading.Lock()
         # Options merged once: every registered claim is required, aud must match exactly,
         # and a key below the minimum length is an error rather than a warning.
         self._codec = jwt.PyJWT(
@@ -204,9 +210,36 @@ class JWTManager(Manager):
 
     def verify_access(self, token: str) -> dict[str, Any]:
         """The claims of a valid, unrevoked access token; ``Unauthorized`` saying why not."""
-        claims = self._decode(token, "access")
+        claims = dict(self.decode_access(token))
         self._check_not_revoked(claims)
         return claims
+
+    def decode_access(self, token: str) -> Mapping[str, Any]:
+        """The claims of a well-signed, current access token, without the revocation check
+        (the chain's gate makes it, with the call's other store work).
+
+        A token whose signature was verified once is remembered until it expires (a bounded
+        cache keyed by the token itself), so a repeat caller skips the signature check.
+        """
+        if isinstance(token, str):
+            cached = self._verified.get(token)
+            if cached is not None:
+                if cached["exp"] + self._ready_policy().leeway <= time.time():
+                    raise _unauthorized("token expired")
+                return cached
+        claims = MappingProxyType(self._decode(token, "access"))
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))  # the oldest entry
+            self._verified[token] = claims
+        return claims
+
+    def revocations(self, claims: Mapping[str, Any]) -> tuple[Precondition, ...]:
+        """The markers ``logout`` and refresh-token reuse set: this token, its session."""
+        return (
+            Precondition(f"jwt:deny:{claims['jti']}", _unauthorized("token revoked")),
+            Precondition(f"jwt:fam:{claims['fam']}", _unauthorized("session revoked")),
+        )
 
     def _decode(self, token: str, expected: TokenType) -> dict[str, Any]:
         policy = self._ready_policy()
@@ -262,11 +295,7 @@ class JWTManager(Manager):
         return claims
 
     def _check_not_revoked(self, claims: Mapping[str, Any]) -> None:
-        store = self._ready_store()
-        if store.get(f"jwt:deny:{claims['jti']}") is not None:
-            raise _unauthorized("token revoked")
-        if store.get(f"jwt:fam:{claims['fam']}") is not None:
-            raise _unauthorized("session revoked")
+        check_absent(self._ready_store(), self.revocations(claims))
 
     # --- refresh and revocation -------------------------------------------------------
 

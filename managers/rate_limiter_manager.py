@@ -24,10 +24,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.cli import Command, Runtime
 from core.errors import ActionError, ConfigError, DependencyUnavailable, Problem
+from core.gate import Gate, GateOutcome, GateRequest
 from core.http import state
 from core.limits import Decision, LimitState, RateLimiter
 from core.manager import Health, Manager
@@ -37,6 +39,7 @@ from managers.rate_limits import open_limiter
 from managers.rate_limits.base import (
     BanPolicy,
     Check,
+    Claim,
     Clock,
     LimiterBackend,
     limit_key,
@@ -62,7 +65,7 @@ class RateLimiterManager(Manager):
 
     name = "rate_limiter"
     requires = ("config", "redis")
-    provides: ClassVar[tuple[type, ...]] = (RateLimiter,)
+    provides: ClassVar[tuple[type, ...]] = (RateLimiter, Gate)
     facade = "rate_limiter"
     privileged = True
     settings: ClassVar[tuple[Setting, ...]] = (
@@ -128,6 +131,7 @@ class RateLimiterManager(Manager):
         self._enabled = True
         self._globals: dict[str, tuple[Limit, ...]] = {}
         self._ban = BanPolicy()
+        self._store: KeyValueStore | None = None
         self._backend: LimiterBackend | None = None
         self._fallback: LimiterBackend | None = None
         self._degraded = False
@@ -164,7 +168,8 @@ class RateLimiterManager(Manager):
             durations["ban_ttl"],
             durations["ban_max_ttl"],
         )
-        self._backend = open_limiter(self.require(KeyValueStore), self._clock)
+        self._store = self.require(KeyValueStore)
+        self._backend = open_limiter(self._store, self._clock)
         # The local bound when the shared store is down (memory:// is never down).
         self._fallback = None if self._backend.name == "memory" else MemoryLimiter(self._clock)
         self._degraded = False
@@ -235,6 +240,54 @@ class RateLimiterManager(Manager):
         self._count(plan, decision, denying(plan, outcome))
         return decision
 
+    def pass_gate(self, request: GateRequest) -> GateOutcome:
+        """A call's gate (``core.gate``) in one step of the backend: one EVALSHA on Redis.
+
+        When Redis is down: revocations are answered by their fallbacks (or 503), limits by
+        the in-process twin (or 503 for ``closed``), and a claim cannot be made (503).
+        """
+        limits = request.limits if self._enabled else None
+        if limits is not None and limits.failure not in FAILURES:
+            raise ValueError(f"failure must be 'open' or 'closed', got {limits.failure!r}")
+        claim = request.claim
+        plan = self._plan(
+            identity=limits.identity if limits else "",
+            kind=limits.kind if limits else "",
+            action=limits.action if limits else None,
+            action_limits=limits.action_limits if limits else (),
+            action_subjects=limits.action_subjects if limits else (),
+            own_limits=limits.own_limits if limits else None,
+            cost=1,
+            absent=tuple(p.key for p in request.absent),
+            claim=Claim(claim.key, claim.value, max(1, round(claim.ttl * 1000))) if claim else None,
+            limited=limits is not None,
+        )
+        backend = self._started()
+        degraded = False
+        try:
+            outcome = backend.evaluate(plan)
+        except DependencyUnavailable:
+            self._degraded = True
+            for precondition in request.absent:
+                if precondition.fallback is None:
+                    raise
+                precondition.fallback()
+            if request.claim is not None or (limits and limits.failure == "closed"):
+                raise
+            if limits is None or self._fallback is None:
+                return GateOutcome()
+            plan = replace(plan, absent=(), claim=None)
+            outcome = self._fallback.evaluate(plan)
+            degraded = True
+        self._degraded = degraded
+        if outcome.revoked is not None:
+            raise request.absent[outcome.revoked].error
+        if limits is None:
+            return GateOutcome(None, outcome.taken)
+        decision = decide(plan, outcome, degraded=degraded)
+        self._count(plan, decision, denying(plan, outcome))
+        return GateOutcome(decision, outcome.taken)
+
     def _plan(
         self,
         *,
@@ -245,9 +298,14 @@ class RateLimiterManager(Manager):
         action_subjects: Sequence[tuple[str, str]],
         own_limits: Sequence[str] | None,
         cost: int,
+        absent: tuple[str, ...] = (),
+        claim: Claim | None = None,
+        limited: bool = True,
     ) -> Check:
         if action_limits and action is None:
             raise ValueError("action_limits need the action they belong to")
+        if limited is False:  # no limits apply: the gate's other checks only
+            return Check("", "", (), (), (), cost, self._ban, absent, claim, limited=False)
         subject = subject_of(identity)
         kind_limits = self._globals.get(kind, ()) if own_limits is None else _parsed(own_limits)
         applied: dict[str, tuple[str, Limit]] = {}  # by key: a limit listed twice counts once
@@ -271,6 +329,8 @@ class RateLimiterManager(Manager):
             names=tuple(name for name, _ in applied.values()),
             cost=cost,
             ban=self._ban,
+            absent=absent,
+            claim=claim,
         )
 
     def _count(self, plan: Check, decision: Decision, denied: Iterable[int]) -> None:

@@ -37,6 +37,7 @@ from managers.api_key_manager import (
     ApiKeyManager,
 )
 from managers.database_manager import DatabaseManager
+from managers.redis_manager import RedisManager
 
 PUBLIC_FIELDS = {
     "id",
@@ -83,7 +84,7 @@ BootKeys = Callable[..., tuple[ApiKeyManager, AppManager]]
 
 @pytest.fixture
 def boot(tmp_path: Path) -> Iterator[BootKeys]:
-    """Boot ``AppManager(config, [DatabaseManager(), keys])``; shut every one down after."""
+    """Boot the database, the store and ``keys``; shut every one down after."""
     booted: list[AppManager] = []
 
     def start(
@@ -95,9 +96,8 @@ def boot(tmp_path: Path) -> Iterator[BootKeys]:
     ) -> tuple[ApiKeyManager, AppManager]:
         root = root or tmp_path
         manager = keys or ApiKeyManager()
-        app_manager = AppManager(
-            config_for(root, url or sqlite_url(root), **env), [DatabaseManager(), manager]
-        )
+        config = config_for(root, url or sqlite_url(root), **env)
+        app_manager = AppManager(config, [DatabaseManager(), RedisManager(), manager])
         app_manager.boot()
         booted.append(app_manager)
         return manager, app_manager
@@ -567,7 +567,7 @@ def test_production_boots_with_a_pepper(boot: BootKeys) -> None:
 def test_a_short_pepper_is_a_boot_error(tmp_path: Path, pepper: str) -> None:
     config = config_for(tmp_path, sqlite_url(tmp_path), SB_API_KEYS__PEPPER=pepper)
     with pytest.raises(ConfigError) as caught:
-        AppManager(config, [DatabaseManager(), ApiKeyManager()]).boot()
+        AppManager(config, [DatabaseManager(), RedisManager(), ApiKeyManager()]).boot()
     assert [p.field for p in caught.value.problems] == ["api_keys.pepper"]
     assert pepper not in str(caught.value)
 

@@ -254,6 +254,7 @@ def test_middleware_is_placed_by_step_and_ties_keep_declaration_order() -> None:
         "validate",
         "e.limit",
         "idempotency",
+        "gate",
         "a.first",
         "c.second",
     ]

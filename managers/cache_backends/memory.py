@@ -86,6 +86,7 @@ class MemoryStore:
     """``KeyValueStore`` in a dict; behaves like the Redis backend for the contract tests."""
 
     name = "memory"
+    shared = False  # seen by other processes
 
     def __init__(self, prefix: str = "sb:") -> None:
         self._prefix = prefix

@@ -151,6 +151,7 @@ class RedisStore:
     """``KeyValueStore`` on a Redis server; keys and channels carry ``prefix``."""
 
     name = "redis"
+    shared = True  # seen by other processes
 
     def __init__(
         self, client: redis.Redis, subscriber: redis.Redis, *, prefix: str, timeout: float

@@ -21,7 +21,7 @@ LimiterFactory = Callable[[KeyValueStore, Clock], LimiterBackend]
 def _memory(store: KeyValueStore, clock: Clock) -> LimiterBackend:
     from managers.rate_limits.memory import MemoryLimiter
 
-    return MemoryLimiter(clock)
+    return MemoryLimiter(clock, store)
 
 
 def _redis(store: KeyValueStore, clock: Clock) -> LimiterBackend:

@@ -1,8 +1,10 @@
 """What a limiter backend is asked and answers, the key layout, and the ban ladder.
 
-A backend gets one ``Check`` (every limit that applies to one request, plus the ban policy)
-and answers one ``Outcome``, atomically: the ban check, all limits, the strike counter and a
-new ban happen together, so no interleaving of requests can admit more than a limit allows.
+A backend gets one ``Check`` (every limit that applies to one request, plus the ban policy,
+plus the rest of the call's gate: revocation markers that must be absent and an
+idempotency claim) and answers one ``Outcome``, atomically: the revocation markers, the
+ban check, all limits, the strike counter, a new ban and the claim happen together, so no
+interleaving of requests can admit more than a limit allows.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from urllib.parse import quote
 from managers.rate_limits.gcra import Limit, Tat
 
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
-Status = Literal["allowed", "limited", "banned"]
+Status = Literal["allowed", "limited", "banned", "revoked"]
 
 ROOT = "rl:"
 BAN_PREFIX = ROOT + "ban:"
@@ -34,6 +36,15 @@ class BanPolicy:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """SET ``key`` to ``value`` for ``ttl_ms`` unless it exists (an idempotency key)."""
+
+    key: str
+    value: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
 class Check:
     """One request: who, which limits (with their store keys and policy names), its cost."""
 
@@ -44,6 +55,9 @@ class Check:
     names: tuple[str, ...]
     cost: int
     ban: BanPolicy
+    absent: tuple[str, ...] = ()  # store keys that must not exist (revocation markers)
+    claim: Claim | None = None  # set only when the call is admitted
+    limited: bool = True  # False: no ban and no limits apply (limits off, a system call)
 
     @property
     def ban_key(self) -> str:
@@ -63,7 +77,9 @@ class Outcome:
     """A backend's answer; times in microseconds of the backend's clock.
 
     ``tats`` has one TAT per limit: after the request when it was allowed, as found (nothing
-    consumed) when it was not, and none when an existing ban answered.
+    consumed) when it was not, and none when an existing ban or a revocation answered.
+    ``revoked`` indexes the first ``absent`` key found; ``taken`` is the record that held
+    the claim's key (None: claimed, or no claim).
     """
 
     status: Status
@@ -71,6 +87,8 @@ class Outcome:
     tats: tuple[Tat, ...] = ()
     banned_until: int | None = None
     level: int = 0
+    revoked: int | None = None
+    taken: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 It takes the same steps as the Lua script in ``redis_lua.py``, in the same order, on the
 same integers, so both give the same decisions for the same requests and clock. The clock
 is injected (tests drive a fake one). One lock makes each check atomic; entries whose time
-has passed are swept every few thousand checks.
+has passed are swept every few thousand checks. Revocation markers and claims live in the
+``memory://`` store it is given (the fallback has none: it decides limits only).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import threading
 import time
 
+from core.gate import claim_key
+from core.store import KeyValueStore
 from managers.rate_limits.base import (
     BanPolicy,
     BanRecord,
@@ -30,8 +33,9 @@ class MemoryLimiter:
 
     name = "memory"
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = time.time, store: KeyValueStore | None = None) -> None:
         self._clock = clock
+        self._store = store
         self._lock = threading.Lock()
         self._tats: dict[str, Tat] = {}
         self._strikes: dict[str, tuple[int, int]] = {}  # subject -> (strikes, window end)
@@ -43,11 +47,32 @@ class MemoryLimiter:
         return round(self._clock() * MICROS)
 
     def evaluate(self, check: Check) -> Outcome:
+        if check.absent or check.claim is not None:
+            return self._gate(check)
+        return self._limits(check)
+
+    def _gate(self, check: Check) -> Outcome:
+        """Revocation markers and the claim around the limits, in the store."""
+        if self._store is None:
+            raise TypeError("this limiter has no store for revocations and claims")
+        for index, key in enumerate(check.absent):
+            if self._store.get(key) is not None:
+                return Outcome("revoked", self.now(), revoked=index)
+        outcome = self._limits(check)
+        claim = check.claim
+        if outcome.status != "allowed" or claim is None:
+            return outcome
+        taken = claim_key(self._store, claim.key, claim.value, claim.ttl_ms / 1000)
+        return Outcome("allowed", outcome.now, outcome.tats, taken=taken)
+
+    def _limits(self, check: Check) -> Outcome:
         now = self.now()
         with self._lock:
             self._checks += 1
             if self._checks % _SWEEP_EVERY == 0:
                 self._sweep(now)
+            if not check.limited:
+                return Outcome("allowed", now)
             ban = self._bans.get(check.subject)
             if ban is not None and now < ban.until:
                 return Outcome("banned", now, (), ban.until, ban.level)

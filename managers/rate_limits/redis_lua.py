@@ -1,10 +1,11 @@
-"""The Redis limiter: one Lua script, loaded once and called by EVALSHA, per check.
+"""The Redis limiter: one Lua script, loaded once and called by EVALSHA, per call: the gate.
 
 The script reads the server's clock (TIME, microseconds), so every worker shares one clock,
-and does the ban check, every limit, the strike counter and a new ban in one round trip,
-atomically. It mirrors ``MemoryLimiter.evaluate`` step for step; ``gcra.py`` explains the
-integer TATs. Keys expire a little after their time has passed; the script never relies on
-that, it compares the times stored in the values.
+and checks the revocation markers, the ban, every limit, the strike counter, a new ban and
+the idempotency claim in one round trip, atomically. It mirrors ``MemoryLimiter.evaluate``
+step for step; ``gcra.py`` explains the integer TATs. Keys expire a little after their
+time has passed; the script never relies on that, it compares the times stored in the
+values.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ from managers.rate_limits.base import (
 from managers.rate_limits.gcra import MICROS, Tat
 
 SCRIPT = """
--- KEYS[1] ban, KEYS[2] strikes, KEYS[3] ban level, KEYS[4..] one TAT per limit.
+-- KEYS[1] ban, KEYS[2] strikes, KEYS[3] ban level, then one TAT per limit, then the keys
+-- that must be absent, then the claim's key (when there is a claim).
 -- ARGV[1] cost, ARGV[2] ban threshold (0: never), ARGV[3] strike window, ARGV[4] first ban,
--- ARGV[5] longest ban (microseconds), ARGV[6] identity, then per limit: count, period (us),
--- whole, rest (period = whole * count + rest).
--- Reply: {status, now, banned_until, level, tat_us_1, tat_frac_1, ...}. Status 1 allowed
--- (TATs after the request), 0 limited or 3 limited and banned now (TATs as found), 2 banned.
+-- ARGV[5] longest ban (microseconds), ARGV[6] identity, ARGV[7] limits n, ARGV[8] absent
+-- keys m, ARGV[9] claim ttl (ms, 0: no claim), ARGV[10] claim value, ARGV[11] 1: the ban
+-- applies (0: limits are off for this call), then per limit: count, period (us), whole,
+-- rest (period = whole * count + rest).
+-- Reply: {status, now, banned_until, level, revoked, taken, tat_us_1, tat_frac_1, ...}.
+-- Status 1 allowed (TATs after the request; taken: the record holding the claim's key, or
+-- false), 0 limited or 3 limited and banned now (TATs as found), 2 banned, 4 revoked
+-- (revoked: the index of the absent key found).
 local function int(x) return string.format('%.0f', x) end
 local function pair(key)
   local value = redis.call('GET', key)
@@ -45,17 +51,23 @@ local function pair(key)
 end
 local function px(us) return math.floor(us / 1000) + 1 end
 
+local n, m = tonumber(ARGV[7]), tonumber(ARGV[8])
+for j = 1, m do
+  if redis.call('EXISTS', KEYS[3 + n + j]) == 1 then return {4, 0, 0, 0, j, false} end
+end
+
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
-local ban_end, ban_level = pair(KEYS[1])
-if ban_end and now < ban_end then return {2, now, ban_end, ban_level} end
+if ARGV[11] == '1' then
+  local ban_end, ban_level = pair(KEYS[1])
+  if ban_end and now < ban_end then return {2, now, ban_end, ban_level, 0, false} end
+end
 
 local cost = tonumber(ARGV[1])
-local n = #KEYS - 3
 local found, after, ok = {}, {}, true
 for i = 1, n do
-  local at = 6 + 4 * (i - 1)
+  local at = 11 + 4 * (i - 1)
   local count, period = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local whole, rest = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
   local us, frac = pair(KEYS[3 + i])
@@ -75,7 +87,15 @@ end
 
 local reply
 if ok then
-  reply = {1, now, 0, 0}
+  local taken = false
+  local ttl = tonumber(ARGV[9])
+  if ttl > 0 then
+    local claim = KEYS[3 + n + m + 1]
+    if not redis.call('SET', claim, ARGV[10], 'PX', ttl, 'NX') then
+      taken = redis.call('GET', claim)
+    end
+  end
+  reply = {1, now, 0, 0, 0, taken}
   for i = 1, n do
     local tat = after[i]
     redis.call('SET', KEYS[3 + i], int(tat[1]) .. ':' .. int(tat[2]), 'PX', px(tat[1] - now))
@@ -112,7 +132,7 @@ if threshold > 0 then
     redis.call('DEL', KEYS[2])
   end
 end
-reply = {status, now, banned_until, level}
+reply = {status, now, banned_until, level, 0, false}
 for i = 1, n do
   reply[#reply + 1] = found[i][1]
   reply[#reply + 1] = found[i][2]
@@ -120,7 +140,13 @@ end
 return reply
 """
 
-_STATUS: dict[int, Status] = {1: "allowed", 0: "limited", 3: "banned", 2: "banned"}
+_STATUS: dict[int, Status] = {
+    1: "allowed",
+    0: "limited",
+    3: "banned",
+    2: "banned",
+    4: "revoked",
+}
 
 Runner = Callable[[Sequence[str], Sequence[Any]], Any]
 
@@ -143,6 +169,7 @@ class RedisLimiter:
 
     def evaluate(self, check: Check) -> Outcome:
         policy = check.ban
+        claim = check.claim
         args: list[Any] = [
             check.cost,
             policy.threshold,
@@ -150,15 +177,31 @@ class RedisLimiter:
             policy.ttl_us,
             policy.max_ttl_us,
             encode_identity(check.identity),
+            len(check.limits),
+            len(check.absent),
+            claim.ttl_ms if claim is not None else 0,
+            claim.value if claim is not None else "",
+            1 if check.limited else 0,
         ]
         for limit in check.limits:
             whole, rest = divmod(limit.period_us, limit.count)
             args += [limit.count, limit.period_us, whole, rest]
-        keys = [check.ban_key, check.strike_key, check.level_key, *check.keys]
-        reply = [int(value) for value in self._run(keys, args)]
-        code, now, until, level = reply[:4]
-        tats = tuple(Tat(reply[i], reply[i + 1]) for i in range(4, len(reply), 2))
-        return Outcome(_STATUS[code], now, tats, until if code in (2, 3) else None, level)
+        keys = [check.ban_key, check.strike_key, check.level_key, *check.keys, *check.absent]
+        if claim is not None:
+            keys.append(claim.key)
+        reply = self._run(keys, args)
+        code, now, until, level, revoked = (int(value) for value in reply[:5])
+        taken = reply[5] if isinstance(reply[5], bytes) else None
+        tats = tuple(Tat(int(reply[i]), int(reply[i + 1])) for i in range(6, len(reply), 2))
+        return Outcome(
+            _STATUS[code],
+            now,
+            tats,
+            until if code in (2, 3) else None,
+            level,
+            revoked - 1 if code == 4 else None,
+            taken,
+        )
 
     def bans(self) -> list[BanRecord]:
         found: list[BanRecord] = []

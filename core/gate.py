@@ -1,0 +1,128 @@
+"""The gate: everything a call needs from the shared store before its handler runs, asked in
+one round trip.
+
+The chain's steps declare what they need on ``call.gate``: identify adds the revocation
+markers of the caller's credential (a denylisted token, a revoked session or API key), the
+rate-limit step the limits that apply, the idempotency step the claim of its key. The
+``gate`` step, right before ``run``, hands the whole request to the app's ``Gate``: the rate
+limiter runs it as one Lua script on Redis (or its in-process twin on ``memory://``);
+without a rate limiter, ``StoreGate`` asks the store key by key. Order inside the gate:
+revocations first (a revoked credential consumes nothing), then bans and limits (a refused
+call claims nothing), then the claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from core.errors import ActionError, DependencyUnavailable
+from core.limits import Decision, Limit
+from core.store import KeyValueStore
+
+if TYPE_CHECKING:
+    from core.calls import CallResult
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """A store key that must not exist (a revocation marker), and the error when it does.
+
+    ``fallback`` answers instead when the store cannot be asked (an API key is re-checked
+    in the database); without one, a store outage is 503.
+    """
+
+    key: str
+    error: ActionError
+    fallback: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class LimitRequest:
+    """The limits of one call (see ``RateLimiter.check`` for the fields)."""
+
+    identity: str
+    kind: str
+    action: str | None = None
+    action_limits: Sequence[Limit] = ()
+    action_subjects: Sequence[tuple[str, str]] = ()
+    own_limits: Sequence[str] | None = None
+    failure: str = "open"
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """Set ``key`` to ``value`` for ``ttl`` seconds unless it exists; ``taken(record)`` is
+    the answer when it does (a replay, or a 409/422 it raises)."""
+
+    key: str
+    value: str
+    ttl: float
+    taken: Callable[[bytes], CallResult]
+
+
+@dataclass
+class GateRequest:
+    """What the steps of one call declared; filled on the way in, asked once."""
+
+    absent: list[Precondition] = field(default_factory=list)
+    limits: LimitRequest | None = None
+    claim: ClaimRequest | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.absent) or self.limits is not None or self.claim is not None
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The limits' decision (None when none applied) and, when the claim's key was held
+    already, its record."""
+
+    decision: Decision | None = None
+    taken: bytes | None = None
+
+
+class Gate(Protocol):
+    """Answers a ``GateRequest`` in one step; raises the error of a present revocation
+    marker, or ``DependencyUnavailable`` when the store is needed and down."""
+
+    def pass_gate(self, request: GateRequest) -> GateOutcome: ...
+
+
+def check_absent(store: KeyValueStore, preconditions: Sequence[Precondition]) -> None:
+    """The revocation markers, one GET each; a fallback answers for a store that is down."""
+    for precondition in preconditions:
+        try:
+            present = store.get(precondition.key) is not None
+        except DependencyUnavailable:
+            if precondition.fallback is None:
+                raise
+            precondition.fallback()
+            continue
+        if present:
+            raise precondition.error
+
+
+def claim_key(store: KeyValueStore, key: str, value: str, ttl: float) -> bytes | None:
+    """SET NX ``key``; the record that holds it when that fails (None: claimed)."""
+    for _ in range(3):  # the holder's record may expire between our SET NX and GET
+        if store.set(key, value, ttl=ttl, nx=True):
+            return None
+        held = store.get(key)
+        if held is not None:
+            return held
+    raise DependencyUnavailable("the idempotency record keeps changing; retry shortly")
+
+
+class StoreGate:
+    """The gate of an app without a rate limiter: revocations and the claim, key by key."""
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self._store = store
+
+    def pass_gate(self, request: GateRequest) -> GateOutcome:
+        check_absent(self._store, request.absent)
+        claim = request.claim
+        taken = claim_key(self._store, claim.key, claim.value, claim.ttl) if claim else None
+        return GateOutcome(None, taken)
