@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 REDIS_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+WRK_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk
 
-.PHONY: run test lint pytest bench servers clean
+.PHONY: run test lint pytest bench servers load-tool clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +42,13 @@ pytest: $(VENV)/.dev servers
 
 test: lint pytest
 
-bench: $(VENV)/.dev
+# The load generator of make bench: wrk when it can be installed, else a Python one.
+load-tool:
+	@if command -v wrk >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then echo "installing wrk"; ( $(WRK_INSTALL) ) >/dev/null || true; \
+	else echo "wrk is missing (the Python load generator is used; its figures are lower): $(WRK_INSTALL)"; fi
+
+bench: $(VENV)/.dev servers load-tool
 	$(BIN)/python -m tests.bench.run
 
 clean:

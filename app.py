@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import Flask
 
+from core.asgi import AsgiApp
 from core.cli import Command, Runtime, report
 from core.cli import main as run_cli
 from core.config import Config
@@ -117,6 +118,11 @@ def create_app(
     return build_app(config, instances)
 
 
+def asgi() -> AsgiApp:
+    """What ``serve`` runs in each worker process (``uvicorn --factory app:asgi``)."""
+    return AsgiApp(create_app)
+
+
 # --- command line ---------------------------------------------------------------------
 
 
@@ -148,7 +154,7 @@ def main(argv: Sequence[str] | None = None, managers: ManagerFactory = default_m
     def loader(**kwargs: Any) -> Config:
         return load(managers=[type(m) for m in managers()], **kwargs)
 
-    runtime = Runtime(loader, managers, ROOT)
+    runtime = Runtime(loader, managers, ROOT, asgi_factory="app:asgi")
     return run_cli(list(sys.argv[1:] if argv is None else argv), runtime, (USERS,))
 
 

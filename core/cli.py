@@ -47,10 +47,12 @@ class Runtime:
         load: Callable[..., Config],
         managers: Callable[[], Sequence[Manager]],
         root: Path,
+        asgi_factory: str = "",
     ) -> None:
         self._load = load
         self.managers = managers
         self.root = root
+        self.asgi_factory = asgi_factory  # "module:function" that serve's workers import
 
     def config(self, overrides: Mapping[str, Any] | None = None, *, quiet: bool = True) -> Config:
         return self._load(overrides=overrides, quiet=quiet)
@@ -114,7 +116,7 @@ def _serve(args: argparse.Namespace, runtime: Runtime) -> int:
     # Boot once here so a broken module or declaration stops `serve` with the problem list
     # instead of a crash loop of workers.
     shutdown_app(runtime.build(config))
-    serve(config, lambda: runtime.build(config))
+    serve(config, runtime.asgi_factory, overrides)
     return 0
 
 

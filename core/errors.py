@@ -152,6 +152,10 @@ class MethodNotAllowed(ActionError):
     status, slug, title = 405, "method-not-allowed", "Method not allowed"
 
 
+class RequestTimeout(ActionError):
+    status, slug, title = 408, "request-timeout", "Request timeout"
+
+
 class Conflict(ActionError):
     status, slug, title = 409, "conflict", "Conflict"
 

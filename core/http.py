@@ -1,15 +1,15 @@
-"""HTTP glue: routes, request ids, the JSON envelope and problem+json errors.
+"""HTTP glue on Flask: routes, request ids, the JSON envelope and problem+json errors.
 
-The HTTP layer only translates: it parses the body, hands a ``CallRequest`` to the
-pipeline and renders the ``CallResult`` or the ``ActionError`` it gets back.
+The action route hands its request to ``core.http_actions.ActionEndpoint`` (the same code
+the ASGI server calls directly); the other routes (listing, OpenAPI, health, what managers
+and modules add) are Flask views. Every answer carries ``X-Request-ID``; every error is a
+problem document.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,15 @@ from core.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    UnsupportedMediaType,
 )
-from core.idempotency import HEADER as IDEMPOTENCY_HEADER
+from core.http_actions import (
+    PROBLEM_JSON,
+    ActionEndpoint,
+    Answer,
+    cors_headers,
+    problem_body,
+    request_id_of,
+)
 from core.logging import request_id_var
 from core.openapi import openapi_document
 from core.pipeline import Pipeline
@@ -40,8 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.http")
 
 EXTENSION = "switchboard"
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PROBLEM_JSON = "application/problem+json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class SwitchboardState:
 
     app_manager: AppManager
     pipeline: Pipeline
+    endpoint: ActionEndpoint
     openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
     trusted_proxies: tuple[Network, ...] = ()
     cors_origins: frozenset[str] = frozenset()
@@ -66,53 +71,38 @@ def _json(body: Any, status: int = 200, mimetype: str = "application/json") -> R
     return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=mimetype)
 
 
+def to_response(answer: Answer) -> Response:
+    response = Response(answer.body, status=answer.status)
+    response.headers.clear()
+    for name, value in answer.headers:
+        response.headers.add(name, value)
+    return response
+
+
 def problem_response(error: ActionError) -> Response:
-    response = _json(error.problem(g.get("request_id")), error.status, PROBLEM_JSON)
+    response = Response(problem_body(error, g.get("request_id")), error.status)
+    response.mimetype = PROBLEM_JSON
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; an empty body is ``{}``; anything else is a 400."""
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
-        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedRequest(f"the body must be a JSON object, not {type(body).__name__}")
-    return body
-
-
-def _check_content_type() -> None:
-    mimetype = request.mimetype
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(f"send application/json, not {mimetype}")
-
-
-def _caller_listing(pipeline: Pipeline) -> list[dict[str, Any]]:
-    caller = pipeline.caller_of(_call_request("", None))
-    return [a.spec.describe() for a in pipeline.registry.actions() if may_call(caller, a.spec)]
-
-
-def _call_request(name: str, params: Any) -> CallRequest:
-    return CallRequest(
-        action=name,
-        params=params,
-        request_id=g.request_id,
-        client_ip=client_ip(
-            request.remote_addr, request.headers.get("X-Forwarded-For"), state().trusted_proxies
-        ),
-        transport="http",
-        headers=request.headers,  # type: ignore[arg-type]
-        idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+def _caller_listing(current: SwitchboardState) -> list[dict[str, Any]]:
+    caller = current.pipeline.caller_of(
+        CallRequest(
+            action="",
+            params=None,
+            request_id=g.request_id,
+            client_ip=client_ip(
+                request.remote_addr,
+                request.headers.get("X-Forwarded-For"),
+                current.trusted_proxies,
+            ),
+            headers=request.headers,  # type: ignore[arg-type]
+        )
     )
+    actions = current.pipeline.registry.actions()
+    return [a.spec.describe() for a in actions if may_call(caller, a.spec)]
 
 
 def create_blueprint() -> Blueprint:
@@ -120,19 +110,14 @@ def create_blueprint() -> Blueprint:
 
     @bp.post("/api/v1/actions/<path:name>")
     def call_action(name: str) -> Response:
-        _check_content_type()
-        params = parse_json_object(request.get_data(cache=False))
-        result = state().pipeline.invoke(_call_request(name, params))
-        return Response(
-            result.body,
-            status=result.status,
-            mimetype=result.content_type,
-            headers=dict(result.headers),
-        )
+        endpoint = state().endpoint
+        body = request.get_data(cache=False)
+        answer = endpoint.answer(name, request.headers.get, body, request.remote_addr, g.request_id)
+        return to_response(answer)
 
     @bp.get("/api/v1/actions")
     def list_actions() -> Response:
-        return _json({"data": _caller_listing(state().pipeline)})
+        return _json({"data": _caller_listing(state())})
 
     @bp.get("/openapi.json")
     def openapi() -> Response:
@@ -155,29 +140,23 @@ def create_blueprint() -> Blueprint:
 
 
 def _assign_request_id() -> None:
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = request_id_of(request.headers.get("X-Request-ID"))
     g.request_id_token = request_id_var.set(g.request_id)
-
-
-_CORS_EXPOSE = "X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed"
-_CORS_ALLOW = "Content-Type, Authorization, X-API-Key, Idempotency-Key, X-Request-ID"
 
 
 def _finish(response: Response) -> Response:
     request_id = g.get("request_id")
-    if request_id:
+    if request_id and "X-Request-ID" not in response.headers:
         response.headers["X-Request-ID"] = request_id
-    origin = request.headers.get("Origin")
-    allowed = state().cors_origins
-    if origin and (origin in allowed or "*" in allowed):
-        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
-        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
-        response.vary.add("Origin")
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            response.headers["Access-Control-Allow-Headers"] = _CORS_ALLOW
-            response.headers["Access-Control-Max-Age"] = "600"
+    if "Access-Control-Allow-Origin" not in response.headers:
+        preflight = "Access-Control-Request-Method" in request.headers
+        for name, value in cors_headers(
+            state().cors_origins, request.headers.get("Origin"), request.method, preflight
+        ):
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers[name] = value
     return response
 
 
@@ -217,12 +196,17 @@ def _unexpected(exc: Exception) -> Response:
 
 def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> None:
     """Install Switchboard on ``flask_app`` (routes, hooks, error handlers, body limit)."""
-    flask_app.config["MAX_CONTENT_LENGTH"] = int(app_manager.config["http.max_body_bytes"])
-    document = openapi_document(pipeline.registry.actions(), str(app_manager.config["app.name"]))
-    trusted = parse_networks(app_manager.config["http.trusted_proxies"])
-    origins = frozenset(app_manager.config["http.cors_origins"])
+    config = app_manager.config
+    max_body = int(config["http.max_body_bytes"])
+    flask_app.config["MAX_CONTENT_LENGTH"] = max_body
+    document = openapi_document(pipeline.registry.actions(), str(config["app.name"]))
+    trusted = parse_networks(config["http.trusted_proxies"])
+    origins = frozenset(config["http.cors_origins"])
+    endpoint = ActionEndpoint(
+        pipeline.invoke, trusted_proxies=trusted, cors_origins=origins, max_body_bytes=max_body
+    )
     flask_app.extensions[EXTENSION] = SwitchboardState(
-        app_manager, pipeline, document, trusted, origins
+        app_manager, pipeline, endpoint, document, trusted, origins
     )
     flask_app.register_blueprint(create_blueprint())
     for route in app_manager.routes():

@@ -1,51 +1,50 @@
-"""``serve``: the app under gunicorn (threaded workers), with a clean shutdown per worker."""
+"""``serve``: the ASGI app (``core.asgi``) under uvicorn, chosen by ``make bench``.
+
+uvicorn (uvloop, httptools) owns sockets, workers and timeouts; each worker boots and stops
+its own app through the ASGI lifespan. SIGTERM stops accepting, lets in-flight requests
+finish for ``shutdown.grace``, then stops the app; a worker that dies is replaced.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
-from flask import Flask
-from gunicorn.app.base import BaseApplication
+import uvicorn
 
 from core.config import Config
-from core.runtime import shutdown_app
 
 
-class _Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
-    def __init__(self, factory: Callable[[], Flask], options: dict[str, Any]) -> None:
-        self._factory = factory
-        self._options = options
-        super().__init__()
+def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
+    """Serve ``factory`` (an import string ``module:function`` returning the ASGI app)
+    with ``http.workers`` processes on ``http.host:http.port`` until signalled."""
+    # Workers are new processes that load the config again: hand them the overrides.
+    for key, value in overrides.items():
+        os.environ["SB_" + key.replace(".", "__").upper()] = str(value)
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found:
+    # this one, so a clean stop exits 0.
+    signal.signal(signal.SIGTERM, _stopped)
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=str(config["http.host"]),
+        port=int(config["http.port"]),
+        workers=int(config["http.workers"]),
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        ws="none",
+        access_log=False,
+        log_config=None,  # uvicorn's own records go through Switchboard's handler
+        log_level=str(config["logging.level"]).lower(),
+        timeout_graceful_shutdown=max(1, round(config["shutdown.grace"])),
+        server_header=False,
+        proxy_headers=False,  # X-Forwarded-For is judged by http.trusted_proxies
+    )
 
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
 
-    def load(self) -> Flask:
-        return self._factory()
-
-
-def _worker_exit(_server: Any, worker: Any) -> None:
-    app = getattr(worker, "wsgi", None)
-    if isinstance(app, Flask):
-        shutdown_app(app)
-
-
-def serve(config: Config, factory: Callable[[], Flask]) -> None:
-    """Serve ``factory()`` per worker process on ``http.host:http.port`` until signalled."""
-    options: dict[str, Any] = {
-        "bind": f"{config['http.host']}:{config['http.port']}",
-        "workers": config["http.workers"],
-        "threads": config["http.threads"],
-        "worker_class": "gthread",
-        "graceful_timeout": max(1, round(config["shutdown.grace"])),  # gunicorn wants whole seconds
-        "timeout": 60,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": str(config["logging.level"]).lower(),
-        "control_socket_disable": True,
-        "worker_exit": _worker_exit,
-        "proc_name": config["app.name"],
-    }
-    _Server(factory, options).run()
+def _stopped(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)

@@ -200,7 +200,20 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         "http.port", integer, 8000, "Port `serve` binds", alias="PORT", minimum=0, maximum=65535
     ),
     Setting("http.workers", integer, 1, "Worker processes of `serve`", minimum=1, maximum=64),
-    Setting("http.threads", integer, 8, "Threads per worker process", minimum=1, maximum=256),
+    Setting(
+        "http.threads",
+        integer,
+        8,
+        "Threads per worker process that run calls (bodies are read before one is taken)",
+        minimum=1,
+        maximum=256,
+    ),
+    Setting(
+        "http.read_timeout",
+        duration,
+        10.0,
+        "How long a request body may take to arrive (408 after)",
+    ),
     Setting(
         "http.max_body_bytes",
         integer,

@@ -16,7 +16,7 @@ import pytest
 from app import ROOT
 from core.config import ConfigManager
 from core.errors import ConfigError
-from core.logging import configure_logging
+from core.logging import configure_logging, flush_logs
 from managers.vault_manager import read_reference
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import load_config
@@ -214,6 +214,7 @@ def test_known_secrets_are_redacted_from_logs(capfd: pytest.CaptureFixture[str])
             logging.getLogger("switchboard.test").exception("boom")
     finally:
         configure_logging("WARNING", "json")
+    flush_logs()
     err = capfd.readouterr().err
     assert "hunter2-database-password" not in err
     assert "postgresql://app:***@db/x" in err and "auth failed for ***" in err
@@ -239,9 +240,11 @@ def test_secret_params_are_redacted_from_what_handlers_log(
         },
     )
     app = make_app({"MODULES_PATH": str(parent)})
+    flush_logs()
     capfd.readouterr()
     response = app.test_client().post("/api/v1/actions/leaky.enter", json={"pin": "zqxvkp"})
     assert response.status_code == 200
+    flush_logs()
     err = capfd.readouterr().err
     assert "checking pin ***" in err and "zqxvkp" not in err
 
@@ -335,6 +338,7 @@ def test_vault_end_to_end_config_document_and_ctx_secrets(
         assert denied.status_code == 403 and "not-for-pay" not in denied.get_data(as_text=True)
         ready = client.get("/health/ready").get_json()["checks"]["vault"]
         assert ready["status"] == "ok" and ready["auth"] == "token"
+        flush_logs()
         err = capfd.readouterr().err
         assert "tok_live_0123456789" not in err and token not in err
     finally:

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 @dataclass
 class Response:
     status: int
-    headers: Mapping[str, str]
+    headers: Message  # field names in any case, as HTTP has them
     body: bytes
 
     def json(self) -> Any:
@@ -56,10 +57,10 @@ def http(
     request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
-            return Response(answer.status, dict(answer.headers), answer.read())
+            return Response(answer.status, answer.headers, answer.read())
     except urllib.error.HTTPError as error:
         with error:
-            return Response(error.code, dict(error.headers), error.read())
+            return Response(error.code, error.headers, error.read())
 
 
 @dataclass

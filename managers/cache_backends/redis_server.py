@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from core.errors import ConfigError, DependencyUnavailable, Problem
 from managers.cache_backends import SETTING, StoreOptions, deliver, redacted, ttl_milliseconds
+from managers.cache_backends.redis_connections import Connections, Script
 
 log = logging.getLogger("switchboard.redis")
 
@@ -56,23 +57,13 @@ return total
 """
 
 
-class _Commands(Protocol):
-    """The synchronous commands used here, as redis.Redis answers them.
+class _Subscriber(Protocol):
+    """redis.Redis as the subscriptions use it (redis-py leaves ``pubsub`` untyped)."""
 
-    redis-py types every command as ``result | Awaitable[result]`` (one signature serves its
-    sync and asyncio clients); this narrows them once instead of casting at every call.
-    """
-
-    def get(self, name: str) -> bytes | None: ...
-    def set(self, name: str, value: bytes | str, *, px: int | None, nx: bool) -> bool | None: ...
-    def delete(self, *names: str) -> int: ...
-    def incrby(self, name: str, amount: int) -> int: ...
-    def pttl(self, name: str) -> int: ...
-    def scan_iter(self, *, match: str, count: int) -> Iterator[bytes]: ...
-    def publish(self, channel: str, message: str) -> int: ...
-    def ping(self) -> bool: ...
-    def time(self) -> tuple[int, int]: ...
     def pubsub(self) -> PubSub: ...
+
+    @property
+    def connection_pool(self) -> redis.ConnectionPool: ...
 
 
 @contextmanager
@@ -154,15 +145,15 @@ class RedisStore:
     shared = True  # seen by other processes
 
     def __init__(
-        self, client: redis.Redis, subscriber: redis.Redis, *, prefix: str, timeout: float
+        self, commands: Connections, subscriber: redis.Redis, *, prefix: str, timeout: float
     ) -> None:
-        self._pools = (client.connection_pool, subscriber.connection_pool)
-        self._client = cast(_Commands, client)
-        self._subscriber = cast(_Commands, subscriber)
+        self._commands = commands
+        self._execute = commands.execute
+        self._subscriber = cast(_Subscriber, subscriber)
         self._prefix = prefix
         self._prefix_bytes = len(prefix.encode())
         self._timeout = timeout
-        self._incr_with_ttl = client.register_script(_INCR_WITH_TTL)
+        self._incr_with_ttl = Script(commands, _INCR_WITH_TTL)
         self._subscriptions: set[_PubSubSubscription] = set()
         self._lock = threading.Lock()
 
@@ -180,13 +171,12 @@ class RedisStore:
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         }
         try:
-            # Blocking: under a burst a call waits up to socket_timeout for a free connection
-            # instead of failing at once with "Too many connections".
-            commands = redis.BlockingConnectionPool.from_url(
-                options.url,
-                max_connections=options.pool_size,
-                timeout=options.socket_timeout,
-                **common,
+            # Under a burst a call waits up to socket_timeout for a free connection instead
+            # of failing at once.
+            commands = Connections(
+                redis.ConnectionPool.from_url(options.url, **common),
+                options.pool_size,
+                options.socket_timeout,
             )
             # Each subscription holds a connection for its lifetime: a separate, unbounded
             # pool keeps subscribers from starving commands of pool_size.
@@ -196,13 +186,13 @@ class RedisStore:
                 [Problem(f"REDIS_URL is not a valid Redis URL ({where})", field=SETTING)]
             ) from None
         store = cls(
-            redis.Redis(connection_pool=commands),
+            commands,
             redis.Redis(connection_pool=subscriptions),
             prefix=options.prefix,
             timeout=options.socket_timeout,
         )
         try:
-            store._client.ping()
+            commands.execute("PING")
         except AuthenticationError as exc:
             store.close()
             raise ConfigError(
@@ -231,22 +221,27 @@ class RedisStore:
 
     def get(self, key: str) -> bytes | None:
         with _translated():
-            return self._client.get(self._prefix + key)
+            reply: bytes | None = self._execute("GET", self._prefix + key)
+        return reply
 
     def set(
         self, key: str, value: bytes | str, *, ttl: float | None = None, nx: bool = False
     ) -> bool:
         milliseconds = ttl_milliseconds(ttl)
+        command: list[Any] = ["SET", self._prefix + key, value]
+        if milliseconds is not None:
+            command += ["PX", milliseconds]
+        if nx:
+            command.append("NX")
         with _translated():
             # One SET with PX and NX: value, expiry and the existence check are atomic.
-            stored = self._client.set(self._prefix + key, value, px=milliseconds, nx=nx)
-        return bool(stored)
+            return self._execute(*command) is not None
 
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0  # DEL without arguments is a Redis error
         with _translated():
-            return self._client.delete(*(self._prefix + k for k in keys))
+            return int(self._execute("DEL", *(self._prefix + k for k in keys)))
 
     def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         milliseconds = ttl_milliseconds(ttl)
@@ -254,31 +249,36 @@ class RedisStore:
         try:
             with _translated():
                 if milliseconds is None:
-                    return self._client.incrby(full, amount)
-                return int(self._incr_with_ttl(keys=[full], args=[amount, milliseconds]))
+                    return int(self._execute("INCRBY", full, amount))
+                return int(self._incr_with_ttl([full], [amount, milliseconds]))
         except ResponseError as exc:  # not an integer, or overflow: the memory backend's error
             raise ValueError(f"cannot increment {key!r}: {exc}") from exc
 
     def ttl(self, key: str) -> float | None:
         with _translated():
-            milliseconds = self._client.pttl(self._prefix + key)
+            milliseconds = int(self._execute("PTTL", self._prefix + key))
         return None if milliseconds < 0 else milliseconds / 1000  # -2 missing, -1 no expiry
 
     def scan(self, prefix: str) -> Iterator[str]:
         pattern = glob_escape(self._prefix + prefix) + "*"
         seen: set[bytes] = set()
-        with _translated():
-            for key in self._client.scan_iter(match=pattern, count=_SCAN_COUNT):
+        cursor: bytes | int = 0
+        while True:
+            with _translated():
+                cursor, keys = self._execute("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
+            for key in keys:
                 # SCAN may return a key twice (when the table rehashes mid-scan).
                 if key not in seen:
                     seen.add(key)
                     yield key[self._prefix_bytes :].decode()
+            if int(cursor) == 0:
+                return
 
     # --- pub/sub -----------------------------------------------------------------------
 
     def publish(self, channel: str, message: str) -> int:
         with _translated():
-            return self._client.publish(self._prefix + channel, message)
+            return int(self._execute("PUBLISH", self._prefix + channel, message))
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> _PubSubSubscription:
         full = self._prefix + channel
@@ -314,13 +314,13 @@ class RedisStore:
         """A Lua script, run as ``run(keys, args)``: EVALSHA, loaded on first use and again
         after a server restart. Keys get the prefix. A server that is down, read-only or out
         of memory is ``DependencyUnavailable``."""
-        registered = cast(redis.Redis, self._client).register_script(source)
+        script = Script(self._commands, source)
         prefix = self._prefix
 
         def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
             try:
                 with _translated():
-                    return registered(keys=[prefix + k for k in keys], args=list(args))
+                    return script([prefix + k for k in keys], args)
             except (ReadOnlyError, OutOfMemoryError) as exc:
                 raise DependencyUnavailable("redis cannot run the script") from exc
 
@@ -330,17 +330,17 @@ class RedisStore:
 
     def ping(self) -> bool:
         with _translated():
-            return self._client.ping()
+            return self._execute("PING") is not None
 
     def time(self) -> float:
         with _translated():
-            seconds, microseconds = self._client.time()
-        return seconds + microseconds / 1_000_000
+            seconds, microseconds = self._execute("TIME")
+        return int(seconds) + int(microseconds) / 1_000_000
 
     def close(self) -> None:
         with self._lock:
             subscriptions = list(self._subscriptions)
         for subscription in subscriptions:
             subscription.close()
-        for pool in self._pools:
-            pool.disconnect()
+        self._commands.close()
+        self._subscriber.connection_pool.disconnect()

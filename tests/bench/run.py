@@ -1,14 +1,24 @@
-"""``make bench``: how fast params validation, the pipeline and the HTTP layer are.
+"""``make bench``: Switchboard's speed, always beside a bare Flask route in the same run.
 
-Run as ``python -m tests.bench.run`` from the project root. Every measurement stops at its
-call count or its time budget, whichever comes first, so the whole run stays well under
-30 seconds; nothing touches the network.
+Run as ``python -m tests.bench.run`` from the project root (``make bench``). Four parts:
+
+1. in process: params validation and the pipeline of ``system.echo`` (no network);
+2. HTTP, side by side (``tests/bench/http.py``): the bare route on gunicorn gthread and on
+   Switchboard's server, and Switchboard's public, JWT and API-key calls, in alternating
+   rounds on 127.0.0.1 with the same worker count; medians, ratios, Redis round trips;
+3. slow clients (``tests/bench/slow.py``): 200 trickling bodies against the server;
+4. boot (``tests/bench/boot.py``): ``app.py check`` with 50 generated modules vs without.
+
+The tables are printed and written to ``var/bench/<date>.json``. ``BENCH_ROUNDS`` and
+``BENCH_SECONDS`` change the HTTP rounds and their length (defaults 3 and 5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -17,11 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app import create_app
+from app import ROOT, create_app
 from core.calls import CallRequest
 from core.http import state
 from core.params import ParamSpec, ParamsValidator, compile_schema, object_schema
 from core.runtime import shutdown_app
+from tests.bench import boot, slow
+from tests.bench import http as http_bench
 
 BUDGET_SECONDS = 3.0  # per measurement
 WARM_UP = 200
@@ -134,17 +146,52 @@ def app_rows() -> list[Row]:
         shutdown_app(app)
 
 
-def table(rows: list[Row]) -> str:
-    header = ["benchmark", "calls", "us/call", "calls/s", "p50 us", "p99 us"]
-    lines = [header, *(row.cells() for row in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+def _grid(header: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
 
     def fmt(cells: list[str]) -> str:
         first = cells[0].ljust(widths[0])
         return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(header), rule, *(fmt(cells) for cells in lines[1:])])
+    return "\n".join([fmt(header), rule, *(fmt(cells) for cells in lines)])
+
+
+def table(rows: list[Row]) -> str:
+    header = ["benchmark", "calls", "us/call", "calls/s", "p50 us", "p99 us"]
+    return _grid(header, [row.cells() for row in rows])
+
+
+def http_table(result: http_bench.Result) -> str:
+    gunicorn, server = result.targets[0], result.targets[1]
+    lines = []
+    for target in result.targets:
+        rps = target.median("rps")
+        trips = "-" if target.round_trips is None else f"{target.round_trips:.2f}"
+        lines.append(
+            [
+                target.name,
+                f"{rps:,.0f}",
+                f"{target.median('p50_ms'):.2f}",
+                f"{target.median('p99_ms'):.2f}",
+                f"{rps / gunicorn.median('rps'):.2f}",
+                f"{rps / server.median('rps'):.2f}",
+                trips,
+                str(sum(run.errors for run in target.runs)),
+            ]
+        )
+    header = [
+        f"HTTP, {result.workers} workers ({result.tool}, {result.rounds} rounds x "
+        f"{result.seconds:g}s, medians)",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "x gunicorn",
+        "x server",
+        "redis trips",
+        "errors",
+    ]
+    return _grid(header, lines)
 
 
 def main() -> int:
@@ -155,8 +202,65 @@ def main() -> int:
     print(table(rows))
     if note:
         print(note)
+    result = http_bench.measure(
+        rounds=int(os.environ.get("BENCH_ROUNDS", "3")),
+        seconds=float(os.environ.get("BENCH_SECONDS", "5")),
+        slow_clients=slow.measure,
+    )
+    print()
+    print(http_table(result))
+    trickle = result.slow
+    if trickle is not None:
+        print(
+            f"\n{trickle.clients} slow clients (1 byte/s): /health/live "
+            f"{trickle.live_ms_before:.1f} ms -> worst {trickle.live_ms_during:.1f} ms, "
+            f"a call {trickle.call_ms_before:.1f} ms -> worst {trickle.call_ms_during:.1f} ms; "
+            f"{trickle.cut_off}/{trickle.clients} answered 408 "
+            f"within {trickle.cut_off_after_s:.1f}s (http.read_timeout 3s)"
+        )
+    booted = boot.measure()
+    print(
+        f"\nboot (app.py check, median of 3): shipped modules {booted.shipped_s:.2f}s, "
+        f"+{booted.modules} modules / {booted.actions} actions {booted.generated_s:.2f}s, "
+        f"ratio {booted.ratio:.2f}"
+    )
+    _save(rows, result, booted)
     print(f"total {time.perf_counter() - started:.1f}s")
     return 0
+
+
+def _save(rows: list[Row], result: http_bench.Result, booted: boot.Boot) -> None:
+    folder = ROOT / "var" / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y-%m-%dT%H-%M-%S')}.json"
+    document = {
+        "python": platform.python_version(),
+        "in_process": [
+            {"name": r.name, "calls": r.calls, "us_per_call": r.seconds / r.calls * 1e6}
+            for r in rows
+        ],
+        "http": {
+            "tool": result.tool,
+            "workers": result.workers,
+            "rounds": result.rounds,
+            "seconds": result.seconds,
+            "targets": [
+                {
+                    "name": t.name,
+                    "rps": t.median("rps"),
+                    "p50_ms": t.median("p50_ms"),
+                    "p99_ms": t.median("p99_ms"),
+                    "round_trips": t.round_trips,
+                    "runs": [dataclasses.asdict(run) for run in t.runs],
+                }
+                for t in result.targets
+            ],
+            "slow_clients": dataclasses.asdict(result.slow) if result.slow else None,
+        },
+        "boot": dataclasses.asdict(booted) | {"ratio": booted.ratio},
+    }
+    path.write_text(json.dumps(document, indent=2))
+    print(f"written to {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,172 @@
+"""``POST /api/v1/actions/<name>``: from an HTTP request to a ``CallRequest`` and back.
+
+One implementation serves both ways in: the ASGI server calls ``ActionEndpoint.answer``
+directly (the hot path skips Werkzeug), and the Flask route calls it too (the test client,
+a WSGI deployment). What a caller sees is decided here: the request id, the body rules
+(415, 400, 413), the client's address, the problem documents and CORS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.calls import CallRequest, CallResult
+from core.client_ip import Network, client_ip
+from core.errors import (
+    ActionError,
+    MalformedRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from core.idempotency import HEADER as IDEMPOTENCY_HEADER
+
+PREFIX = "/api/v1/actions/"
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+PROBLEM_JSON = "application/problem+json"
+CORS_EXPOSE = "X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed"
+CORS_ALLOW = "Content-Type, Authorization, X-API-Key, Idempotency-Key, X-Request-ID"
+
+Headers = Callable[[str], str | None]  # a case-insensitive header lookup
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to send: status, headers (in order) and the body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def request_id_of(incoming: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is well-formed, else a new one."""
+    return incoming if incoming and REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def cors_headers(
+    allowed: frozenset[str], origin: str | None, method: str, preflight: bool
+) -> list[tuple[str, str]]:
+    """The CORS fields for ``origin`` (none when it is not allowed)."""
+    if not origin or not (origin in allowed or "*" in allowed):
+        return []
+    found = [
+        ("Access-Control-Allow-Origin", "*" if "*" in allowed else origin),
+        ("Access-Control-Expose-Headers", CORS_EXPOSE),
+        ("Vary", "Origin"),
+    ]
+    if method == "OPTIONS" and preflight:
+        found += [
+            ("Access-Control-Allow-Methods", "GET, POST"),
+            ("Access-Control-Allow-Headers", CORS_ALLOW),
+            ("Access-Control-Max-Age", "600"),
+        ]
+    return found
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is ``{}``; anything else is a 400."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest(f"the body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def problem_body(error: ActionError, request_id: str | None) -> bytes:
+    return json.dumps(error.problem(request_id), separators=(",", ":")).encode()
+
+
+class ActionEndpoint:
+    """Answers action calls for one app (its pipeline, proxies, CORS and body limit)."""
+
+    def __init__(
+        self,
+        invoke: Callable[[CallRequest], CallResult],
+        *,
+        trusted_proxies: tuple[Network, ...],
+        cors_origins: frozenset[str],
+        max_body_bytes: int,
+    ) -> None:
+        self._invoke = invoke
+        self._trusted = trusted_proxies
+        self._origins = cors_origins
+        self.max_body_bytes = max_body_bytes
+
+    def answer(
+        self,
+        name: str,
+        header: Headers,
+        body: bytes,
+        peer: str | None,
+        request_id: str | None = None,
+    ) -> Answer:
+        """The answer to ``POST /api/v1/actions/<name>``; never raises for bad input."""
+        request_id = request_id or request_id_of(header("X-Request-ID"))
+        extra = cors_headers(self._origins, header("Origin"), "POST", False)
+        try:
+            content_type = (header("Content-Type") or "").split(";", 1)[0].strip().lower()
+            if content_type not in ("", "application/json") and not content_type.endswith("+json"):
+                raise UnsupportedMediaType(f"send application/json, not {content_type}")
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(f"the body exceeds {self.max_body_bytes} bytes")
+            result = self._invoke(
+                CallRequest(
+                    action=name,
+                    params=parse_json_object(body),
+                    request_id=request_id,
+                    client_ip=client_ip(peer, header("X-Forwarded-For"), self._trusted),
+                    transport="http",
+                    headers=_HeaderView(header),
+                    idempotency_key=header(IDEMPOTENCY_HEADER),
+                )
+            )
+        except ActionError as error:
+            return self.problem(error, request_id, extra)
+        headers = [("Content-Type", result.content_type), *result.headers.items()]
+        headers += [("X-Request-ID", request_id), *extra]
+        return Answer(result.status, headers, result.body.encode())
+
+    @staticmethod
+    def problem(
+        error: ActionError, request_id: str | None, extra: list[tuple[str, str]] | None = None
+    ) -> Answer:
+        headers = [("Content-Type", PROBLEM_JSON), *error.headers.items()]
+        if request_id is not None:
+            headers.append(("X-Request-ID", request_id))
+        return Answer(error.status, headers + (extra or []), problem_body(error, request_id))
+
+
+class _HeaderView(Mapping[str, str]):
+    """The request's headers as the identify step reads them (by name, any case)."""
+
+    def __init__(self, header: Headers) -> None:
+        self._header = header
+
+    def __getitem__(self, name: str) -> str:
+        value = self._header(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._header(name)
+        return default if value is None else value
+
+    def __iter__(self) -> Any:
+        raise TypeError("request headers are looked up by name")
+
+    def __len__(self) -> int:
+        raise TypeError("request headers are looked up by name")

@@ -1,0 +1,252 @@
+"""The HTTP rows of ``make bench``: servers side by side in one run, measured in turns.
+
+Every server runs with the same number of worker processes. Rounds alternate the targets
+(A B C D E, A B C D E, ...) and the table reports medians, so a machine that slows down
+mid-run slows every row alike; the ratios to the bare routes are the figures to read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from tests.bench import load
+from tests.servers import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+BODY = b'{"message":"hi"}'
+JSON = {"Content-Type": "application/json"}
+UNLIMITED = "1000000000/minute"  # limits are checked on every call, as shipped; never hit
+
+BENCH_ACTIONS = """
+actions:
+  echo:
+    summary: Return the message (any credential)
+    handler: handlers:echo
+    auth: any
+    params:
+      message: {type: string, maxLength: 10000, required: true}
+"""
+BENCH_HANDLERS = "def echo(ctx, *, message):\n    return {'message': message}\n"
+
+
+@dataclass
+class Target:
+    """One row: a server, the path it is asked and the headers it gets."""
+
+    name: str
+    port: int
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "switchboard"  # bare-gunicorn | bare-server | switchboard
+    runs: list[load.Load] = field(default_factory=list)
+    round_trips: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def median(self, attribute: str) -> float:
+        return float(statistics.median(getattr(run, attribute) for run in self.runs))
+
+
+def _wait_ready(port: int, path: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on {port} exited:\n{log.read_text()[-3000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", path)
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server on {port} did not answer {path}:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def _process(
+    command: list[str], env: Mapping[str, str], port: int, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_ready(port, "/health/live", process, log)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def switchboard_env(work: Path, redis_url: str, workers: int) -> dict[str, str]:
+    """A production configuration of Switchboard for the bench (keys in secret files)."""
+    secrets = work / "secrets"
+    secrets.mkdir(exist_ok=True)
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (secrets / "jwt.private_key").write_bytes(pem)
+    (secrets / "api_keys.pepper").write_text(os.urandom(32).hex())
+    module = work / "modules" / "bench"
+    module.mkdir(parents=True, exist_ok=True)
+    (module / "actions.yaml").write_text(BENCH_ACTIONS)
+    (module / "handlers.py").write_text(BENCH_HANDLERS)
+    return {
+        "APP_ENV": "production",
+        "SECRETS_DIR": str(secrets),
+        "SB_SECRETS__MOUNTS": "",
+        "DATABASE_URL": f"sqlite:///{work}/bench.db",
+        "REDIS_URL": redis_url,
+        "SB_REDIS__PREFIX": "bench:",
+        "MODULES_PATH": str(work / "modules"),
+        "SB_HTTP__WORKERS": str(workers),
+        "SB_HTTP__READ_TIMEOUT": "3s",
+        "SB_RATELIMIT__IP": UNLIMITED,
+        "SB_RATELIMIT__USER": UNLIMITED,
+        "SB_RATELIMIT__API_KEY": UNLIMITED,
+    }
+
+
+def credentials(env: Mapping[str, str]) -> tuple[str, str]:
+    """An access token and an API key, made by an app on the bench's database and Redis."""
+    from app import create_app
+    from core.http import state
+    from core.runtime import shutdown_app
+    from managers.api_key_manager import ApiKeyManager
+    from managers.jwt_manager import JWTManager
+
+    flask_app = create_app({**env, "SB_HTTP__WORKERS": "1", "SB_LOGGING__LEVEL": "WARNING"})
+    try:
+        managers = state(flask_app).app_manager
+        token = managers.get(JWTManager).issue_pair("bench-user", [])["access_token"]
+        _, key = managers.get(ApiKeyManager).create(name="bench", owner=None, scopes=[])
+    finally:
+        shutdown_app(flask_app)
+    return str(token), key
+
+
+def count_round_trips(redis_url: str, target: Target, calls: int = 20) -> float:
+    """Client commands per call on the bench's keys (MONITOR; script-internal ones are
+    marked ``lua`` and left out)."""
+    watcher = redis.Redis.from_url(redis_url)
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+    stop_word = f"stop-{os.getpid()}-{time.monotonic_ns()}"
+
+    def watch() -> None:
+        with watcher.monitor() as monitor:  # type: ignore[no-untyped-call]
+            ready.set()
+            for command in monitor.listen():
+                seen.append(command)
+                if command["command"] == f"ECHO {stop_word}":
+                    return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(5)
+    connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
+    for _ in range(calls):
+        connection.request("POST", target.path, body=BODY, headers={**JSON, **target.headers})
+        connection.getresponse().read()
+    connection.close()
+    redis.Redis.from_url(redis_url).echo(stop_word)
+    thread.join(10)
+    watcher.close()
+    ours = [c for c in seen if c.get("client_type") != "lua" and "bench:" in c["command"]]
+    return len(ours) / calls
+
+
+@dataclass
+class Result:
+    targets: list[Target]
+    tool: str
+    workers: int
+    rounds: int
+    seconds: float
+    slow: Any = None  # what slow_clients measured
+
+
+def measure(
+    *,
+    workers: int = 2,
+    rounds: int = 3,
+    seconds: float = 5.0,
+    slow_clients: Callable[[int], Any] | None = None,
+) -> Result:
+    """Start the bare routes and Switchboard, then load each in turn, ``rounds`` times."""
+    work = Path(tempfile.mkdtemp(prefix="sbbench"))
+    redis_server = RedisServer().start()
+    try:
+        env = switchboard_env(work, redis_server.url(), workers)
+        token, key = credentials(env)
+        ports = {name: free_port() for name in ("gunicorn", "server", "switchboard")}
+        gunicorn = [
+            PYTHON, "-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", "8",
+            "--no-control-socket", "--log-level", "warning",
+            "-b", f"127.0.0.1:{ports['gunicorn']}", "tests.bench.bare:app",
+        ]  # fmt: skip
+        server = [
+            PYTHON, "-m", "uvicorn", "--factory", "tests.bench.bare:asgi",
+            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+            "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+            "--host", "127.0.0.1", "--port", str(ports["server"]),
+        ]  # fmt: skip
+        switchboard = [PYTHON, "app.py", "serve", "--port", str(ports["switchboard"])]
+        echo = "/api/v1/actions/system.echo"
+        any_echo = "/api/v1/actions/bench.echo"
+        targets = [
+            Target("bare Flask route, gunicorn gthread", ports["gunicorn"], echo, kind="bare"),
+            Target("bare Flask route, Switchboard's server", ports["server"], echo, kind="bare"),
+            Target("system.echo, public", ports["switchboard"], echo),
+            Target(
+                "bench.echo, JWT",
+                ports["switchboard"],
+                any_echo,
+                {"Authorization": f"Bearer {token}"},
+            ),
+            Target("bench.echo, API key", ports["switchboard"], any_echo, {"X-API-Key": key}),
+        ]
+        with (
+            _process(gunicorn, {}, ports["gunicorn"], work / "gunicorn.log"),
+            _process(server, {}, ports["server"], work / "server.log"),
+            _process(switchboard, env, ports["switchboard"], work / "switchboard.log"),
+        ):
+            for target in targets:  # warm: imports, caches, the script, the token cache
+                load.run(target.url, BODY, {**JSON, **target.headers}, seconds=1)
+            for target in targets:
+                if target.kind == "switchboard":
+                    target.round_trips = count_round_trips(redis_server.url(), target)
+            for _ in range(rounds):
+                for target in targets:
+                    target.runs.append(
+                        load.run(target.url, BODY, {**JSON, **target.headers}, seconds=seconds)
+                    )
+            slow = slow_clients(ports["switchboard"]) if slow_clients is not None else None
+        return Result(targets, load.tool(), workers, rounds, seconds, slow)
+    finally:
+        redis_server.cleanup()
