@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.actions import Action, ActionSpec
@@ -70,7 +70,10 @@ class CallResult:
         """This result with ``headers`` added (its own win: a replay's marker stays)."""
         if not headers:
             return self
-        return replace(self, headers={**headers, **self.headers})
+        merged = {**headers, **self.headers}
+        return CallResult(
+            self.body, self.status, self.content_type, merged, self.replayed, self.value
+        )
 
     @property
     def envelope(self) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from core.config import Config
 from core.context import SYSTEM
 from core.errors import ActionError, BootError
 from core.http import state
+from core.http_actions import new_request_id
 from core.manager import Manager
 from core.module import ModuleCatalog
 from core.runtime import build_app, shutdown_app
@@ -75,7 +75,7 @@ class Runtime:
         request = CallRequest(
             action=action,
             params=params,
-            request_id=uuid.uuid4().hex,
+            request_id=new_request_id(),
             transport="cli",
             caller=SYSTEM,
         )

@@ -27,14 +27,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Precondition:
-    """A store key that must not exist (a revocation marker), and the error when it does.
+    """A store key that must not exist (a revocation marker), and the error raised when it
+    does (made only then: nearly every call passes).
 
     ``fallback`` answers instead when the store cannot be asked (an API key is re-checked
     in the database); without one, a store outage is 503.
     """
 
     key: str
-    error: ActionError
+    error: Callable[[], ActionError]
     fallback: Callable[[], None] | None = None
 
 
@@ -101,7 +102,7 @@ def check_absent(store: KeyValueStore, preconditions: Sequence[Precondition]) ->
             precondition.fallback()
             continue
         if present:
-            raise precondition.error
+            raise precondition.error()
 
 
 def claim_key(store: KeyValueStore, key: str, value: str, ttl: float) -> bytes | None:

@@ -137,11 +137,12 @@ class _BatchWriter(logging.Handler):
         # No handler lock: appending to the deque is atomic.
         if not self.filter(record):
             return False
-        record = copy.copy(record)  # other handlers (pytest's, say) keep the original
-        record.msg, record.args = record.getMessage(), None  # the arguments may change later
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.exc_info = None  # its frames stay with this thread
+        if record.args or record.exc_info:
+            record = copy.copy(record)  # other handlers (pytest's, say) keep the original
+            record.msg, record.args = record.getMessage(), None  # the arguments may change
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None  # its frames stay with this thread
         self._pending.append(record)
         return True
 
@@ -217,6 +218,10 @@ def configure_logging(level: str, fmt: str, secrets: frozenset[str] = frozenset(
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
+    # What the records would carry and no line shows (the logging HOWTO's "Optimization"):
+    # the caller's file and line, thread and process names.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     writer = _BatchWriter(
         JsonFormatter()
         if fmt == "json"

@@ -103,10 +103,7 @@ def _record(call: Call, status: int, problem: str | None) -> None:
         return
     request = call.request
     audit_log.info(
-        "%s %s %d",
-        request.action,
-        call.caller.kind,
-        status,
+        f"{request.action} {call.caller.kind} {status}",
         extra={
             "audit": {
                 "action": request.action,
@@ -184,7 +181,7 @@ def validate(call: Call, next: Next) -> CallResult:
     raw = call.request.params
     if raw is None:
         raw = {}
-    if not isinstance(raw, Mapping):
+    elif type(raw) is not dict and not isinstance(raw, Mapping):
         raise MalformedRequest("params must be a JSON object")
     call.params = call.action.validate(raw)
     secret = call.spec.secret_params

@@ -116,6 +116,10 @@ def _generate_pepper() -> bytes:
     return secrets.token_hex(32).encode("ascii")
 
 
+def _revoked() -> Unauthorized:
+    return Unauthorized(REVOKED)
+
+
 def parse_key(raw: object) -> tuple[str, str]:
     """(id, secret) of a well-formed key; ``Unauthorized`` for anything else."""
     if not isinstance(raw, str) or len(raw) > MAX_KEY_LENGTH:
@@ -291,7 +295,7 @@ class ApiKeyManager(Manager):
         return (
             Precondition(
                 f"{REVOKED_MARKER}{identity.id}",
-                Unauthorized(REVOKED),
+                _revoked,
                 fallback=lambda: self._check_in_database(identity.id),
             ),
         )

@@ -54,6 +54,14 @@ def _unauthorized(reason: str) -> Unauthorized:
     return Unauthorized(reason, headers=dict(_INVALID_TOKEN))
 
 
+def _token_revoked() -> Unauthorized:
+    return _unauthorized("token revoked")
+
+
+def _session_revoked() -> Unauthorized:
+    return _unauthorized("session revoked")
+
+
 @dataclass(frozen=True)
 class TokenPolicy:
     """Lifetimes and the iss/aud pair every token carries and must carry."""
@@ -237,8 +245,8 @@ class JWTManager(Manager):
     def revocations(self, claims: Mapping[str, Any]) -> tuple[Precondition, ...]:
         """The markers ``logout`` and refresh-token reuse set: this token, its session."""
         return (
-            Precondition(f"jwt:deny:{claims['jti']}", _unauthorized("token revoked")),
-            Precondition(f"jwt:fam:{claims['fam']}", _unauthorized("session revoked")),
+            Precondition(f"jwt:deny:{claims['jti']}", _token_revoked),
+            Precondition(f"jwt:fam:{claims['fam']}", _session_revoked),
         )
 
     def _decode(self, token: str, expected: TokenType) -> dict[str, Any]:

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "Limit", "LimitState", "RateLimiterManager", "parse_limit"]
 
 KINDS = ("ip", "user", "api_key")  # kinds with global limits in the config
+PLAN_CACHE_SIZE = 4096  # callers x actions whose limit keys a worker keeps
 FAILURES = ("open", "closed")
 _OWNER = "manager rate_limiter"
 
@@ -135,6 +136,9 @@ class RateLimiterManager(Manager):
         self._backend: LimiterBackend | None = None
         self._fallback: LimiterBackend | None = None
         self._degraded = False
+        self._plans: dict[
+            tuple[Any, ...], tuple[str, tuple[Limit, ...], tuple[str, ...], tuple[str, ...]]
+        ] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -281,7 +285,7 @@ class RateLimiterManager(Manager):
             degraded = True
         self._degraded = degraded
         if outcome.revoked is not None:
-            raise request.absent[outcome.revoked].error
+            raise request.absent[outcome.revoked].error()
         if limits is None:
             return GateOutcome(None, outcome.taken)
         decision = decide(plan, outcome, degraded=degraded)
@@ -306,13 +310,35 @@ class RateLimiterManager(Manager):
             raise ValueError("action_limits need the action they belong to")
         if limited is False:  # no limits apply: the gate's other checks only
             return Check("", "", (), (), (), cost, self._ban, absent, claim, limited=False)
+        if isinstance(action_limits, str):  # a single limit where a list was meant
+            action_limits = (action_limits,)
+        subject, limits, keys, names = self._applied(
+            (
+                identity,
+                kind,
+                action,
+                tuple(action_limits),
+                tuple(action_subjects),
+                None if own_limits is None else tuple(own_limits),
+            )
+        )
+        return Check(identity, subject, limits, keys, names, cost, self._ban, absent, claim)
+
+    def _applied(
+        self, key: tuple[Any, ...]
+    ) -> tuple[str, tuple[Limit, ...], tuple[str, ...], tuple[str, ...]]:
+        """(subject, limits, their keys, their names) for ``key`` = (identity, kind, action,
+        action limits, action subjects, own limits): the same for every call of one caller
+        to one action, so kept (``_plans``)."""
+        found = self._plans.get(key)
+        if found is not None:
+            return found
+        identity, kind, action, action_limits, action_subjects, own_limits = key
         subject = subject_of(identity)
         kind_limits = self._globals.get(kind, ()) if own_limits is None else _parsed(own_limits)
         applied: dict[str, tuple[str, Limit]] = {}  # by key: a limit listed twice counts once
         for limit in kind_limits:
             applied.setdefault(limit_key(subject, limit, None), (f"{kind}-{limit.text}", limit))
-        if isinstance(action_limits, str):  # a single limit where a list was meant
-            action_limits = (action_limits,)
         limits = [
             limit if isinstance(limit, Limit) else parse_limit(limit) for limit in action_limits
         ]
@@ -321,17 +347,16 @@ class RateLimiterManager(Manager):
             prefix = f"action-{label}-" if label else "action-"
             for limit in limits:
                 applied.setdefault(limit_key(by, limit, action), (f"{prefix}{limit.text}", limit))
-        return Check(
-            identity=identity,
-            subject=subject,
-            limits=tuple(limit for _, limit in applied.values()),
-            keys=tuple(applied),
-            names=tuple(name for name, _ in applied.values()),
-            cost=cost,
-            ban=self._ban,
-            absent=absent,
-            claim=claim,
+        found = (
+            subject,
+            tuple(limit for _, limit in applied.values()),
+            tuple(applied),
+            tuple(name for name, _ in applied.values()),
         )
+        if len(self._plans) >= PLAN_CACHE_SIZE:
+            self._plans.pop(next(iter(self._plans)), None)  # the oldest entry
+        self._plans[key] = found
+        return found
 
     def _count(self, plan: Check, decision: Decision, denied: Iterable[int]) -> None:
         if decision.allowed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,60 +29,74 @@ class Connections:
         self._factory = factory
         self._idle: list[Any] = []
         self._all: set[Any] = set()
+        self._size = size
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(size)
+        self._freed = threading.Condition(self._lock)  # waited on only when all are busy
+        self._waiting = 0
         self._timeout = timeout
 
-    def _new(self) -> Any:
-        connection = self._factory.connection_class(**self._factory.connection_kwargs)
+    def _take(self) -> tuple[Any, bool]:
+        """(connection, whether it was used before): an idle one, or a new one while fewer
+        than ``size`` exist, or the first one freed within ``timeout``."""
+        deadline = time.monotonic() + self._timeout
         with self._lock:
-            self._all.add(connection)
-        return connection
+            while True:
+                if self._idle:
+                    return self._idle.pop(), True
+                if len(self._all) < self._size:
+                    factory = self._factory
+                    connection = factory.connection_class(**factory.connection_kwargs)
+                    self._all.add(connection)
+                    return connection, False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RedisTimeoutError("no free Redis connection")
+                self._waiting += 1
+                try:
+                    self._freed.wait(left)
+                finally:
+                    self._waiting -= 1
+
+    def _release(self, connection: Any) -> None:
+        with self._lock:
+            self._idle.append(connection)
+            if self._waiting:
+                self._freed.notify()
 
     def _drop(self, connection: Any) -> None:
         with self._lock:
             self._all.discard(connection)
+            if self._waiting:
+                self._freed.notify()  # room for a new connection
         connection.disconnect()
 
     def execute(self, *args: Any) -> Any:
         """Send one command and read its reply; a stale pooled connection (the server
         restarted, an idle timeout) is retried once on a new one. Timeouts are not retried:
         a hung server would only double the wait before the caller's 503."""
-        if not self._slots.acquire(timeout=self._timeout):
-            raise RedisTimeoutError("no free Redis connection")
-        try:
-            with self._lock:
-                connection = self._idle.pop() if self._idle else None
-            reused = connection is not None
-            if connection is None:
-                connection = self._new()
-            while True:
-                try:
-                    connection.send_command(*args)
-                    reply = connection.read_response()
-                except RedisConnectionError:
-                    self._drop(connection)
-                    if not reused:
-                        raise
-                    reused, connection = False, self._new()
-                    continue
-                except RedisTimeoutError:
-                    self._drop(connection)
+        connection, retry = self._take()  # a pooled socket may have gone stale: retry once
+        while True:
+            try:
+                connection.send_command(*args)
+                reply = connection.read_response()
+            except RedisConnectionError:
+                self._drop(connection)
+                if not retry:
                     raise
-                except redis.ResponseError:
-                    self._release(connection)  # the whole (error) reply was read
-                    raise
-                except BaseException:
-                    self._drop(connection)  # interrupted mid-reply: unusable
-                    raise
-                self._release(connection)
-                return reply
-        finally:
-            self._slots.release()
-
-    def _release(self, connection: Any) -> None:
-        with self._lock:
-            self._idle.append(connection)
+                connection, _ = self._take()
+                retry = False
+                continue
+            except RedisTimeoutError:
+                self._drop(connection)
+                raise
+            except redis.ResponseError:
+                self._release(connection)  # the whole (error) reply was read
+                raise
+            except BaseException:
+                self._drop(connection)  # interrupted mid-reply: unusable
+                raise
+            self._release(connection)
+            return reply
 
     def close(self) -> None:
         with self._lock:

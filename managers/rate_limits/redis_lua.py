@@ -10,6 +10,7 @@ values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,7 +28,7 @@ from managers.rate_limits.base import (
     strike_key,
     subject_of,
 )
-from managers.rate_limits.gcra import MICROS, Tat
+from managers.rate_limits.gcra import MICROS, Limit, Tat
 
 SCRIPT = """
 -- KEYS[1] ban, KEYS[2] strikes, KEYS[3] ban level, then one TAT per limit, then the keys
@@ -158,6 +159,16 @@ class ScriptingStore(Protocol):
     def script(self, source: str) -> Runner: ...
 
 
+@functools.lru_cache(maxsize=1024)
+def _limit_args(limits: tuple[Limit, ...]) -> tuple[int, ...]:
+    """Per limit: count, period (us), whole, rest (period = whole * count + rest)."""
+    args: list[int] = []
+    for limit in limits:
+        whole, rest = divmod(limit.period_us, limit.count)
+        args += [limit.count, limit.period_us, whole, rest]
+    return tuple(args)
+
+
 class RedisLimiter:
     """``LimiterBackend`` on the Redis server behind ``store``."""
 
@@ -183,9 +194,7 @@ class RedisLimiter:
             claim.value if claim is not None else "",
             1 if check.limited else 0,
         ]
-        for limit in check.limits:
-            whole, rest = divmod(limit.period_us, limit.count)
-            args += [limit.count, limit.period_us, whole, rest]
+        args += _limit_args(check.limits)
         keys = [check.ban_key, check.strike_key, check.level_key, *check.keys, *check.absent]
         if claim is not None:
             keys.append(claim.key)

@@ -66,6 +66,12 @@ class Target:
     def median(self, attribute: str) -> float:
         return float(statistics.median(getattr(run, attribute) for run in self.runs))
 
+    def ratio(self, base: Target) -> float:
+        """The median over rounds of this target's req/s over ``base``'s in the same round
+        (a round's machine speed cancels out)."""
+        pairs = zip(self.runs, base.runs, strict=True)
+        return float(statistics.median(mine.rps / theirs.rps for mine, theirs in pairs))
+
 
 def _wait_ready(port: int, path: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60

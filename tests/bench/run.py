@@ -10,7 +10,7 @@ Run as ``python -m tests.bench.run`` from the project root (``make bench``). Fou
 4. boot (``tests/bench/boot.py``): ``app.py check`` with 50 generated modules vs without.
 
 The tables are printed and written to ``var/bench/<date>.json``. ``BENCH_ROUNDS`` and
-``BENCH_SECONDS`` change the HTTP rounds and their length (defaults 3 and 5).
+``BENCH_SECONDS`` change the HTTP rounds and their length (defaults 5 and 4).
 """
 
 from __future__ import annotations
@@ -174,15 +174,15 @@ def http_table(result: http_bench.Result) -> str:
                 f"{rps:,.0f}",
                 f"{target.median('p50_ms'):.2f}",
                 f"{target.median('p99_ms'):.2f}",
-                f"{rps / gunicorn.median('rps'):.2f}",
-                f"{rps / server.median('rps'):.2f}",
+                f"{target.ratio(gunicorn):.2f}",
+                f"{target.ratio(server):.2f}",
                 trips,
                 str(sum(run.errors for run in target.runs)),
             ]
         )
     header = [
         f"HTTP, {result.workers} workers ({result.tool}, {result.rounds} rounds x "
-        f"{result.seconds:g}s, medians)",
+        f"{result.seconds:g}s; medians, ratios per round)",
         "req/s",
         "p50 ms",
         "p99 ms",
@@ -203,8 +203,8 @@ def main() -> int:
     if note:
         print(note)
     result = http_bench.measure(
-        rounds=int(os.environ.get("BENCH_ROUNDS", "3")),
-        seconds=float(os.environ.get("BENCH_SECONDS", "5")),
+        rounds=int(os.environ.get("BENCH_ROUNDS", "5")),
+        seconds=float(os.environ.get("BENCH_SECONDS", "4")),
         slow_clients=slow.measure,
     )
     print()
@@ -251,6 +251,8 @@ def _save(rows: list[Row], result: http_bench.Result, booted: boot.Boot) -> None
                     "p50_ms": t.median("p50_ms"),
                     "p99_ms": t.median("p99_ms"),
                     "round_trips": t.round_trips,
+                    "x_gunicorn": t.ratio(result.targets[0]),
+                    "x_server": t.ratio(result.targets[1]),
                     "runs": [dataclasses.asdict(run) for run in t.runs],
                 }
                 for t in result.targets
