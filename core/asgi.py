@@ -39,6 +39,43 @@ class _Disconnected(Exception):
     """The client went away before its request was complete."""
 
 
+class _Deadlines:
+    """Body reads that must end by a deadline. One sweeper task per worker cancels the late
+    ones (to the second), instead of a timer armed and disarmed for every request."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch(self, task: asyncio.Task[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        self._reading[task] = loop.time() + self.timeout
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = loop.create_task(self._sweep())
+
+    def release(self, task: asyncio.Task[Any]) -> bool:
+        """Stop watching ``task``; True when it was cancelled for being late."""
+        self._reading.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+            return True
+        return False
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._reading:
+            await asyncio.sleep(min(1.0, self.timeout / 4))
+            now = loop.time()
+            for task, deadline in list(self._reading.items()):
+                if deadline <= now:
+                    del self._reading[task]
+                    self._expired.add(task)
+                    task.cancel()
+
+
 class WsgiBridge:
     """A WSGI app served over ASGI: the body is read here, in the event loop, within
     ``read_timeout`` and ``max_body`` bytes; then the app runs in ``pool``."""
@@ -50,6 +87,7 @@ class WsgiBridge:
         self.pool = pool
         self.read_timeout = read_timeout
         self.max_body = max_body
+        self._deadlines = _Deadlines(read_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,23 +115,29 @@ class WsgiBridge:
             raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes")
         chunks: list[bytes] = []
         size = 0
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI app always runs in a task
+        self._deadlines.watch(task)
         try:
-            async with asyncio.timeout(self.read_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _Disconnected
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body:
-                        raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body did not arrive within {self.read_timeout:g}s"
-            ) from None
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body:
+                    raise PayloadTooLarge(f"the body exceeds {self.max_body} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        except asyncio.CancelledError:
+            if self._deadlines.release(task):
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.read_timeout:g}s"
+                ) from None
+            raise
+        finally:
+            self._deadlines.release(task)
 
 
 class AsgiApp:

@@ -251,6 +251,8 @@ class RateLimiterManager(Manager):
         the in-process twin (or 503 for ``closed``), and a claim cannot be made (503).
         """
         limits = request.limits if self._enabled else None
+        if limits is None and not request.absent and request.claim is None:
+            return GateOutcome()  # limits are off and nothing else to ask
         if limits is not None and limits.failure not in FAILURES:
             raise ValueError(f"failure must be 'open' or 'closed', got {limits.failure!r}")
         claim = request.claim
