@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 
 from core.actions import Action, ActionSpec, Invoker
 from core.declaration_schema import NOT_BUILT, SEED_ACTION, SEED_TYPES, TYPED_ACTION
@@ -29,8 +30,24 @@ from core.params import (
     compile_schema,
 )
 
-_TYPED = jsonschema.Draft202012Validator(TYPED_ACTION)
-_SEED = jsonschema.Draft202012Validator(SEED_ACTION)
+
+class MetaSchema:
+    """A schema declarations are checked against: jsonschema-rs answers whether a
+    declaration is valid (the common case, fast); only an invalid one is gone through by
+    jsonschema, whose errors say which key and why."""
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self._fast = jsonschema_rs.validator_for(dict(schema))
+        self._detail = jsonschema.Draft202012Validator(schema)
+
+    def problems(self, data: Any, where: Where) -> list[Problem]:
+        if self._fast.is_valid(data):
+            return []
+        return schema_problems(self._detail, data, where)
+
+
+_TYPED = MetaSchema(TYPED_ACTION)
+_SEED = MetaSchema(SEED_ACTION)
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,7 @@ def build_action(
             f"type: {kind} actions are not supported yet; declare a handler for now", "type"
         )
     seed = kind == "function" or "function" in decl
-    problems = schema_problems(_SEED if seed else _TYPED, decl, where)
+    problems = (_SEED if seed else _TYPED).problems(decl, where)
     if problems:
         raise DeclarationError(problems)
     if seed:

@@ -13,6 +13,8 @@ params marked ``secret`` never appear in a message.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -48,9 +50,26 @@ def pointer(parts: Any) -> str:
 
 
 def compile_schema(schema: Mapping[str, Any]) -> jsonschema_rs.Validator:
-    """Compile ``schema``; raise ``SchemaCompileError`` with the reason when it is invalid."""
+    """Compile ``schema``; raise ``SchemaCompileError`` with the reason when it is invalid.
+
+    Validators are immutable: one per distinct schema serves every action that declares it
+    (hundreds of actions often share a handful of param shapes).
+    """
     try:
-        return jsonschema_rs.validator_for(dict(schema), validate_formats=True)
+        canonical = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON (a YAML date, say): compile it as it is
+        return _validator(dict(schema))
+    return _compile(canonical)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(canonical: str) -> jsonschema_rs.Validator:
+    return _validator(json.loads(canonical))
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    try:
+        return jsonschema_rs.validator_for(schema, validate_formats=True)
     except (jsonschema_rs.ValidationError, ValueError) as exc:
         reason = str(exc).split("\n", 1)[0]
         raise SchemaCompileError(reason) from exc

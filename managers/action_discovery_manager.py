@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import jsonschema
-
 from core.actions import Action
 from core.declaration_schema import ACTION_KEY, FILE_KEYS, SEED_FILE_CONFIG
-from core.declarations import Where, build_action, schema_problems
+from core.declarations import MetaSchema, Where, build_action
 from core.errors import DeclarationError, Problem
 from core.manager import Health, Manager
 from core.module import MODULE_NAME, BaseModule, ModuleCatalog
@@ -30,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.actions")
 
-_FILE_CONFIG = jsonschema.Draft202012Validator(SEED_FILE_CONFIG)
+_FILE_CONFIG = MetaSchema(SEED_FILE_CONFIG)
 _ACTION_KEY = re.compile(ACTION_KEY)
 
 
@@ -159,7 +157,7 @@ class ActionDiscoveryManager(Manager):
             return False
         file.module = declared
         config = data.get("config") or {}
-        problems.extend(schema_problems(_FILE_CONFIG, config, file.where()))
+        problems.extend(_FILE_CONFIG.problems(config, file.where()))
         file.defaults = config if isinstance(config, dict) else {}
         actions = data.get("actions") or {}
         if not isinstance(actions, dict):

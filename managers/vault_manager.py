@@ -23,10 +23,10 @@ from core.logging import remember_secret
 from core.manager import Health, Manager
 from core.module import ModuleCatalog
 from core.settings import Setting, duration, text
-from managers.vault_client import Clock, VaultClient
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
+    from managers.vault_client import Clock, VaultClient
 
 log = logging.getLogger("switchboard.vault")
 
@@ -161,7 +161,14 @@ class VaultDocument:
 Connect = Callable[[Mapping[str, Any], Path], DocumentReader]
 
 
-def vault_source(connect: Connect = VaultClient.connect) -> SourceSpec:
+def _connect(settings: Mapping[str, Any], root: Path) -> DocumentReader:
+    # hvac is imported only when Vault is configured.
+    from managers.vault_client import VaultClient
+
+    return VaultClient.connect(settings, root)
+
+
+def vault_source(connect: Connect = _connect) -> SourceSpec:
     """The Vault level of the config chain, reached through ``connect`` (a test's double)."""
 
     def open_document(own: Mapping[str, Any], root: Path) -> VaultDocument:
@@ -261,6 +268,8 @@ class VaultManager(Manager):
         self.refresh_interval = float(settings["vault.cache_ttl"])
         if not settings["vault.addr"]:
             return
+        from managers.vault_client import VaultClient  # hvac only when Vault is configured
+
         self._client = VaultClient.connect(settings, app.config.root, clock=self._clock)
         self._stopping.clear()
         self._thread = threading.Thread(
