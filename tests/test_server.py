@@ -201,6 +201,85 @@ def test_action_listing(server: Server) -> None:
     assert {"system.echo", "system.info", "system.ping"} <= names
 
 
+# --- bodies are read before a thread is taken -----------------------------------------
+
+
+def _raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], Any]:
+    """Status, headers (lower-case names) and JSON body of one HTTP/1.1 answer."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    headers = {k.lower(): v for k, v in headers.items()}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_a_body_that_trickles_is_cut_off_and_holds_no_thread(tmp_path: Path) -> None:
+    # One call thread, one second to send a body: eight slow clients, and the server still
+    # answers everyone else at once.
+    env = {"SB_HTTP__THREADS": "1", "SB_HTTP__READ_TIMEOUT": "1s"}
+    with running(tmp_path, "serve", env=env) as server:
+        port = int(server.base.rsplit(":", 1)[1])
+        head = (
+            b"POST /api/v1/actions/system.echo HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        slow = [_raw(port, head) for _ in range(8)]
+        started = time.monotonic()
+        assert server.get("/health/live").status == 200
+        answered = server.post("/api/v1/actions/system.echo", b'{"message":"hi"}')
+        assert answered.status == 200
+        assert time.monotonic() - started < 1.0  # before any slow client was cut off
+        for sock in slow:
+            status, headers, problem = _answer(sock)
+            assert status == 408
+            assert headers["content-type"] == "application/problem+json"
+            assert problem["type"] == "/problems/request-timeout"
+            assert problem["request_id"] == headers["x-request-id"]
+            sock.close()
+        assert time.monotonic() - started < 5.0
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    env = {"SB_HTTP__MAX_BODY_BYTES": "1000"}
+    with running(tmp_path, "serve", env=env) as server:
+        port = int(server.base.rsplit(":", 1)[1])
+        sock = _raw(
+            port,
+            b"POST /api/v1/actions/system.echo HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 5000000\r\n\r\n",
+        )
+        status, _, problem = _answer(sock)  # without sending the body
+        sock.close()
+        assert status == 413 and problem["type"] == "/problems/payload-too-large"
+        too_big = server.post("/api/v1/actions/system.echo", b'{"message":"' + b"x" * 2000 + b'"}')
+        assert too_big.status == 413
+        assert too_big.json()["type"] == "/problems/payload-too-large"
+
+
+def test_routes_other_than_calls_are_served_too(server: Server) -> None:
+    listing = server.get("/api/v1/actions")
+    assert listing.status == 200 and listing.headers["X-Request-ID"]
+    assert server.get("/openapi.json").json()["openapi"].startswith("3.1")
+    missing = server.get("/no/such/route")
+    assert missing.status == 404
+    assert missing.headers["Content-Type"] == "application/problem+json"
+    wrong = server.get("/api/v1/actions/system.echo")
+    assert wrong.status == 405
+
+
 # --- lifecycle ------------------------------------------------------------------------
 
 
