@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from flask import Flask, Response, request
 
@@ -43,3 +44,11 @@ def live() -> Response:
 def asgi(threads: int = 8) -> WsgiBridge:
     """``uvicorn --factory tests.bench.bare:asgi``."""
     return WsgiBridge(app, ThreadPoolExecutor(threads), read_timeout=10.0, max_body=1024 * 1024)
+
+
+def a2wsgi_app(threads: int = 8) -> Any:
+    """The same view under uvicorn through a2wsgi (a candidate ``make bench`` measures):
+    it streams the body into the thread as it arrives."""
+    from a2wsgi import WSGIMiddleware
+
+    return WSGIMiddleware(app, workers=threads)  # type: ignore[arg-type]  # Flask is WSGI

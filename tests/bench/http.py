@@ -7,7 +7,9 @@ mid-run slows every row alike; the ratios to the bare routes are the figures to 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import importlib.util
 import os
 import signal
 import statistics
@@ -55,7 +57,7 @@ class Target:
     port: int
     path: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    kind: str = "switchboard"  # bare-gunicorn | bare-server | switchboard
+    kind: str = "switchboard"  # bare | switchboard | candidate (another server, bare route)
     runs: list[load.Load] = field(default_factory=list)
     round_trips: float | None = None
 
@@ -210,7 +212,9 @@ def measure(
     try:
         env = switchboard_env(work, redis_server.url(), workers)
         token, key = credentials(env)
-        ports = {name: free_port() for name in ("gunicorn", "server", "switchboard")}
+        ports = {
+            name: free_port() for name in ("gunicorn", "server", "switchboard", "granian", "a2wsgi")
+        }
         gunicorn = [
             PYTHON, "-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", "8",
             "--no-control-socket", "--log-level", "warning",
@@ -223,6 +227,34 @@ def measure(
             "--host", "127.0.0.1", "--port", str(ports["server"]),
         ]  # fmt: skip
         switchboard = [PYTHON, "app.py", "serve", "--port", str(ports["switchboard"])]
+        # Other ways to serve the bare route, measured when installed (requirements-dev).
+        candidates = []
+        if importlib.util.find_spec("granian") is not None:
+            candidates.append(
+                (
+                    "bare Flask route, granian WSGI",
+                    "granian",
+                    [
+                        PYTHON, "-m", "granian", "--interface", "wsgi", "--workers",
+                        str(workers), "--blocking-threads", "8", "--log-level", "warning",
+                        "--host", "127.0.0.1", "--port", str(ports["granian"]),
+                        "tests.bench.bare:app",
+                    ],
+                )
+            )  # fmt: skip
+        if importlib.util.find_spec("a2wsgi") is not None:
+            candidates.append(
+                (
+                    "bare Flask route, uvicorn + a2wsgi",
+                    "a2wsgi",
+                    [
+                        PYTHON, "-m", "uvicorn", "--factory", "tests.bench.bare:a2wsgi_app",
+                        "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+                        "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+                        "--host", "127.0.0.1", "--port", str(ports["a2wsgi"]),
+                    ],
+                )
+            )  # fmt: skip
         echo = "/api/v1/actions/system.echo"
         any_echo = "/api/v1/actions/bench.echo"
         targets = [
@@ -236,12 +268,16 @@ def measure(
                 {"Authorization": f"Bearer {token}"},
             ),
             Target("bench.echo, API key", ports["switchboard"], any_echo, {"X-API-Key": key}),
+            *(Target(name, ports[port], echo, kind="candidate") for name, port, _ in candidates),
         ]
-        with (
-            _process(gunicorn, {}, ports["gunicorn"], work / "gunicorn.log"),
-            _process(server, {}, ports["server"], work / "server.log"),
-            _process(switchboard, env, ports["switchboard"], work / "switchboard.log"),
-        ):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_process(gunicorn, {}, ports["gunicorn"], work / "gunicorn.log"))
+            stack.enter_context(_process(server, {}, ports["server"], work / "server.log"))
+            stack.enter_context(
+                _process(switchboard, env, ports["switchboard"], work / "switchboard.log")
+            )
+            for _, port, command in candidates:
+                stack.enter_context(_process(command, {}, ports[port], work / f"{port}.log"))
             for target in targets:  # warm: imports, caches, the script, the token cache
                 load.run(target.url, BODY, {**JSON, **target.headers}, seconds=1)
             for target in targets:
