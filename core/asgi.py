@@ -7,7 +7,8 @@
   so a client that trickles its body holds a coroutine, never a thread.
 - **Calls** (``POST /api/v1/actions/<name>``) go straight to the action endpoint in the
   worker's thread pool (``http.threads``); every other route is the Flask app, run as WSGI
-  in the same pool with the body already in hand.
+  in the same pool with the body already in hand. Health probes run in two threads of their
+  own, so a worker whose call threads are all busy still answers them at once.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from flask import Flask
 
 from core.errors import ActionError, PayloadTooLarge, RequestTimeout
 from core.http import state
-from core.http_actions import PREFIX, ActionEndpoint, Answer, request_id_of
+from core.http_actions import PREFIX, ActionEndpoint, Answer, RequestLimits, request_id_of
 from core.runtime import shutdown_app
 
 log = logging.getLogger("switchboard.server")
+
+PROBES = frozenset({"/health/live", "/health/ready"})
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -102,10 +105,16 @@ class WsgiBridge:
             return
         await send_answer(send, await self.run(scope, headers, body))
 
-    async def run(self, scope: Scope, headers: _Headers, body: bytes) -> Answer:
+    async def run(
+        self,
+        scope: Scope,
+        headers: _Headers,
+        body: bytes,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> Answer:
         environ = _environ(scope, headers, body)
         return await asyncio.get_running_loop().run_in_executor(
-            self.pool, _run_wsgi, self.wsgi, environ
+            pool or self.pool, _run_wsgi, self.wsgi, environ
         )
 
     async def body(self, receive: Receive, headers: _Headers) -> bytes:
@@ -148,6 +157,9 @@ class AsgiApp:
         self._flask: Flask | None = None
         self._endpoint: ActionEndpoint | None = None
         self._bridge: WsgiBridge | None = None
+        self._limits = RequestLimits()
+        # Health probes have threads of their own: they never queue behind calls.
+        self._probes: ThreadPoolExecutor | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -188,15 +200,19 @@ class AsgiApp:
             max_body=int(config["http.max_body_bytes"]),
         )
         self._endpoint = current.endpoint
+        self._limits = RequestLimits.from_config(config)
+        self._probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
         self._flask = flask_app
 
     def stop(self) -> None:
         """Stop this worker's app once the server has drained its requests."""
         if self._bridge is not None:
             self._bridge.pool.shutdown(wait=True)
+        if self._probes is not None:
+            self._probes.shutdown(wait=True)
         if self._flask is not None:
             shutdown_app(self._flask)
-        self._flask = self._endpoint = self._bridge = None
+        self._flask = self._endpoint = self._bridge = self._probes = None
 
     # --- requests ---------------------------------------------------------------------
 
@@ -207,6 +223,8 @@ class AsgiApp:
         headers = _headers(scope)
         request_id = request_id_of(headers.get("x-request-id"))
         try:
+            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            self._limits.check(target, scope["headers"])
             body = await bridge.body(receive, headers)
         except ActionError as error:
             await send_answer(send, endpoint.problem(error, request_id))
@@ -225,6 +243,8 @@ class AsgiApp:
                 client[0] if client else None,
                 request_id,
             )
+        elif path in PROBES:
+            answer = await bridge.run(scope, headers, body, self._probes)
         else:
             answer = await bridge.run(scope, headers, body)
         await send_answer(send, answer)

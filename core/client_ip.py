@@ -16,8 +16,10 @@ from core.errors import ConfigError, Problem
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
-    """``http.trusted_proxies`` as networks; a bad entry is a boot error naming it."""
+def parse_networks(
+    entries: Iterable[str], setting: str = "http.trusted_proxies"
+) -> tuple[Network, ...]:
+    """A setting's IPs and CIDRs as networks; a bad entry is a boot error naming it."""
     networks = []
     problems = []
     for entry in entries:
@@ -25,16 +27,14 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
             networks.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError:
             problems.append(
-                Problem(
-                    f"{entry!r} is not an IP address or CIDR network", field="http.trusted_proxies"
-                )
+                Problem(f"{entry!r} is not an IP address or CIDR network", field=setting)
             )
     if problems:
         raise ConfigError(problems)
     return tuple(networks)
 
 
-def _trusted(address: str, networks: Sequence[Network]) -> bool:
+def in_networks(address: str, networks: Sequence[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -46,7 +46,7 @@ def client_ip(
     peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]
 ) -> str | None:
     """The client's address given the socket peer and the ``X-Forwarded-For`` header."""
-    if peer is None or not trusted or not forwarded_for or not _trusted(peer, trusted):
+    if peer is None or not trusted or not forwarded_for or not in_networks(peer, trusted):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     closest_trusted = peer
@@ -55,7 +55,7 @@ def client_ip(
             ipaddress.ip_address(hop)
         except ValueError:
             return closest_trusted  # garbage: believe only what our own proxies vouch for
-        if not _trusted(hop, trusted):
+        if not in_networks(hop, trusted):
             return hop
         closest_trusted = hop
     return closest_trusted  # every hop is one of ours

@@ -82,6 +82,11 @@ class ManagerStopError(SwitchboardError):
 # --- errors a caller sees -------------------------------------------------------------
 
 
+def pointer(parts: Any) -> str:
+    """RFC 6901 JSON pointer of a path (``["a", 0, "b/c"]`` → ``/a/0/b~1c``)."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One bad field of a request, as a JSON pointer and a message."""
@@ -171,6 +176,14 @@ class IdempotencyInProgress(ActionError):
 
 class PayloadTooLarge(ActionError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UriTooLong(ActionError):
+    status, slug, title = 414, "uri-too-long", "URI too long"
+
+
+class HeadersTooLarge(ActionError):
+    status, slug, title = 431, "headers-too-large", "Request header fields too large"
 
 
 class UnsupportedMediaType(ActionError):

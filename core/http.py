@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, g, request
@@ -18,7 +18,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
 from core.calls import CallRequest
-from core.client_ip import Network, client_ip, parse_networks
+from core.client_ip import Network, client_ip, in_networks, parse_networks
+from core.context import Caller
 from core.errors import (
     ActionError,
     InternalError,
@@ -31,6 +32,7 @@ from core.http_actions import (
     PROBLEM_JSON,
     ActionEndpoint,
     Answer,
+    RequestLimits,
     cors_headers,
     problem_body,
     request_id_of,
@@ -58,6 +60,8 @@ class SwitchboardState:
     openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
     trusted_proxies: tuple[Network, ...] = ()
     cors_origins: frozenset[str] = frozenset()
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    health_allow: tuple[Network, ...] | None = None  # None: every client sees the checks
 
 
 def state(flask_app: Flask | None = None) -> SwitchboardState:
@@ -87,8 +91,8 @@ def problem_response(error: ActionError) -> Response:
     return response
 
 
-def _caller_listing(current: SwitchboardState) -> list[dict[str, Any]]:
-    caller = current.pipeline.caller_of(
+def _caller(current: SwitchboardState) -> Caller:
+    return current.pipeline.caller_of(
         CallRequest(
             action="",
             params=None,
@@ -101,8 +105,26 @@ def _caller_listing(current: SwitchboardState) -> list[dict[str, Any]]:
             headers=request.headers,  # type: ignore[arg-type]
         )
     )
+
+
+def _caller_listing(current: SwitchboardState) -> list[dict[str, Any]]:
+    caller = _caller(current)
     actions = current.pipeline.registry.actions()
     return [a.spec.describe() for a in actions if may_call(caller, a.spec)]
+
+
+def _may_see_checks(current: SwitchboardState) -> bool:
+    """In production the checks name backends, hosts and key ids: only admins and clients
+    on ``health.allow`` see them."""
+    address = client_ip(
+        request.remote_addr, request.headers.get("X-Forwarded-For"), current.trusted_proxies
+    )
+    if address is not None and in_networks(address, current.health_allow or ()):
+        return True
+    try:
+        return "admin" in _caller(current).roles
+    except ActionError:  # a bad credential: no checks, and no 401 from a health probe
+        return False
 
 
 def create_blueprint() -> Blueprint:
@@ -129,12 +151,16 @@ def create_blueprint() -> Blueprint:
 
     @bp.get("/health/ready")
     def ready() -> Response:
-        is_ready, checks = state().app_manager.health()
+        current = state()
+        is_ready, checks = current.app_manager.health()
         statuses = {c["status"] for c in checks.values()}
         overall = (
             "failed" if not is_ready else "degraded" if statuses & {"degraded", "failed"} else "ok"
         )
-        return _json({"status": overall, "checks": checks}, 200 if is_ready else 503)
+        body: dict[str, Any] = {"status": overall}
+        if current.health_allow is None or _may_see_checks(current):
+            body["checks"] = checks
+        return _json(body, 200 if is_ready else 503)
 
     return bp
 
@@ -142,6 +168,10 @@ def create_blueprint() -> Blueprint:
 def _assign_request_id() -> None:
     g.request_id = request_id_of(request.headers.get("X-Request-ID"))
     g.request_id_token = request_id_var.set(g.request_id)
+    environ = request.environ
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    size = len(target) if target else len(environ.get("PATH_INFO", "")) + len(request.query_string)
+    state().limits.check(size, request.headers.items())
 
 
 def _finish(response: Response) -> Response:
@@ -203,10 +233,20 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
     trusted = parse_networks(config["http.trusted_proxies"])
     origins = frozenset(config["http.cors_origins"])
     endpoint = ActionEndpoint(
-        pipeline.invoke, trusted_proxies=trusted, cors_origins=origins, max_body_bytes=max_body
+        pipeline.invoke,
+        trusted_proxies=trusted,
+        cors_origins=origins,
+        max_body_bytes=max_body,
+        max_json_depth=int(config["http.max_json_depth"]),
     )
     flask_app.extensions[EXTENSION] = SwitchboardState(
-        app_manager, pipeline, endpoint, document, trusted, origins
+        app_manager,
+        pipeline,
+        endpoint,
+        document,
+        trusted,
+        origins,
+        RequestLimits.from_config(config),
     )
     flask_app.register_blueprint(create_blueprint())
     for route in app_manager.routes():

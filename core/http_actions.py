@@ -12,19 +12,22 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from core.calls import CallRequest, CallResult
 from core.client_ip import Network, client_ip
+from core.config import Config
 from core.errors import (
     ActionError,
-    MalformedRequest,
+    HeadersTooLarge,
     PayloadTooLarge,
     UnsupportedMediaType,
+    UriTooLong,
 )
 from core.idempotency import HEADER as IDEMPOTENCY_HEADER
+from core.json_input import DEFAULT_MAX_DEPTH, parse_object
 
 PREFIX = "/api/v1/actions/"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -42,6 +45,37 @@ class Answer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """How long a request target and how many and how large its headers may be: checked
+    before the body is read, on every route (the HTTP server does not bound them)."""
+
+    max_url_bytes: int = 2048
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+
+    @classmethod
+    def from_config(cls, config: Config) -> RequestLimits:
+        return cls(
+            int(config["http.max_url_bytes"]),
+            int(config["http.max_header_bytes"]),
+            int(config["http.max_headers"]),
+        )
+
+    def check(self, target_bytes: int, headers: Iterable[tuple[Any, Any]]) -> None:
+        """414 or 431 for a request beyond the limits; ``headers`` as (name, value) pairs."""
+        if target_bytes > self.max_url_bytes:
+            raise UriTooLong(f"the request target exceeds {self.max_url_bytes} bytes")
+        count = size = 0
+        for name, value in headers:
+            count += 1
+            size += len(name) + len(value)
+        if count > self.max_headers:
+            raise HeadersTooLarge(f"the request has more than {self.max_headers} header fields")
+        if size > self.max_header_bytes:
+            raise HeadersTooLarge(f"the request headers exceed {self.max_header_bytes} bytes")
 
 
 # New request ids: a random prefix per process, then a counter. Unique, as cheap as a
@@ -79,23 +113,6 @@ def cors_headers(
     return found
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; an empty body is ``{}``; anything else is a 400."""
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
-        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedRequest(f"the body must be a JSON object, not {type(body).__name__}")
-    return body
-
-
 def problem_body(error: ActionError, request_id: str | None) -> bytes:
     return json.dumps(error.problem(request_id), separators=(",", ":")).encode()
 
@@ -110,11 +127,13 @@ class ActionEndpoint:
         trusted_proxies: tuple[Network, ...],
         cors_origins: frozenset[str],
         max_body_bytes: int,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self._invoke = invoke
         self._trusted = trusted_proxies
         self._origins = cors_origins
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
 
     def answer(
         self,
@@ -136,7 +155,7 @@ class ActionEndpoint:
             result = self._invoke(
                 CallRequest(
                     action=name,
-                    params=parse_json_object(body),
+                    params=parse_object(body, self.max_json_depth),
                     request_id=request_id,
                     client_ip=client_ip(peer, header("X-Forwarded-For"), self._trusted),
                     transport="http",

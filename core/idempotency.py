@@ -49,9 +49,20 @@ class StoredResponse:
 
 
 def fingerprint(params: Any) -> str:
-    """A hash of the validated params, independent of key order."""
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    """A hash of the validated params, independent of key order and of how a number is
+    spelled (JSON has one number type: ``3`` and ``3.0`` are the same params)."""
+    canonical = json.dumps(_numbers(params), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers(item) for item in value]
+    return value
 
 
 class Idempotency:

@@ -14,6 +14,7 @@ import contextvars
 import copy
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -116,6 +117,34 @@ class JsonFormatter(logging.Formatter):
             return orjson.dumps(entry, default=str).decode()
         except TypeError:  # a lone surrogate, an integer past 64 bits: the slow encoder copes
             return json.dumps(entry, default=str)
+
+
+# C0 and C1 control characters and DEL: written as \xNN in text lines, so that what a
+# caller put in a path or a header cannot colour a terminal, end a line or write a NUL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _hex(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+class TextFormatter(logging.Formatter):
+    """One line a record, control characters escaped; a traceback follows on its own lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        line = _CONTROL.sub(_hex, self.formatMessage(record))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for extra in (record.exc_text, record.stack_info):
+            if extra:
+                line += "\n" + _CONTROL_BUT_NEWLINE.sub(_hex, extra)
+        return line
 
 
 class _BatchWriter(logging.Handler):
@@ -222,11 +251,7 @@ def configure_logging(level: str, fmt: str, secrets: frozenset[str] = frozenset(
     # the caller's file and line, thread and process names.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    writer = _BatchWriter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
+    writer = _BatchWriter(JsonFormatter() if fmt == "json" else TextFormatter())
     writer.set_name(_HANDLER_NAME)
     writer.addFilter(RequestIdFilter())
     writer.addFilter(RedactingFilter(secrets))

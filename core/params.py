@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import jsonschema_rs
 
-from core.errors import FieldError, ValidationError
+from core.errors import FieldError, MalformedRequest, ValidationError, pointer
+from core.json_input import check_value
 
 _MAX_MESSAGE = 200
+MAX_ERRORS = 50  # a 422 names at most this many; the rest are counted in errors_omitted
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,6 @@ class ParamSpec:
 
 class SchemaCompileError(ValueError):
     """A params or returns schema is not a valid JSON Schema."""
-
-
-def pointer(parts: Any) -> str:
-    """RFC 6901 JSON pointer of a path."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
 def compile_schema(schema: Mapping[str, Any]) -> jsonschema_rs.Validator:
@@ -124,7 +122,12 @@ class ParamsValidator:
         )
 
     def __call__(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        if not self._validator.is_valid(raw):
+        try:
+            valid = self._validator.is_valid(raw)
+        except ValueError:  # not text or too deep: only an in-process caller gets here
+            check_value(raw)  # raises the transport's 400 for what it can name
+            raise MalformedRequest("the params nest too deeply to be checked") from None
+        if not valid:
             self._reject(raw)
         params = dict(raw)
         for name in self._integers:
@@ -137,29 +140,30 @@ class ParamsValidator:
         return params
 
     def _reject(self, raw: Mapping[str, Any]) -> NoReturn:
-        errors = [
-            FieldError(pointer([n]), "unknown parameter") for n in raw if n not in self._names
-        ]
-        errors.extend(
-            FieldError(pointer([n]), "is required") for n in self._required if n not in raw
+        errors = itertools.chain(
+            (FieldError(pointer([n]), "unknown parameter") for n in raw if n not in self._names),
+            (FieldError(pointer([n]), "is required") for n in self._required if n not in raw),
+            self._describe(raw),
         )
-        errors.extend(self._describe(raw))
+        shown = list(itertools.islice(errors, MAX_ERRORS))
+        omitted = sum(1 for _ in errors)
+        paths = sorted({e.path for e in shown})
+        detail = f"{len(shown) + omitted} invalid parameter{'s' if len(shown) > 1 else ''}: "
+        detail += ", ".join(paths[:10]) + (", ..." if len(paths) > 10 or omitted else "")
         raise ValidationError(
-            detail=f"{len(errors)} invalid parameter{'s' if len(errors) > 1 else ''}: "
-            + ", ".join(sorted({e.path for e in errors})),
-            errors=errors,
+            detail=detail,
+            errors=shown,
+            extra={"errors_omitted": omitted} if omitted else {},
         )
 
-    def _describe(self, raw: Mapping[str, Any]) -> list[FieldError]:
-        found = []
+    def _describe(self, raw: Mapping[str, Any]) -> Iterator[FieldError]:
         for error in self._detail.iter_errors(raw):
             path = list(error.instance_path)
             keyword = error.schema_path[-1] if error.schema_path else "schema"
             message = error.message
             if (path and path[0] in self._secret) or len(message) > _MAX_MESSAGE:
                 message = f"fails the {keyword!s} constraint"  # never echo the value
-            found.append(FieldError(pointer(path), message))
-        return found
+            yield FieldError(pointer(path), message)
 
 
 class ReturnsValidator:

@@ -9,6 +9,8 @@ contribute, and composes the chain. Every transport (HTTP, the CLI) hands a
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -41,6 +43,9 @@ from core.store import KeyValueStore
 if TYPE_CHECKING:
     from core.app_manager import AppManager
 
+log = logging.getLogger("switchboard.pipeline")
+OPAQUE_LOG_EVERY = 60.0
+
 
 class Pipeline:
     """Runs calls through the chain; ``steps`` names it, outermost first."""
@@ -53,8 +58,11 @@ class Pipeline:
         registry: ActionRegistry,
         identify: Identify,
         gate: Gate | None,
+        opaque_errors: bool = False,
     ) -> None:
         self.registry = registry
+        self._opaque = opaque_errors
+        self._opaque_logged: dict[str, float] = {}
         self._identify = identify
         self._gate = gate
         self.steps: tuple[str, ...] = (*(name for name, _ in middleware), "run")
@@ -78,13 +86,35 @@ class Pipeline:
         secrets_token = secret_params_var.set(frozenset())
         try:
             return self._chain(call)
-        except ActionError:
+        except ActionError as error:
+            if self._opaque and error.status > 500:
+                raise self._opaque_error(error, request) from None
             raise
         except Exception as exc:  # a middleware's own bug: still one clean 500
             raise unexpected(call, exc) from exc
         finally:
             secret_params_var.reset(secrets_token)
             request_id_var.reset(token)
+
+    def _opaque_error(self, error: ActionError, request: CallRequest) -> ActionError:
+        """The same problem (status, slug, headers) with a detail that names nothing of the
+        deployment. The original detail is logged, once a minute for each action and
+        detail (an outage fails every call alike; the audit record has each request id)."""
+        key = f"{request.action} {error.status} {error.detail}"
+        now = time.monotonic()
+        if now - self._opaque_logged.get(key, -OPAQUE_LOG_EVERY) >= OPAQUE_LOG_EVERY:
+            if len(self._opaque_logged) > 1000:
+                self._opaque_logged.clear()
+            self._opaque_logged[key] = now
+            log.warning(
+                "action %s answers %s: %s (request %s; repeats are not logged for a minute)",
+                request.action,
+                error.status,
+                error.detail,
+                request.request_id,
+            )
+        detail = f"{error.title}; retry later, or quote request id {request.request_id}"
+        return dataclasses.replace(error, detail=detail, errors=())
 
 
 def build_pipeline(app: AppManager) -> Pipeline:
@@ -119,4 +149,11 @@ def build_pipeline(app: AppManager) -> Pipeline:
         workers=int(app.config["actions.timeout_workers"]),
     )
     middleware = arrange(builtins, app.middleware())
-    return Pipeline(middleware, run, registry=registry, identify=identify, gate=gate)
+    return Pipeline(
+        middleware,
+        run,
+        registry=registry,
+        identify=identify,
+        gate=gate,
+        opaque_errors=app.config.is_production,
+    )

@@ -222,6 +222,35 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         minimum=0,
     ),
     Setting(
+        "http.max_url_bytes",
+        integer,
+        2048,
+        "Longest accepted request target, path and query (414 above)",
+        minimum=64,
+    ),
+    Setting(
+        "http.max_header_bytes",
+        integer,
+        16384,
+        "Largest accepted total of header names and values (431 above)",
+        minimum=1024,
+    ),
+    Setting(
+        "http.max_headers",
+        integer,
+        100,
+        "Most header fields a request may carry (431 above)",
+        minimum=8,
+    ),
+    Setting(
+        "http.max_json_depth",
+        integer,
+        64,
+        "Deepest nesting of a JSON body (400 malformed-request deeper)",
+        minimum=1,
+        maximum=512,
+    ),
+    Setting(
         "http.cors_origins",
         strings,
         (),
@@ -275,6 +304,13 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         duration,
         86400.0,
         "How long a stored result is replayed for an Idempotency-Key",
+    ),
+    Setting(
+        "health.allow",
+        strings,
+        ("127.0.0.1/32", "::1/128"),
+        "Clients (IPs or CIDRs) shown the checks of /health/ready in production; "
+        "admins always are, others get only the status",
     ),
     Setting("secrets.dir", text, "secrets", "Directory of local secret files", alias="SECRETS_DIR"),
     Setting(

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.errors import ValidationError
-from core.params import ParamSpec, ParamsValidator, pointer
+from core.errors import ValidationError, pointer
+from core.params import ParamSpec, ParamsValidator
 
 
 def validator(**params: Mapping[str, Any]) -> ParamsValidator:

@@ -2,132 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from email.message import Message
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app import ROOT
-
-BOOT_SECONDS = 30
-STOP_SECONDS = 20
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if k != "MODULES_PATH"}
-    environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='sbtest')}/app.db"
-    environ.update({"APP_ENV": "test", **(extra or {})})
-    return environ
-
-
-@dataclass
-class Response:
-    status: int
-    headers: Message  # field names in any case, as HTTP has them
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def http(
-    method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
-) -> Response:
-    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return Response(answer.status, answer.headers, answer.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return Response(error.code, error.headers, error.read())
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Response:
-        return http(
-            "POST", self.base + path, body, {"Content-Type": "application/json", **(headers or {})}
-        )
-
-    def get(self, path: str) -> Response:
-        return http("GET", self.base + path)
-
-    def stop(self) -> int:
-        """SIGTERM, then wait; the exit code (fails the test when it does not exit)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"serve did not exit within {STOP_SECONDS}s of SIGTERM:\n{self.output()}")
-
-
-def wait_until_live(server: Server) -> None:
-    deadline = time.monotonic() + BOOT_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(
-                f"serve exited with {server.process.returncode} before answering:\n"
-                + server.output()
-            )
-        with contextlib.suppress(OSError):  # refused until it listens
-            if server.get("/health/live").status == 200:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"serve did not answer /health/live within {BOOT_SECONDS}s:\n{server.output()}")
-
-
-@contextlib.contextmanager
-def running(log_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> Iterator[Server]:
-    """``python app.py <args> --port <free> --host 127.0.0.1``; killed on the way out."""
-    port = free_port()
-    log = log_dir / f"server-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", *args, "--port", str(port), "--host", "127.0.0.1"],
-            cwd=ROOT,
-            env=environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group, so the workers go down with it
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_until_live(server)
-        yield server
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_SECONDS)
+from tests.served import Server, environment, running
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,14 @@ def info(ctx: Any) -> dict[str, Any]:
     modules = ctx.modules
     system = modules.get("system")
     started = getattr(system.instance, "started_at", 0.0) if system else 0.0
-    return {
+    info: dict[str, Any] = {
         "name": ctx.config["app.name"],
         "version": core.__version__,
-        "env": ctx.config.env,
         "uptime_seconds": round(time.monotonic() - started, 3),
         "modules": [
             {"name": m.name, "version": m.manifest.version, "status": m.status} for m in modules
         ],
     }
+    if not ctx.config.is_production:  # anyone may call this: production says less
+        info["env"] = ctx.config.env
+    return info

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.bench import load
+from tests.served import production_secrets
 from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,22 +111,12 @@ def _process(
 
 def switchboard_env(work: Path, redis_url: str, workers: int) -> dict[str, str]:
     """A production configuration of Switchboard for the bench (keys in secret files)."""
-    secrets = work / "secrets"
-    secrets.mkdir(exist_ok=True)
-    key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (secrets / "jwt.private_key").write_bytes(pem)
-    (secrets / "api_keys.pepper").write_text(os.urandom(32).hex())
     module = work / "modules" / "bench"
     module.mkdir(parents=True, exist_ok=True)
     (module / "actions.yaml").write_text(BENCH_ACTIONS)
     (module / "handlers.py").write_text(BENCH_HANDLERS)
     return {
-        "APP_ENV": "production",
-        "SECRETS_DIR": str(secrets),
-        "SB_SECRETS__MOUNTS": "",
+        **production_secrets(work),
         "DATABASE_URL": f"sqlite:///{work}/bench.db",
         "REDIS_URL": redis_url,
         "SB_REDIS__PREFIX": "bench:",
