@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from core.errors import Conflict, FieldError, ValidationError
+from core.errors import Conflict, FieldError, ValidationError, pointer
 
 FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 COLLECTION = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -88,94 +88,114 @@ class Or:
 Node = Compare | In | Exists | Not | And | Or
 
 
-def _bad(path: str, message: str) -> ValidationError:
-    return ValidationError(f"invalid filter: {path}: {message}", errors=[FieldError(path, message)])
+Where = tuple[Any, ...]  # the path of a bad part inside what the caller passed
 
 
-def field_path(name: Any, where: str = "field") -> tuple[str, ...]:
+class _Bad:
+    """Errors about one kind of argument (a filter, a document, an update, a sort): the
+    detail names the kind and every path is a JSON pointer into the argument."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __call__(self, where: Where, message: str) -> ValidationError:
+        path = pointer(where) or "/"
+        return ValidationError(
+            f"invalid {self.what}: {path}: {message}", errors=[FieldError(path, message)]
+        )
+
+
+_bad_filter, _bad_document = _Bad("filter"), _Bad("document")
+_bad_update, _bad_sort = _Bad("update"), _Bad("sort")
+
+
+def field_path(name: Any, where: Where = (), bad: _Bad = _bad_filter) -> tuple[str, ...]:
     """A validated dotted field name as a tuple of segments."""
     if not isinstance(name, str) or not FIELD.match(name):
-        raise _bad(str(name), f"{where} names must be dotted identifiers ([A-Za-z_][A-Za-z0-9_]*)")
+        raise bad(
+            where or (name,), "field names must be dotted identifiers ([A-Za-z_][A-Za-z0-9_]*)"
+        )
     return tuple(name.split("."))
 
 
-def _scalar(value: Any, where: str) -> Scalar:
+def _scalar(value: Any, where: Where, bad: _Bad = _bad_filter) -> Scalar:
     if isinstance(value, str):
-        _check_text(value, where)
+        _check_text(value, where, bad)
         return value
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         if not INT64[0] <= value <= INT64[1]:
-            raise _bad(where, "integers must fit in 64 bits")
+            raise bad(where, "integers must fit in 64 bits")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _bad(where, "numbers must be finite")
+            raise bad(where, "numbers must be finite")
         return value
-    raise _bad(
-        where,
-        f"filter values must be null, booleans, numbers or strings, not {type(value).__name__}",
+    raise bad(
+        where, f"values must be null, booleans, numbers or strings, not {type(value).__name__}"
     )
 
 
-def _check_text(value: str, where: str) -> None:
+def _check_text(value: str, where: Where, bad: _Bad) -> None:
     """Text every backend can store: no NUL (PostgreSQL refuses it) and no lone surrogate
     halves (a JSON "\\ud800" escape; not valid Unicode, so neither UTF-8 nor BSON takes it)."""
     if "\x00" in value:
-        raise _bad(where, "strings cannot contain NUL (\\u0000) characters")
+        raise bad(where, "strings cannot contain NUL (\\u0000) characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _bad(where, "strings must be valid Unicode (a lone surrogate half is not)") from None
+        raise bad(where, "strings must be valid Unicode (a lone surrogate half is not)") from None
 
 
-def parse_filter(spec: Mapping[str, Any] | None) -> Node:
+def parse_filter(spec: Mapping[str, Any] | None, where: Where = ()) -> Node:
     """Validate a Mongo-style filter and return its tree (``{}``/None matches everything)."""
     if spec is None:
         return And(())
     if not isinstance(spec, Mapping):
-        raise _bad("/", "a filter must be a mapping")
+        raise _bad_filter(where, "a filter must be a mapping")
     nodes: list[Node] = []
     for key, value in spec.items():
         if key in ("$and", "$or"):
             if not isinstance(value, (list, tuple)) or not value:
-                raise _bad(key, "takes a non-empty list of filters")
-            parts = tuple(parse_filter(v) for v in value)
+                raise _bad_filter((*where, key), "takes a non-empty list of filters")
+            parts = tuple(parse_filter(v, (*where, key, i)) for i, v in enumerate(value))
             nodes.append(And(parts) if key == "$and" else Or(parts))
         elif isinstance(key, str) and key.startswith("$"):
-            raise _bad(key, "unknown top-level operator")
+            raise _bad_filter((*where, key), "unknown top-level operator")
         else:
-            nodes.extend(_field_nodes(field_path(key), key, value))
+            nodes.extend(_field_nodes(field_path(key, (*where, key)), (*where, key), value))
     return nodes[0] if len(nodes) == 1 else And(tuple(nodes))
 
 
-def _field_nodes(path: tuple[str, ...], name: str, value: Any) -> list[Node]:
+def _field_nodes(path: tuple[str, ...], name: Where, value: Any) -> list[Node]:
     if not isinstance(value, Mapping):
         return [Compare(path, "$eq", _scalar(value, name))]
     if not value:
-        raise _bad(name, "an empty operator mapping")
+        raise _bad_filter(name, "an empty operator mapping")
     nodes: list[Node] = []
     for op, operand in value.items():
-        where = f"{name}.{op}"
+        where = (*name, op)
         if op in _COMPARE:
             scalar = _scalar(operand, where)
             if op != "$eq" and (scalar is None or isinstance(scalar, bool)):
-                raise _bad(where, "orders only numbers and strings")
+                raise _bad_filter(where, "orders only numbers and strings")
             nodes.append(Compare(path, op, scalar))
         elif op == "$ne":
             nodes.append(Not(Compare(path, "$eq", _scalar(operand, where))))
         elif op in ("$in", "$nin"):
             if not isinstance(operand, (list, tuple)):
-                raise _bad(where, "takes a list")
-            node = In(path, tuple(_scalar(v, where) for v in operand))
+                raise _bad_filter(where, "takes a list")
+            node = In(path, tuple(_scalar(v, (*where, i)) for i, v in enumerate(operand)))
             nodes.append(node if op == "$in" else Not(node))
         elif op == "$exists":
             if not isinstance(operand, bool):
-                raise _bad(where, "takes true or false")
+                raise _bad_filter(where, "takes true or false")
             nodes.append(Exists(path, operand))
         else:
-            raise _bad(where, "unknown operator; use $eq $ne $gt $gte $lt $lte $in $nin $exists")
+            raise _bad_filter(
+                where, "unknown operator; use $eq $ne $gt $gte $lt $lte $in $nin $exists"
+            )
     return nodes
 
 
@@ -252,31 +272,31 @@ def parse_sort(sort: Sequence[tuple[str, int]] | None) -> tuple[tuple[tuple[str,
     if not sort:
         return ()
     parsed = []
-    for item in sort:
+    for index, item in enumerate(sort):
         if not isinstance(item, (list, tuple)) or len(item) != 2 or item[1] not in (1, -1):
-            raise _bad("sort", "use a list of (field, 1) or (field, -1)")
-        parsed.append((field_path(item[0], "sort field"), int(item[1])))
+            raise _bad_sort((index,), "use a list of (field, 1) or (field, -1)")
+        parsed.append((field_path(item[0], (index, 0), _bad_sort), int(item[1])))
     return tuple(parsed)
 
 
 # --- documents and updates -------------------------------------------------------------
 
 
-def check_document(doc: Any, where: str = "") -> None:
+def check_document(doc: Any, where: Where = (), bad: _Bad = _bad_document) -> None:
     """Documents are JSON objects: string keys without dots or ``$``, finite numbers."""
     if isinstance(doc, Mapping):
         for key, value in doc.items():
             if not isinstance(key, str) or not key or "." in key or key.startswith("$"):
-                raise _bad(
-                    f"{where}/{key}", "keys must be non-empty strings without '.' or a leading '$'"
+                raise bad(
+                    (*where, key), "keys must be non-empty strings without '.' or a leading '$'"
                 )
-            _check_text(key, f"{where}/{key}")
-            check_document(value, f"{where}/{key}")
+            _check_text(key, (*where, key), bad)
+            check_document(value, (*where, key), bad)
     elif isinstance(doc, list):
         for index, value in enumerate(doc):
-            check_document(value, f"{where}/{index}")
+            check_document(value, (*where, index), bad)
     elif doc is not None and not isinstance(doc, bool):
-        _scalar(doc, where or "/")
+        _scalar(doc, where, bad)
 
 
 def prepare_insert(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -285,8 +305,8 @@ def prepare_insert(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     body = dict(doc)
     doc_id = body.pop(ID_FIELD, None) or uuid.uuid4().hex
     if not isinstance(doc_id, str):
-        raise _bad(f"/{ID_FIELD}", "must be a string")
-    _check_text(doc_id, f"/{ID_FIELD}")
+        raise _bad_document((ID_FIELD,), "must be a string")
+    _check_text(doc_id, (ID_FIELD,), _bad_document)
     body.pop(VERSION_FIELD, None)
     check_document(body)
     return doc_id, body
@@ -311,33 +331,33 @@ class Changes:
 
 def parse_changes(spec: Mapping[str, Any]) -> Changes:
     if not isinstance(spec, Mapping) or not spec:
-        raise _bad("changes", "use a non-empty mapping of $set, $inc and $unset")
+        raise _bad_update((), "use a non-empty mapping of $set, $inc and $unset")
     unknown = [k for k in spec if k not in ("$set", "$inc", "$unset")]
     if unknown:
-        raise _bad(str(unknown[0]), "updates take only $set, $inc and $unset (no replacement)")
+        raise _bad_update((unknown[0],), "updates take only $set, $inc and $unset (no replacement)")
     sets: list[tuple[tuple[str, ...], Any]] = []
     incs: list[tuple[tuple[str, ...], Any]] = []
     unsets: list[tuple[str, ...]] = []
     for name, value in (spec.get("$set") or {}).items():
-        check_document(value, name)
-        sets.append((_writable(name), copy.deepcopy(value)))
+        check_document(value, ("$set", name), _bad_update)
+        sets.append((_writable(name, ("$set", name)), copy.deepcopy(value)))
     for name, value in (spec.get("$inc") or {}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _bad(f"$inc.{name}", "takes a number")
-        incs.append((_writable(name), _scalar(value, f"$inc.{name}")))
+            raise _bad_update(("$inc", name), "takes a number")
+        incs.append((_writable(name, ("$inc", name)), _scalar(value, ("$inc", name), _bad_update)))
     unset_spec = spec.get("$unset") or {}
     names = unset_spec if isinstance(unset_spec, (list, tuple)) else list(unset_spec)
-    unsets.extend(_writable(name) for name in names)
+    unsets.extend(_writable(name, ("$unset", name)) for name in names)
     touched = [p for p, _ in sets] + [p for p, _ in incs] + unsets
     if len(set(touched)) != len(touched):
-        raise _bad("changes", "a field may appear in only one operator")
+        raise _bad_update((), "a field may appear in only one operator")
     return Changes(tuple(sets), tuple(incs), tuple(unsets))
 
 
-def _writable(name: str) -> tuple[str, ...]:
-    path = field_path(name)
+def _writable(name: str, where: Where) -> tuple[str, ...]:
+    path = field_path(name, where, _bad_update)
     if path[0] in META_FIELDS:
-        raise _bad(name, "_id and _version are managed by the database")
+        raise _bad_update(where, "_id and _version are managed by the database")
     return path
 
 
@@ -350,10 +370,10 @@ def apply_changes(doc: dict[str, Any], changes: Changes) -> dict[str, Any]:
         parent = _parent(result, path)
         current = parent.get(path[-1], 0)
         if kind(current) != "number":
-            raise _bad(".".join(path), "$inc needs a number or a missing field")
+            raise _bad_update(("$inc", ".".join(path)), "$inc needs a number or a missing field")
         total = current + amount
         if isinstance(total, int) and not INT64[0] <= total <= INT64[1]:
-            raise _bad(".".join(path), "$inc would overflow 64 bits")
+            raise _bad_update(("$inc", ".".join(path)), "$inc would overflow 64 bits")
         parent[path[-1]] = total
     for path in changes.unset:
         parent_value = resolve(result, path[:-1]) if len(path) > 1 else result
@@ -367,7 +387,7 @@ def _parent(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     for part in path[:-1]:
         nxt = current.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise _bad(".".join(path), f"{part!r} is not an object")
+            raise _bad_update(path, f"{part!r} is not an object")
         current = nxt
     return current
 

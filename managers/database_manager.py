@@ -40,6 +40,10 @@ class Backend(Protocol):
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
+    def trouble(self) -> Health | None:
+        """What is wrong while the backend still answers pings (None: nothing)."""
+        ...
+
 
 def _sqlite(url: str, config: Config, *, read_only: bool = False) -> Backend:
     from managers.db_backends.sqlite import SqliteBackend
@@ -56,10 +60,14 @@ def _sqlite(url: str, config: Config, *, read_only: bool = False) -> Backend:
                 )
             ]
         )
+    pool_size = int(config["database.pool_size"])
     return SqliteBackend(
         config.path(str(path)),
-        pool_size=config["database.pool_size"],
-        busy_timeout=config["database.statement_timeout"],
+        pool_size=pool_size,
+        pool_timeout=config["database.pool_timeout"],
+        lock_timeout=config["database.lock_timeout"],
+        # Writers waiting for the lock hold threads: leave half of them to other calls.
+        waiting_writers=max(1, min(pool_size, int(config["http.threads"]) // 2)),
         read_only=read_only,
     )
 
@@ -236,7 +244,14 @@ class DatabaseManager(Manager):
             "database.statement_timeout",
             duration,
             30.0,
-            "PostgreSQL statement_timeout; SQLite busy timeout",
+            "PostgreSQL statement_timeout (504 past it)",
+            owner=_OWNER,
+        ),
+        Setting(
+            "database.lock_timeout",
+            duration,
+            5.0,
+            "SQLite: how long a write waits for the database lock before answering 503",
             owner=_OWNER,
         ),
         Setting(
@@ -306,6 +321,9 @@ class DatabaseManager(Manager):
                 details[label] = "unreachable"
                 details["error"] = exc.detail
                 return Health("failed", details)
+            trouble = part.trouble()
+            if trouble is not None:
+                return Health(trouble.status, {**details, label: trouble.details})
         return Health("ok", details)
 
     def stop(self) -> None:

@@ -22,7 +22,13 @@ def build_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
     if kind == "sqlite":
         from managers.db_backends.sqlite import SqliteBackend
 
-        return SqliteBackend(tmp_path / "contract.db", pool_size=16, busy_timeout=30)
+        return SqliteBackend(
+            tmp_path / "contract.db",
+            pool_size=16,
+            pool_timeout=30,
+            lock_timeout=30,
+            waiting_writers=16,
+        )
     if kind == "postgres":
         from managers.db_backends.postgres import PostgresBackend
 

@@ -203,71 +203,83 @@ def test_unique_index(db: Database) -> None:
 
 
 @pytest.mark.parametrize(
-    "query",
+    ("query", "path"),
     [
-        {"$where": "1 == 1"},
-        {"name; DROP TABLE x": 1},
-        {"name": {"$regex": ".*"}},
-        {"name": {"$gt": None}},
-        {"name": {"$gt": True}},
-        {"name": {"nested": "object"}},
-        {"name": ["a", "list"]},
-        {"name": {"$in": "not a list"}},
-        {"name": {"$exists": "yes"}},
-        {"$or": []},
-        {"a..b": 1},
-        {"a.$where": 1},
-        {"age": float("nan")},
-        {"age": 2**70},
-        {"name": "nul\x00"},
-        {"name": "lone \ud800"},
+        ({"$where": "1 == 1"}, "/$where"),
+        ({"name; DROP TABLE x": 1}, "/name; DROP TABLE x"),
+        ({"name": {"$regex": ".*"}}, "/name/$regex"),
+        ({"name": {"$gt": None}}, "/name/$gt"),
+        ({"name": {"$gt": True}}, "/name/$gt"),
+        ({"name": {"nested": "object"}}, "/name/nested"),
+        ({"name": ["a", "list"]}, "/name"),
+        ({"name": {"$in": "not a list"}}, "/name/$in"),
+        ({"name": {"$in": ["ok", 2**70]}}, "/name/$in/1"),
+        ({"name": {"$exists": "yes"}}, "/name/$exists"),
+        ({"$or": []}, "/$or"),
+        ({"$or": [{"a": 1}, {"b": {"$bad": 1}}]}, "/$or/1/b/$bad"),
+        ({"a..b": 1}, "/a..b"),
+        ({"a.$where": 1}, "/a.$where"),
+        ({"a/b": 1}, "/a~1b"),
+        ({"age": float("nan")}, "/age"),
+        ({"age": 2**70}, "/age"),
+        ({"name": "nul\x00"}, "/name"),
+        ({"name": "lone \ud800"}, "/name"),
     ],
 )
-def test_unsafe_or_unknown_filters_are_rejected(people: Collection, query: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError):
+def test_unsafe_or_unknown_filters_are_rejected(
+    people: Collection, query: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
         people.find(query)
+    assert [e.path for e in caught.value.errors] == [path]
+    assert caught.value.detail.startswith(f"invalid filter: {path}: ")
 
 
 @pytest.mark.parametrize(
-    "changes",
+    ("changes", "path"),
     [
-        {"name": "replacement documents are not updates"},
-        {"$set": {"_id": "other"}},
-        {"$set": {"_version": 9}},
-        {"$inc": {"age": "1"}},
-        {"$inc": {"name": 1}},  # not a number
-        {"$rename": {"a": "b"}},
-        {"$set": {"a": 1}, "$unset": ["a"]},
-        {"$set": {"bad.$key": 1}},
-        {"$set": {"x": {"$where": 1}}},
+        ({"name": "replacement documents are not updates"}, "/name"),
+        ({"$set": {"_id": "other"}}, "/$set/_id"),
+        ({"$set": {"_version": 9}}, "/$set/_version"),
+        ({"$inc": {"age": "1"}}, "/$inc/age"),
+        ({"$inc": {"name": 1}}, "/$inc/name"),  # not a number
+        ({"$rename": {"a": "b"}}, "/$rename"),
+        ({"$set": {"a": 1}, "$unset": ["a"]}, "/"),
+        ({"$set": {"bad.$key": 1}}, "/$set/bad.$key"),
+        ({"$set": {"x": {"$where": 1}}}, "/$set/x/$where"),
     ],
 )
 def test_bad_updates_are_rejected_and_change_nothing(
-    people: Collection, changes: dict[str, Any]
+    people: Collection, changes: dict[str, Any], path: str
 ) -> None:
     before = people.find_one({"_id": "bob"})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError) as caught:
         people.update_one({"_id": "bob"}, changes)
+    assert [e.path for e in caught.value.errors] == [path]
+    assert caught.value.detail.startswith(f"invalid update: {path}: ")
     assert people.find_one({"_id": "bob"}) == before
 
 
 def test_bad_documents_are_rejected(db: Database) -> None:
     c = db.collection(unique_collection())
-    for doc in (
-        {"a.b": 1},
-        {"$set": 1},
-        {"x": float("inf")},
-        {"x": object()},
-        {"x": {1: 2}},
-        {"x": "nul\x00byte"},
-        {"x\x00": 1},
-        {"x": ["ok", {"y": "\x00"}]},
-        {"x": "lone \ud800 half"},
-        {"k\udfff": 1},
-        {"_id": "id\ud800"},
+    for doc, path in (
+        ({"a.b": 1}, "/a.b"),
+        ({"$set": 1}, "/$set"),
+        ({"x": float("inf")}, "/x"),
+        ({"x": object()}, "/x"),
+        ({"x": {1: 2}}, "/x/1"),
+        ({"x": "nul\x00byte"}, "/x"),
+        ({"x\x00": 1}, "/x\x00"),
+        ({"x": ["ok", {"y": "\x00"}]}, "/x/1/y"),
+        ({"x": "lone \ud800 half"}, "/x"),
+        ({"k\udfff": 1}, "/k\udfff"),
+        ({"_id": "id\ud800"}, "/_id"),
+        ({"_id": 5}, "/_id"),
     ):
-        with pytest.raises(ValidationError):
+        with pytest.raises(ValidationError) as caught:
             c.insert_one(doc)
+        assert [e.path for e in caught.value.errors] == [path], doc
+        assert caught.value.detail.startswith("invalid document: "), doc
     assert c.count() == 0
 
 

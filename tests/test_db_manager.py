@@ -156,7 +156,7 @@ def test_reads_outside_transactions_use_the_read_url(make_app: MakeApp, tmp_path
     # shows where each read went. A replica gets its tables from the primary.
     from managers.db_backends.sqlite import SqliteBackend
 
-    seed = SqliteBackend(replica, pool_size=1, busy_timeout=5)
+    seed = SqliteBackend(replica, pool_size=1, pool_timeout=5, lock_timeout=5, waiting_writers=1)
     seed.start()
     seed.collection("things").count()
     seed.close()

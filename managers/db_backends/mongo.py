@@ -35,6 +35,7 @@ from core.documents import (
     prepare_insert,
 )
 from core.errors import Conflict, DependencyUnavailable
+from core.manager import Health
 
 _TYPES = {bool: "bool", int: "number", float: "number", str: "string"}
 _NOT_ARRAY = {"$not": {"$type": "array"}}
@@ -205,6 +206,9 @@ class MongoBackend:
     def ping(self) -> None:
         with self.translated():
             self.client.admin.command("ping")
+
+    def trouble(self) -> Health | None:
+        return None
 
     def current_session(self) -> Any:
         return getattr(self._local, "session", None)

@@ -140,6 +140,7 @@ class PostgresBackend(SqlBackend):
             )
         )
         self.ping()
+        self.remember_tables()
 
     def _with_retries(self, attempt: Callable[[], T]) -> T:
         try:
@@ -218,6 +219,14 @@ class PostgresBackend(SqlBackend):
             f'CREATE TABLE IF NOT EXISTS "{table}" (_id TEXT PRIMARY KEY, '
             "_version BIGINT NOT NULL, doc JSONB NOT NULL)"
         )
+
+    def _list_tables(self, session: Session) -> set[str]:
+        cursor = session.cursor()
+        cursor.execute(
+            "SELECT tablename FROM pg_tables "
+            "WHERE schemaname = current_schema() AND tablename LIKE 'doc\\_%%'"
+        )
+        return {row[0] for row in cursor.fetchall()}
 
     def ping(self) -> None:
         with self._translated(), self._checkout() as connection:

@@ -29,6 +29,7 @@ from core.documents import (
     prepare_insert,
 )
 from core.errors import Conflict, FieldError, ValidationError
+from core.manager import Health
 from managers.db_backends.sql_compiler import Compiler, Dialect, Params
 
 
@@ -79,10 +80,18 @@ class SqlBackend(ABC):
     def _create_table(self, session: Session, table: str) -> None: ...
 
     @abstractmethod
+    def _list_tables(self, session: Session) -> set[str]:
+        """The names of the collection tables (``doc_*``) that exist."""
+
+    @abstractmethod
     def ping(self) -> None: ...
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def trouble(self) -> Health | None:
+        """What is wrong while pings still pass (the engine's to say)."""
+        return None
 
     for_update = ""  # row lock clause of the engine (SQLite locks the whole file instead)
     read_only = False  # a DATABASE_READ_URL backend: never creates tables
@@ -129,9 +138,33 @@ class SqlBackend(ABC):
                 raise
             raise translated from exc
 
+    def remember_tables(self) -> None:
+        """Learn the tables that exist (at start): a first read or write of a collection
+        that exists then takes no catalog query and no lock."""
+        with self._translated(), self._connect(write=False) as session:
+            found = self._list_tables(session)
+        with self._known_lock:
+            self._known.update(found)
+
+    def existing_table(self, name: str) -> str | None:
+        """The collection's table if it exists, else None: reads never create a table
+        (creating one takes a write lock that a read must not wait for)."""
+        table = f"doc_{collection_name(name)}"
+        if table in self._known:
+            return table
+        current = getattr(self._local, "session", None)
+        if current is not None:
+            return table if table in self._list_tables(current) else None
+        with self._translated(), self._connect(write=False) as session:
+            exists = table in self._list_tables(session)
+        if exists:
+            with self._known_lock:
+                self._known.add(table)
+        return table if exists else None
+
     def ensure_table(self, name: str) -> str:
-        """The collection's table, created on first use in a session of its own so a rolled
-        back operation never leaves the cache claiming a table that is not there."""
+        """The collection's table, created on first write in a session of its own so a
+        rolled back operation never leaves the cache claiming a table that is not there."""
         table = f"doc_{collection_name(name)}"
         if table in self._known or self.read_only:  # a replica gets tables from the primary
             return table
@@ -140,7 +173,7 @@ class SqlBackend(ABC):
             self._create_table(current, table)
             self._local.created.add(table)
             return table
-        with self._translated(), self._connect(write=False) as session:
+        with self._translated(), self._connect(write=True) as session:
             self._create_table(session, table)
         with self._known_lock:
             self._known.add(table)
@@ -215,13 +248,19 @@ class SqlCollection:
         limit: int | None = None,
         skip: int = 0,
     ) -> list[dict[str, Any]]:
-        table = self._backend.ensure_table(self.name)
+        table = self._backend.existing_table(self.name)
+        if table is None:  # nothing to find; bad arguments are refused all the same
+            parse_filter(filter), parse_sort(sort)
+            _count(limit or 0, "limit"), _count(skip, "skip")
+            return []
         with self._backend.session(write=False) as session:
             return self._select(session, table, filter, sort=sort, limit=limit, skip=skip)
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
         where, params = self._backend.compiler.where(parse_filter(filter))
-        table = self._backend.ensure_table(self.name)
+        table = self._backend.existing_table(self.name)
+        if table is None:
+            return 0
         with self._backend.session(write=False) as session:
             cursor = session.cursor()
             cursor.execute(f'SELECT COUNT(*) FROM "{table}" WHERE {where}', params)
@@ -235,7 +274,10 @@ class SqlCollection:
         expected_version: int | None = None,
     ) -> bool:
         parsed = parse_changes(changes)
-        table = self._backend.ensure_table(self.name)
+        table = self._backend.existing_table(self.name)
+        if table is None:
+            parse_filter(filter)
+            return False
         with self._backend.session(write=True) as session:
             found = self._select(session, table, filter, limit=1, lock=True)
             if not found:
@@ -257,7 +299,10 @@ class SqlCollection:
             return True
 
     def delete_one(self, filter: Mapping[str, Any]) -> bool:
-        table = self._backend.ensure_table(self.name)
+        table = self._backend.existing_table(self.name)
+        if table is None:
+            parse_filter(filter)
+            return False
         with self._backend.session(write=True) as session:
             found = self._select(session, table, filter, limit=1, lock=True)
             if not found:
