@@ -247,6 +247,7 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
         trusted,
         origins,
         RequestLimits.from_config(config),
+        parse_networks(config["health.allow"], "health.allow") if config.is_production else None,
     )
     flask_app.register_blueprint(create_blueprint())
     for route in app_manager.routes():

@@ -10,12 +10,15 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.params import MAX_ERRORS
-from tests.served import Response, Server, running
+from tests.conftest import MakeApp
+from tests.helpers import module_object
+from tests.served import Response, Server, production_secrets, running
 
 ECHO = "/api/v1/actions/system.echo"
 PASSWORD = "correct horse battery staple"
@@ -222,3 +225,83 @@ def test_three_and_three_point_zero_are_the_same_idempotent_call(server: Server)
     assert again.body == first.body
     other = server.post(path, json.dumps({"to": receiver, "amount": 4}).encode(), headers)
     assert_problem(other, 422, "idempotency-mismatch")
+
+
+# --- what production tells an anonymous caller -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    work = tmp_path_factory.mktemp("production")
+    env = {
+        **production_secrets(work),
+        "DATABASE_URL": f"sqlite:///{work}/app.db",
+        "SB_HTTP__WORKERS": "1",  # memory:// serves one worker
+        "SB_HEALTH__ALLOW": "10.9.9.9/32",  # not this test's loopback address
+    }
+    with running(work, "serve", env=env) as started:
+        yield started
+
+
+def test_production_readiness_says_only_the_status_to_strangers(production: Server) -> None:
+    ready = production.get("/health/ready")
+    assert ready.status == 200
+    assert ready.json() == {"status": ready.json()["status"]}
+    assert ready.json()["status"] in ("ok", "degraded")
+
+
+def test_production_system_info_leaves_out_the_environment(production: Server) -> None:
+    info = production.post("/api/v1/actions/system.info", b"")
+    assert info.status == 200
+    assert "env" not in info.json()["data"]
+    assert {"name", "version", "uptime_seconds", "modules"} <= set(info.json()["data"])
+
+
+PRODUCTION_ENV = {"SB_HTTP__WORKERS": "1", "REDIS_URL": "memory://"}
+
+
+@pytest.mark.parametrize(
+    ("allow", "address", "shown"),
+    [
+        (None, "127.0.0.1", True),  # the default: loopback sees the checks
+        (None, "203.0.113.5", False),
+        ("203.0.113.0/24", "203.0.113.5", True),
+        ("203.0.113.0/24", "127.0.0.1", False),
+    ],
+)
+def test_production_readiness_checks_follow_health_allow(
+    make_app: MakeApp, tmp_path: Path, allow: str | None, address: str, shown: bool
+) -> None:
+    env = {**production_secrets(tmp_path), **PRODUCTION_ENV}
+    if allow is not None:
+        env["SB_HEALTH__ALLOW"] = allow
+    client = make_app(env).test_client()
+    body = client.get("/health/ready", environ_base={"REMOTE_ADDR": address}).get_json()
+    assert ("checks" in body) is shown
+    assert body["status"] in ("ok", "degraded")
+
+
+def test_production_readiness_checks_are_shown_to_admins_only(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    env = {**production_secrets(tmp_path), **PRODUCTION_ENV, "SB_HEALTH__ALLOW": "10.9.9.9/32"}
+    app = make_app(env)
+    client = app.test_client()
+    account = {"email": "root@example.com", "password": PASSWORD}
+    assert client.post("/api/v1/actions/auth.register", json=account).status_code == 200
+
+    def ready_with(token: str) -> dict[str, Any]:
+        response = client.get("/health/ready", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200  # a bad credential is no reason for a 401 here
+        body: dict[str, Any] = response.get_json()
+        return body
+
+    user = client.post("/api/v1/actions/auth.login", json=account).get_json()["data"]
+    assert "checks" not in ready_with(user["access_token"])
+    assert "checks" not in ready_with("not-a-token")
+    promoted = module_object(app, "auth")
+    promoted.ctx.db.collection("users").update_one(
+        {"email": account["email"]}, {"$set": {"roles": ["admin"]}}
+    )
+    admin = client.post("/api/v1/actions/auth.login", json=account).get_json()["data"]
+    assert "checks" in ready_with(admin["access_token"])
