@@ -162,8 +162,19 @@ class ParamsValidator:
             keyword = error.schema_path[-1] if error.schema_path else "schema"
             message = error.message
             if (path and path[0] in self._secret) or len(message) > _MAX_MESSAGE:
-                message = f"fails the {keyword!s} constraint"  # never echo the value
+                message = _without_value(error.kind, str(keyword))  # never echo the value
             yield FieldError(pointer(path), message)
+
+
+def _without_value(kind: Any, keyword: str) -> str:
+    """What a value fails, said without the value (a secret, or too long to quote)."""
+    if keyword == "minLength":
+        return f"must be at least {kind.limit} characters"
+    if keyword == "maxLength":
+        return f"must be at most {kind.limit} characters"
+    if keyword == "pattern":
+        return f"must match {kind.pattern}"
+    return f"fails the {keyword} constraint"
 
 
 class ReturnsValidator:

@@ -196,9 +196,12 @@ def validate(call: Call, next: Next) -> CallResult:
 
 
 def caller_identity(call: Call) -> tuple[str, str]:
-    """(identity, kind) the global limits count against: the user or key, else the IP."""
+    """(identity, kind) the limits, strikes and bans count against: the user or key, else
+    the IP. A public action counts the IP whatever credential comes along: a token buys no
+    budget there (no more password guesses on ``auth.login``) and lifts no ban of the IP."""
     caller = call.caller
-    if caller.kind in ("user", "api_key") and caller.id is not None:
+    public = call.spec.auth == "public"
+    if caller.kind in ("user", "api_key") and caller.id is not None and not public:
         return f"{caller.kind}:{caller.id}", caller.kind
     return f"ip:{call.request.client_ip}", "ip"
 
@@ -235,7 +238,7 @@ class RateLimitStep:
             action=call.spec.name,
             action_limits=call.spec.rate_limit,
             action_subjects=action_subjects(call, identity),
-            own_limits=call.caller.rate_limit or None,
+            own_limits=(call.caller.rate_limit or None) if kind == "api_key" else None,
             failure=call.spec.rate_limit_failure,
         )
         try:

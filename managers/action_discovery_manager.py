@@ -47,6 +47,34 @@ class DeclarationFile:
         return Where(self.label, self.module, action)
 
 
+def with_settings(where: Where, declaration: Any, settings: Mapping[str, Any]) -> Any:
+    """The declaration with every ``{setting: <key>}`` inside its params replaced by the
+    module's setting (a ``null`` setting drops the keyword), so a schema can carry a policy
+    an operator configures (``minLength: {setting: password_min_length}``) and the API
+    listing and OpenAPI document show what the server really accepts."""
+    if not isinstance(declaration, dict) or not isinstance(declaration.get("params"), dict):
+        return declaration
+
+    def resolve(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"setting"}:
+                key = value["setting"]
+                if not isinstance(key, str) or key not in settings:
+                    known = ", ".join(sorted(settings)) or "none"
+                    raise where.fail(
+                        f"{{setting: {key!r}}}: the module has no such setting (it has: {known})",
+                        path,
+                    )
+                return settings[key]
+            resolved = {k: resolve(v, f"{path}.{k}") for k, v in value.items()}
+            return {k: v for k, v in resolved.items() if v is not None or value[k] is None}
+        if isinstance(value, list):
+            return [resolve(item, f"{path}.{i}") for i, item in enumerate(value)]
+        return value
+
+    return {**declaration, "params": resolve(declaration["params"], "params")}
+
+
 class ActionDiscoveryManager(Manager):
     """Owns the action registry: ``lookup(name)`` is an exact dict lookup, never fuzzy."""
 
@@ -92,7 +120,9 @@ class ActionDiscoveryManager(Manager):
                     problems.append(where.problem(f"action name {key!r} must match {ACTION_KEY}"))
                     continue
                 try:
-                    self.register(build_action(where, declaration, file.defaults, file.instance))
+                    settings = file.instance.settings if file.instance is not None else {}
+                    resolved = with_settings(where, declaration, settings)
+                    self.register(build_action(where, resolved, file.defaults, file.instance))
                 except DeclarationError as exc:
                     problems.extend(exc.problems)
         if problems:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from argon2 import PasswordHasher
 
+from core.limits import Limit, parse_limit
 from core.module import BaseModule
 
 __all__ = ["AuthModule"]
@@ -20,15 +20,14 @@ class AuthModule(BaseModule):
 
     hasher: Any
     dummy_hash: str
-    min_length: int
-    pattern: re.Pattern[str] | None
+    failures_per_email: Limit
 
     def initialize(self, app_manager: Any) -> None:
         super().initialize(app_manager)
         self.hasher = PasswordHasher()  # Argon2id with the RFC 9106 low-memory parameters
         # Unknown emails are checked against this, so a login costs the same either way.
         self.dummy_hash = self.hasher.hash("switchboard-dummy-password")
-        self.min_length = int(self.settings["password_min_length"])
-        pattern = self.settings["password_pattern"]
-        self.pattern = re.compile(pattern) if pattern else None
+        # The password policy (password_min_length, password_pattern) is in the params
+        # schema of auth.register: actions.yaml reads the settings.
+        self.failures_per_email = parse_limit(str(self.settings["login_failures_per_email"]))
         self.ctx.db.collection("users").create_index(["email"], unique=True)
