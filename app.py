@@ -4,7 +4,7 @@ python app.py [serve] [--host H] [--port P] [--workers N]
 python app.py check | actions [--json] | config
 python app.py call <action> [--json '{...}' | --json -]
 python app.py new-module <name> [--dir DIR]
-python app.py keys ... | bans ... | users promote <email> <role>
+python app.py keys ... | bans ... | users promote|disable|enable|delete ...
 
 The managers this build runs are listed once, below; everything else (their settings,
 production rules, capabilities, facades, middleware, routes and commands) they declare
@@ -131,17 +131,40 @@ def _users_arguments(parser: argparse.ArgumentParser) -> None:
     promote = sub.add_parser("promote", help="give a user a role")
     promote.add_argument("email")
     promote.add_argument("role")
+    for name, text in USER_SWITCHES.items():
+        sub.add_parser(name, help=text).add_argument("email")
+
+
+USER_SWITCHES = {
+    "disable": "disable a user: every session of theirs ends at once",
+    "enable": "let a disabled user log in again",
+    "delete": "delete a user: every session of theirs ends at once",
+}
 
 
 def _users(args: argparse.Namespace, runtime: Runtime) -> int:
-    code, body = runtime.call("auth.users.promote", {"email": args.email, "role": args.role})
-    return report(
-        code,
-        body,
-        lambda data: print(
-            f"{data['email']} now has roles: {', '.join(data['roles'])} ({data['note']})"
-        ),
-    )
+    if args.users_command == "promote":
+        code, body = runtime.call("auth.users.promote", {"email": args.email, "role": args.role})
+        return report(
+            code,
+            body,
+            lambda data: print(
+                f"{data['email']} now has roles: {', '.join(data['roles'])} ({data['note']})"
+            ),
+        )
+    code, body = runtime.call(f"auth.users.{args.users_command}", {"email": args.email})
+    if (
+        code == 0
+        and args.users_command != "enable"
+        and runtime.config()["redis.url"] == "memory://"
+    ):
+        print(
+            "note: redis.url is memory://: a running server does not see this command's "
+            "revocation markers, and the user's tokens keep working there until they expire "
+            f"(call auth.users.{args.users_command} over HTTP instead, or give the server a Redis)",
+            file=sys.stderr,
+        )
+    return report(code, body, lambda data: print(f"{data['email']}: {args.users_command}d"))
 
 
 # The shipped auth module's command (modules cannot add commands).

@@ -46,7 +46,7 @@ VERIFIED_CACHE_SIZE = 4096  # tokens whose signature was checked, per worker
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_TOKEN_ID = re.compile(r"[0-9a-f]{32}")  # jti and fam: uuid4().hex
+_TOKEN_ID = re.compile(r"[0-9a-f]{32}")  # jti, fam and ep: uuid4().hex
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
@@ -60,6 +60,10 @@ def _token_revoked() -> Unauthorized:
 
 def _session_revoked() -> Unauthorized:
     return _unauthorized("session revoked")
+
+
+def _account_revoked() -> Unauthorized:
+    return _unauthorized("the account's sessions were revoked")
 
 
 @dataclass(frozen=True)
@@ -160,11 +164,21 @@ class JWTManager(Manager):
 
     # --- issuing ----------------------------------------------------------------------
 
-    def issue_pair(self, subject: str, roles: Iterable[str]) -> dict[str, Any]:
-        """A new login: an access and a refresh token sharing a new family id."""
-        return self._issue(subject, roles, uuid.uuid4().hex)
+    def issue_pair(
+        self, subject: str, roles: Iterable[str], *, epoch: str | None = None
+    ) -> dict[str, Any]:
+        """A new login: an access and a refresh token sharing a new family id.
 
-    def _issue(self, subject: str, roles: Iterable[str], family: str) -> dict[str, Any]:
+        ``epoch`` (an id the subject's owner keeps, such as a user record's) goes into both
+        tokens: ``revoke_epoch`` then ends every session issued with it at once.
+        """
+        if epoch is not None and not _is_token_id(epoch):
+            raise ValueError("epoch must be 32 lower-case hex digits (uuid4().hex)")
+        return self._issue(subject, roles, uuid.uuid4().hex, epoch)
+
+    def _issue(
+        self, subject: str, roles: Iterable[str], family: str, epoch: str | None
+    ) -> dict[str, Any]:
         policy = self._ready_policy()
         if not isinstance(subject, str) or not subject:
             raise ValueError("subject must be a non-empty string")
@@ -182,6 +196,8 @@ class JWTManager(Manager):
             "nbf": now,
             "fam": family,
         }
+        if epoch is not None:
+            common["ep"] = epoch
         access = self._sign(
             {
                 **common,
@@ -243,11 +259,16 @@ class JWTManager(Manager):
         return claims
 
     def revocations(self, claims: Mapping[str, Any]) -> tuple[Precondition, ...]:
-        """The markers ``logout`` and refresh-token reuse set: this token, its session."""
-        return (
+        """The markers ``logout``, refresh-token reuse and ``revoke_epoch`` set: this token,
+        its session, every session of its account."""
+        found = (
             Precondition(f"jwt:deny:{claims['jti']}", _token_revoked),
             Precondition(f"jwt:fam:{claims['fam']}", _session_revoked),
         )
+        epoch = claims.get("ep")
+        if epoch is None:
+            return found
+        return (*found, Precondition(f"jwt:ep:{epoch}", _account_revoked))
 
     def _decode(self, token: str, expected: TokenType) -> dict[str, Any]:
         policy = self._ready_policy()
@@ -296,6 +317,8 @@ class JWTManager(Manager):
             raise _unauthorized("wrong token type")
         if not (claims["sub"] and _is_token_id(claims["jti"]) and _is_token_id(claims.get("fam"))):
             raise _unauthorized("malformed token claims")
+        if "ep" in claims and not _is_token_id(claims["ep"]):
+            raise _unauthorized("malformed token claims")
         if expected == "access":
             roles = claims.get("roles")
             if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
@@ -339,7 +362,9 @@ class JWTManager(Manager):
                 "refresh token reuse: family %s of subject %r revoked", claims["fam"], claims["sub"]
             )
             raise _unauthorized("refresh token reuse detected; session revoked")
-        return self._issue(claims["sub"], roles if roles is not None else (), claims["fam"])
+        return self._issue(
+            claims["sub"], roles if roles is not None else (), claims["fam"], claims.get("ep")
+        )
 
     def revoke_session(
         self, caller_token_id: str | None, session: str | None, expires_at: float | None
@@ -351,6 +376,12 @@ class JWTManager(Manager):
             self._ready_store().set(f"jwt:deny:{caller_token_id}", b"1", ttl=self._ttl_until(until))
         if session:
             self._revoke_family(session)
+
+    def revoke_epoch(self, epoch: str) -> None:
+        """End every session issued with ``epoch``: its access tokens at their next call,
+        its refresh tokens at once. The marker outlives the longest token it can refuse."""
+        policy = self._ready_policy()
+        self._ready_store().set(f"jwt:ep:{epoch}", b"1", ttl=policy.refresh_ttl + policy.leeway + 1)
 
     def _revoke_family(self, family: str) -> None:
         # A family lives as long as its newest refresh token: at most refresh_ttl from now.

@@ -77,6 +77,7 @@ class Server:
     process: subprocess.Popen[bytes]
     base: str
     log: Path
+    env: dict[str, str]  # the process's whole environment (run a CLI command beside it)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -118,17 +119,18 @@ def running(log_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> 
     """``python app.py <args> --port <free> --host 127.0.0.1``; killed on the way out."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
+    full = environment(env)
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "app.py", *args, "--port", str(port), "--host", "127.0.0.1"],
             cwd=ROOT,
-            env=environment(env),
+            env=full,
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group, so the workers go down with it
         )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    server = Server(process, f"http://127.0.0.1:{port}", log, full)
     try:
         wait_until_live(server)
         yield server

@@ -1,13 +1,18 @@
-"""Password guessing over real HTTP: a credential buys no guesses and lifts no IP ban on a
-public action, and failed logins are limited per target address too."""
+"""Accounts under attack, over real HTTP: a credential buys no guesses and lifts no IP ban
+on a public action, failed logins are limited per target address too, and disabling or
+deleting an account ends its sessions at once."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from app import ROOT
 from tests.served import Response, Server, running
 
 PASSWORD = "correct horse battery staple"
@@ -116,3 +121,151 @@ def test_failed_logins_are_limited_per_address_from_any_ip(server: Server) -> No
     assert call(server, "auth.register", account("owner@example.com"), "198.51.100.2").status == 200
     for n in range(8):
         assert call(server, "auth.login", account("owner@example.com"), f"10.0.4.{n}").status == 200
+
+
+# --- ending an account's sessions ------------------------------------------------------
+
+
+def promote(server: Server, email: str) -> None:
+    """``python app.py users promote EMAIL admin`` on the server's database."""
+    done = cli(server, "users", "promote", email, "admin")
+    assert done.returncode == 0, done.stderr
+
+
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "app.py", *args],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def accounts(tmp_path: Path) -> Iterator[tuple[Server, dict[str, str]]]:
+    """A server, and the Authorization headers of an admin and of alice."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}
+    with running(tmp_path, "serve", env=env) as server:
+        ip = "198.51.100.9"
+        token_of(server, "root@example.com", ip)
+        promote(server, "root@example.com")
+        admin = call(server, "auth.login", account("root@example.com"), ip).json()["data"]
+        alice = token_of(server, "alice@example.com", ip)
+        yield server, {"admin": f"Bearer {admin['access_token']}", "alice": f"Bearer {alice}"}
+
+
+ALICE_CALLS = ("credits.balance", "credits.history", "auth.me", "auth.logout")
+
+
+def test_disabling_a_user_ends_every_session_at_once(
+    accounts: tuple[Server, dict[str, str]],
+) -> None:
+    server, bearer = accounts
+    ip = "198.51.100.9"
+    login = call(server, "auth.login", account("alice@example.com"), ip).json()["data"]
+    assert call(server, "credits.balance", {}, ip, Authorization=bearer["alice"]).status == 200
+    disabled = call(
+        server,
+        "auth.users.disable",
+        {"email": "alice@example.com"},
+        ip,
+        Authorization=bearer["admin"],
+    )
+    assert disabled.status == 200 and disabled.json()["data"]["disabled"] is True
+    for action in ALICE_CALLS:
+        refused = call(server, action, {}, ip, Authorization=bearer["alice"])
+        assert refused.status == 401, (action, refused.body)
+    again = call(server, "auth.refresh", {"refresh_token": login["refresh_token"]}, ip)
+    assert again.status == 401
+    assert call(server, "auth.login", account("alice@example.com"), ip).status == 401
+    # Enabled again: a new login works; what the disable ended stays ended.
+    enabled = call(
+        server,
+        "auth.users.enable",
+        {"email": "alice@example.com"},
+        ip,
+        Authorization=bearer["admin"],
+    )
+    assert enabled.status == 200
+    fresh = call(server, "auth.login", account("alice@example.com"), ip).json()["data"]
+    assert (
+        call(
+            server, "credits.balance", {}, ip, Authorization=f"Bearer {fresh['access_token']}"
+        ).status
+        == 200
+    )
+    assert call(server, "credits.balance", {}, ip, Authorization=bearer["alice"]).status == 401
+    assert call(server, "auth.refresh", {"refresh_token": login["refresh_token"]}, ip).status == 401
+
+
+def test_deleting_a_user_ends_every_session_at_once(
+    accounts: tuple[Server, dict[str, str]],
+) -> None:
+    server, bearer = accounts
+    ip = "198.51.100.9"
+    deleted = call(
+        server,
+        "auth.users.delete",
+        {"email": "alice@example.com"},
+        ip,
+        Authorization=bearer["admin"],
+    )
+    assert deleted.status == 200 and deleted.json()["data"]["deleted"] is True
+    for action in ALICE_CALLS:
+        assert call(server, action, {}, ip, Authorization=bearer["alice"]).status == 401, action
+    assert call(server, "auth.login", account("alice@example.com"), ip).status == 401
+    # the admin's own session is untouched
+    assert call(server, "auth.me", {}, ip, Authorization=bearer["admin"]).status == 200
+
+
+def test_only_admins_disable_users(accounts: tuple[Server, dict[str, str]]) -> None:
+    server, bearer = accounts
+    refused = call(
+        server,
+        "auth.users.disable",
+        {"email": "root@example.com"},
+        "198.51.100.9",
+        Authorization=bearer["alice"],
+    )
+    assert refused.status == 403
+    missing = call(
+        server,
+        "auth.users.disable",
+        {"email": "nobody@example.com"},
+        "198.51.100.9",
+        Authorization=bearer["admin"],
+    )
+    assert missing.status == 404
+
+
+def test_the_cli_disables_a_user_of_a_running_server_through_redis(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path}/app.db",
+        "REDIS_URL": redis_url,
+        "SB_REDIS__PREFIX": redis_prefix,
+    }
+    with running(tmp_path, "serve", env=env) as server:
+        ip = "198.51.100.9"
+        bearer = f"Bearer {token_of(server, 'bob@example.com', ip)}"
+        assert call(server, "auth.me", {}, ip, Authorization=bearer).status == 200
+        done = cli(server, "users", "disable", "bob@example.com")
+        assert done.returncode == 0, done.stderr
+        assert "bob@example.com: disabled" in done.stdout
+        assert "memory://" not in done.stderr
+        assert call(server, "auth.me", {}, ip, Authorization=bearer).status == 401
+        assert cli(server, "users", "enable", "bob@example.com").returncode == 0
+        assert call(server, "auth.login", account("bob@example.com"), ip).status == 200
+        assert cli(server, "users", "delete", "nobody@example.com").returncode == 1
+
+
+def test_the_cli_says_when_a_server_cannot_see_its_revocations(tmp_path: Path) -> None:
+    with running(tmp_path, "serve", env={"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}) as server:
+        token_of(server, "carol@example.com", "198.51.100.9")
+        done = cli(server, "users", "disable", "carol@example.com")
+        assert done.returncode == 0, done.stderr
+        assert "memory://" in done.stderr and "auth.users.disable over HTTP" in done.stderr

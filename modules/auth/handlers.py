@@ -42,6 +42,7 @@ def register(ctx: Any, *, email: str, password: str) -> dict[str, Any]:
         "password_hash": module.hasher.hash(password),
         "roles": [],
         "created_at": time.time(),
+        "session_epoch": uuid.uuid4().hex,
     }
     try:
         _users(ctx).insert_one(user)
@@ -63,15 +64,26 @@ def login(ctx: Any, *, email: str, password: str) -> dict[str, Any]:
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         failures.count()
         raise Unauthorized(BAD_LOGIN) from None
-    if user is None:  # only reachable if someone registered the dummy password itself
+    if user is None or user.get("disabled"):  # the same answer: nothing to learn here
         failures.count()
         raise Unauthorized(BAD_LOGIN)
     if module.hasher.check_needs_rehash(stored):
         _users(ctx).update_one(
             {"_id": user["_id"]}, {"$set": {"password_hash": module.hasher.hash(password)}}
         )
-    pair: dict[str, Any] = ctx.jwt.issue_pair(user["_id"], user.get("roles", []))
+    pair: dict[str, Any] = ctx.jwt.issue_pair(
+        user["_id"], user.get("roles", []), epoch=_epoch(ctx, user)
+    )
     return pair
+
+
+def _epoch(ctx: Any, user: dict[str, Any]) -> str:
+    """The user's session epoch (accounts made before epochs existed get one now)."""
+    epoch = user.get("session_epoch")
+    if not epoch:
+        epoch = uuid.uuid4().hex
+        _users(ctx).update_one({"_id": user["_id"]}, {"$set": {"session_epoch": epoch}})
+    return str(epoch)
 
 
 class _Failures:
@@ -102,6 +114,8 @@ def refresh(ctx: Any, *, refresh_token: str) -> dict[str, Any]:
         user = _users(ctx).find_one({"_id": subject})
         if user is None:
             raise Unauthorized("the account of this session no longer exists")
+        if user.get("disabled"):
+            raise Unauthorized("the account of this session is disabled")
         return list(user.get("roles", []))
 
     pair: dict[str, Any] = ctx.jwt.refresh(refresh_token, roles_for=current_roles)
@@ -157,13 +171,45 @@ def keys_revoke(ctx: Any, *, id: str) -> dict[str, Any]:
 
 
 def users_promote(ctx: Any, *, email: str, role: str) -> dict[str, Any]:
-    users = _users(ctx)
-    user = users.find_one({"email": email.strip().lower()})
-    if user is None:
-        raise NotFound(f"no user with email {email!r}")
+    user = _user_by_email(ctx, email)
     roles = sorted({*user.get("roles", []), role})
-    users.update_one({"_id": user["_id"]}, {"$set": {"roles": roles}})
+    _users(ctx).update_one({"_id": user["_id"]}, {"$set": {"roles": roles}})
     return {
         **_public({**user, "roles": roles}),
         "note": "new roles apply from the next login or token refresh",
     }
+
+
+def _user_by_email(ctx: Any, email: str) -> dict[str, Any]:
+    user: dict[str, Any] | None = _users(ctx).find_one({"email": email.strip().lower()})
+    if user is None:
+        raise NotFound(f"no user with email {email!r}")
+    return user
+
+
+def _end_sessions(ctx: Any, user: dict[str, Any]) -> None:
+    """Every token issued to ``user`` stops working now (at its next call)."""
+    if user.get("session_epoch"):
+        ctx.jwt.revoke_epoch(user["session_epoch"])
+
+
+def users_disable(ctx: Any, *, email: str) -> dict[str, Any]:
+    user = _user_by_email(ctx, email)
+    _users(ctx).update_one({"_id": user["_id"]}, {"$set": {"disabled": True}})
+    _end_sessions(ctx, user)
+    return {**_public(user), "disabled": True, "note": "every session of this user has ended"}
+
+
+def users_enable(ctx: Any, *, email: str) -> dict[str, Any]:
+    user = _user_by_email(ctx, email)
+    # A new epoch: sessions ended by the disable stay ended.
+    changes = {"disabled": False, "session_epoch": uuid.uuid4().hex}
+    _users(ctx).update_one({"_id": user["_id"]}, {"$set": changes})
+    return {**_public(user), "disabled": False, "note": "the user may log in again"}
+
+
+def users_delete(ctx: Any, *, email: str) -> dict[str, Any]:
+    user = _user_by_email(ctx, email)
+    _users(ctx).delete_one({"_id": user["_id"]})
+    _end_sessions(ctx, user)
+    return {"id": user["_id"], "email": user["email"], "deleted": True}
