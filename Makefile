@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 REDIS_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
 WRK_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk
 
-.PHONY: run test lint pytest bench servers load-tool clean
+.PHONY: run test lint pytest bench fuzz chaos servers load-tool clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ load-tool:
 
 bench: $(VENV)/.dev servers load-tool
 	$(BIN)/python -m tests.bench.run
+
+# The nightly sizes of what the suite runs small: the fuzz harness (schemathesis and
+# hypothesis against a served process) and the fault suite (Redis, PostgreSQL, workers).
+FUZZ_EXAMPLES ?= 300
+CHAOS_SCALE ?= 10
+fuzz: $(VENV)/.dev servers
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+
+chaos: $(VENV)/.dev servers
+	CHAOS_SCALE=$(CHAOS_SCALE) $(BIN)/python -m pytest tests/test_chaos.py tests/test_faults.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

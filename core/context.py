@@ -78,6 +78,9 @@ class Context:
     request_id: str
     client_ip: str | None = None
     deadline: float | None = None  # time.monotonic() value past which the caller gets 504
+    # The call's Idempotency-Key on an idempotent action: a handler can make its writes
+    # unique by it, so a retry after a store outage cannot apply them twice.
+    idempotency_key: str | None = None
 
     @property
     def module(self) -> str:

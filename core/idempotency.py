@@ -28,7 +28,6 @@ from core.store import KeyValueStore
 KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft's examples
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
-RUNNING_TTL = 300.0  # a claim whose worker died frees itself after this long
 
 
 @dataclass(frozen=True)

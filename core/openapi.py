@@ -14,6 +14,28 @@ _PROBLEM_RESPONSE = {
     "description": "problem+json (RFC 9457)",
     "content": {"application/problem+json": {"schema": _PROBLEM}},
 }
+_HEALTH = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"enum": ["ok", "degraded", "failed"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+}
+_LISTING = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "summary", "auth", "params"],
+                "properties": {"name": {"type": "string"}, "auth": {"type": "string"}},
+            },
+        }
+    },
+}
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "public": [],
     "user": [{"bearer": []}],
@@ -34,7 +56,8 @@ def _operation(action: Action) -> dict[str, Any]:
         "summary": spec.summary or spec.name,
         "tags": [spec.module],
         "requestBody": {
-            "required": False,
+            # An empty body is {}: optional unless a param is required.
+            "required": any(p.required for p in spec.params.values()),
             "content": {"application/json": {"schema": object_schema(spec.params)}},
         },
         "responses": {
@@ -58,15 +81,38 @@ def openapi_document(actions: Sequence[Action], title: str) -> dict[str, Any]:
     paths: dict[str, Any] = {
         f"/api/v1/actions/{a.spec.name}": {"post": _operation(a)} for a in actions
     }
-    for path, summary in (("/health/live", "Liveness"), ("/health/ready", "Readiness")):
-        paths[path] = {
-            "get": {
-                "summary": summary,
-                "operationId": path.strip("/"),
-                "security": [],
-                "responses": {"200": {"description": "ok"}, "503": {"description": "not ready"}},
-            }
+    health = {"description": "the status", "content": {"application/json": {"schema": _HEALTH}}}
+    paths["/health/live"] = {
+        "get": {
+            "summary": "Liveness: 200 while the process serves",
+            "operationId": "health.live",
+            "security": [],
+            "responses": {"200": health, "default": _PROBLEM_RESPONSE},
         }
+    }
+    paths["/health/ready"] = {
+        "get": {
+            "summary": "Readiness (in production the checks are shown to admins and "
+            "health.allow clients only)",
+            "operationId": "health.ready",
+            "security": [],
+            "responses": {"200": health, "503": health, "default": _PROBLEM_RESPONSE},
+        }
+    }
+    paths["/api/v1/actions"] = {
+        "get": {
+            "summary": "The actions the caller may call",
+            "operationId": "actions.list",
+            "security": [{}, {"bearer": []}, {"apiKey": []}],
+            "responses": {
+                "200": {
+                    "description": "one entry per action",
+                    "content": {"application/json": {"schema": _LISTING}},
+                },
+                "default": _PROBLEM_RESPONSE,
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": core.__version__},
@@ -94,6 +140,7 @@ def openapi_document(actions: Sequence[Action], title: str) -> dict[str, Any]:
                         "status": {"type": "integer"},
                         "detail": {"type": "string"},
                         "request_id": {"type": "string"},
+                        "errors_omitted": {"type": "integer", "minimum": 1},
                         "errors": {
                             "type": "array",
                             "items": {

@@ -128,7 +128,10 @@ def build_pipeline(app: AppManager) -> Pipeline:
     store = app.capability(KeyValueStore)
     gate = app.capability(Gate) or (StoreGate(store) if store is not None else None)
     idempotency = (
-        IdempotencyStep(Idempotency(store, float(app.config["idempotency.ttl"])))
+        IdempotencyStep(
+            Idempotency(store, float(app.config["idempotency.ttl"])),
+            float(app.config["idempotency.claim_ttl"]),
+        )
         if store is not None
         else None
     )

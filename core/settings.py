@@ -306,6 +306,13 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         "How long a stored result is replayed for an Idempotency-Key",
     ),
     Setting(
+        "idempotency.claim_ttl",
+        duration,
+        300.0,
+        "How long a running call holds its Idempotency-Key: the claim of a worker that died "
+        "frees itself after this (make it longer than your slowest idempotent action)",
+    ),
+    Setting(
         "health.allow",
         strings,
         ("127.0.0.1/32", "::1/128"),

@@ -33,7 +33,7 @@ from core.errors import (
     Unauthorized,
 )
 from core.gate import ClaimRequest, Gate, LimitRequest
-from core.idempotency import REPLAYED, RUNNING_TTL, Idempotency
+from core.idempotency import REPLAYED, Idempotency
 from core.identity import Identify
 from core.limits import rate_limit_headers
 from core.logging import secret_params_var
@@ -263,8 +263,9 @@ class IdempotencyStep:
     The claim is made on the validated params, so ``3`` and ``3.0`` are one request.
     """
 
-    def __init__(self, idempotency: Idempotency) -> None:
+    def __init__(self, idempotency: Idempotency, claim_ttl: float = 300.0) -> None:
         self.idempotency = idempotency
+        self.claim_ttl = claim_ttl  # a claim whose worker died frees itself after this
 
     def __call__(self, call: Call, next: Next) -> CallResult:
         key = call.request.idempotency_key
@@ -281,7 +282,7 @@ class IdempotencyStep:
                 stored.body, stored.status, stored.content_type, {REPLAYED: "true"}, replayed=True
             )
 
-        call.gate.claim = ClaimRequest(claim.record, running, RUNNING_TTL, taken)
+        call.gate.claim = ClaimRequest(claim.record, running, self.claim_ttl, taken)
         try:
             result = next(call)
         except ActionError as error:
@@ -380,6 +381,7 @@ class RunStep:
             request.request_id,
             request.client_ip,
             time.monotonic() + spec.timeout if spec.timeout is not None else None,
+            request.idempotency_key if spec.idempotent else None,
         )
         try:
             if spec.timeout is None:

@@ -108,6 +108,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of this test's own, for tests that restart it."""
+    server = PostgresServer()
+    yield from _running(server, "PostgreSQL", server.stop)
+
+
+@pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that stop and restart it."""
     server = RedisServer()

@@ -139,3 +139,22 @@ def running(log_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=STOP_SECONDS)
+
+
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python app.py <args>`` beside ``server``: its environment, its database."""
+    return subprocess.run(
+        [sys.executable, "app.py", *args],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def promote(server: Server, email: str) -> None:
+    """``python app.py users promote EMAIL admin`` on the server's database."""
+    done = cli(server, "users", "promote", email, "admin")
+    assert done.returncode == 0, done.stderr

@@ -94,6 +94,17 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def restart(self) -> None:
+        """Stop (dropping every connection) and start again on the same port."""
+        log = self.directory / "server.log"  # also keeps the server off pg_ctl's stdout
+        done = self._run(
+            str(pg_bin() / "pg_ctl"),
+            *("-D", str(self.directory / "data"), "-l", str(log), "-w", "restart", "-m", "fast"),
+        )
+        if done.returncode != 0:
+            raise ServerUnavailable(f"pg_ctl restart failed: {done.stderr}")
+        _wait_for_port(self.port, 30, "postgres", log)
+
     def create_database(self, name: str) -> str:
         import psycopg2
 

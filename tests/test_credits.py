@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.http import state
+from core.store import KeyValueStore
 from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp
 
@@ -128,6 +129,31 @@ def test_a_retried_transfer_moves_credits_once(bank: Bank) -> None:
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.get_data() == first.get_data()
     assert (bank.balance(1), bank.balance(2)) == (30, 20)
+
+
+def test_a_retry_the_store_forgot_is_not_applied_twice(bank: Bank) -> None:
+    """Redis lost its idempotency records (restarted without persistence): the ledger's own
+    unique entry id stops the retry from moving the credits again."""
+    bank.grant(1, 50)
+    params = {"to": bank.ids[2], "amount": 20}
+    key = {"Idempotency-Key": "pay-once"}
+    first = call(bank.client, "credits.transfer", bank.tokens[1], params, **key)
+    assert first.status_code == 200
+    store = state(bank.app).app_manager.capability(KeyValueStore)
+    assert store is not None
+    forgotten = list(store.scan("idem:"))
+    assert forgotten and store.delete(*forgotten) == len(forgotten)
+    again = call(bank.client, "credits.transfer", bank.tokens[1], params, **key)
+    assert again.status_code == 200
+    assert "Idempotent-Replayed" not in again.headers  # the handler ran, and recognised it
+    assert again.get_json()["data"]["transfer_id"] == first.get_json()["data"]["transfer_id"]
+    assert (bank.balance(1), bank.balance(2)) == (30, 20)
+    store.delete(*store.scan("idem:"))
+    other = call(bank.client, "credits.transfer", bank.tokens[1], {**params, "amount": 5}, **key)
+    assert other.status_code == 422 and other.get_json()["type"] == "/problems/idempotency-mismatch"
+    assert (bank.balance(1), bank.balance(2)) == (30, 20)
+    history = call(bank.client, "credits.history", bank.tokens[2]).get_json()["data"]
+    assert [e["kind"] for e in history["entries"]] == ["transfer"]
 
 
 THREADS, MOVES, USERS, START = 16, 50, 10, 1000

@@ -5,15 +5,12 @@ deleting an account ends its sessions at once."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from app import ROOT
-from tests.served import Response, Server, running
+from tests.served import Response, Server, cli, promote, running
 
 PASSWORD = "correct horse battery staple"
 LIMITS = {
@@ -124,24 +121,6 @@ def test_failed_logins_are_limited_per_address_from_any_ip(server: Server) -> No
 
 
 # --- ending an account's sessions ------------------------------------------------------
-
-
-def promote(server: Server, email: str) -> None:
-    """``python app.py users promote EMAIL admin`` on the server's database."""
-    done = cli(server, "users", "promote", email, "admin")
-    assert done.returncode == 0, done.stderr
-
-
-def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "app.py", *args],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -4,16 +4,21 @@ Invariants: ledger entries are only ever inserted; a wallet's balance never goes
 zero; the sum of all balances equals the sum of all grants. A transfer is one database
 transaction that debits (guarded by the balance) and credits, touching the two wallets in
 id order so that two opposite transfers never wait on each other.
+
+Exactly once: with an Idempotency-Key, the ledger entry's id is derived from the caller and
+the key, so the database itself refuses a second entry. A retry that the shared store can
+no longer recognise (Redis lost its records) gets the first result, never a second transfer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import uuid
 from typing import Any
 
-from core.errors import Conflict, FieldError, NotFound, ValidationError
+from core.errors import Conflict, FieldError, IdempotencyMismatch, NotFound, ValidationError
 
 WALLETS, LEDGER, USERS = "credit_wallets", "credit_ledger", "users"
 
@@ -38,8 +43,14 @@ def _entry(
     ctx: Any, kind: str, *, source: str | None, to: str, amount: int, note: str | None
 ) -> dict[str, Any]:
     """A new ledger entry (entries are only ever inserted)."""
+    key = ctx.idempotency_key
+    entry_id = (
+        hashlib.sha256(f"{kind}\0{ctx.caller.id}\0{key}".encode()).hexdigest()[:32]
+        if key is not None
+        else uuid.uuid4().hex
+    )
     return {
-        "_id": uuid.uuid4().hex,
+        "_id": entry_id,
         "kind": kind,
         "from": source,
         "to": to,
@@ -49,6 +60,26 @@ def _entry(
         "by": ctx.caller.id,
         "request_id": ctx.request_id,
     }
+
+
+def _record_once(ctx: Any, entry: dict[str, Any], work: Any) -> dict[str, Any]:
+    """Run ``work`` (which inserts ``entry``) in a transaction; the entry that is stored.
+
+    When an entry with this id exists, this is a retry of one idempotent call: nothing is
+    applied again, and the first entry is the answer (422 if the retry asks otherwise).
+    """
+    try:
+        ctx.db.run_transaction(work)
+    except Conflict:
+        first = ctx.db.collection(LEDGER).find_one({"_id": entry["_id"]})
+        if first is None or ctx.idempotency_key is None:
+            raise
+        if (first["to"], first["amount"]) != (entry["to"], entry["amount"]):
+            raise IdempotencyMismatch(
+                f"Idempotency-Key {ctx.idempotency_key!r} was used with different params"
+            ) from None
+        return dict(first)
+    return entry
 
 
 def balance(ctx: Any) -> dict[str, Any]:
@@ -76,14 +107,14 @@ def transfer(ctx: Any, *, to: str, amount: int, note: str | None = None) -> dict
                 wallets.update_one({"_id": to}, {"$inc": {"balance": amount}})
         ledger.insert_one(entry)
 
-    ctx.db.run_transaction(work)
+    entry = _record_once(ctx, entry, work)
     left = wallets.find_one({"_id": sender})
     return {
         "transfer_id": entry["_id"],
         "from": sender,
         "to": to,
         "amount": amount,
-        "note": note,
+        "note": entry.get("note"),
         "balance": left["balance"] if left else 0,
     }
 
@@ -120,7 +151,7 @@ def grant(ctx: Any, *, to: str, amount: int, note: str | None = None) -> dict[st
         wallets.update_one({"_id": to}, {"$inc": {"balance": amount}})
         ledger.insert_one(entry)
 
-    ctx.db.run_transaction(work)
+    entry = _record_once(ctx, entry, work)
     wallet = wallets.find_one({"_id": to})
     return {
         "grant_id": entry["_id"],
