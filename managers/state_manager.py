@@ -7,13 +7,17 @@ the one read, so of several concurrent transitions from the same version exactly
 wins. Once that transaction commits (the caller's own, if it runs inside one), the shared
 copy is dropped, other workers are told to drop theirs (pub/sub), and hook
 ``state.changed`` fires. Dropping rather than writing the shared copy means two commits
-can never leave the older record there; a reader that refills it from an older read can,
-for at most ``SHARED_TTL``.
+can never leave the older record there.
+
+A reader that misses both caches reads the database and refills the shared copy. A commit
+can land between that read and the refill; so every commit first bumps the key's
+generation in the store, and a reader that sees the generation move while it read takes
+its refill back (and keeps the record out of its own memory too). Whichever of the two
+runs last removes the older record, so it is never served past that moment.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import json
@@ -40,7 +44,8 @@ log = logging.getLogger("switchboard.state")
 
 STATE_CHANGED = "state.changed"
 CHANNEL = "state-invalidate"
-SHARED_TTL = 5.0  # bounds the rare refill race described above
+SHARED_TTL = 5.0  # how long the shared copy lives without a commit
+GENERATION_TTL = 300.0  # far longer than any read of one record takes
 
 
 class StateManager(Manager):
@@ -164,15 +169,34 @@ class StateManager(Manager):
         if shared is not None:
             record: dict[str, Any] = json.loads(shared)
         else:
+            generation = self._generation(key) if store_up else None
             doc = self._records().find_one({"_id": key})
             if doc is None:
                 return None
             record = _record(doc)
-            if store_up:
-                with contextlib.suppress(DependencyUnavailable):
-                    self._store_().set(f"state:{key}", _dumps(record), ttl=SHARED_TTL, nx=True)
+            if store_up and not self._refill(key, record, generation):
+                return copy.deepcopy(record)  # already older than a commit: keep no copy
         self._remember(key, record)
         return copy.deepcopy(record)
+
+    def _generation(self, key: str) -> bytes | None:
+        try:
+            return self._store_().get(f"state-gen:{key}")
+        except DependencyUnavailable:
+            return None
+
+    def _refill(self, key: str, record: Mapping[str, Any], generation: bytes | None) -> bool:
+        """Put ``record`` (read at ``generation``) in the shared copy; False (and the copy
+        taken back) when a commit bumped the generation meanwhile."""
+        store = self._store_()
+        try:
+            store.set(f"state:{key}", _dumps(record), ttl=SHARED_TTL, nx=True)
+            if store.get(f"state-gen:{key}") == generation:
+                return True
+            store.delete(f"state:{key}")
+        except DependencyUnavailable:
+            pass
+        return False
 
     def transition(
         self,
@@ -271,6 +295,7 @@ class StateManager(Manager):
         else:
             self._remember(key, copy.deepcopy(dict(record)))
         try:
+            self._store_().incr(f"state-gen:{key}", ttl=GENERATION_TTL)
             self._store_().delete(f"state:{key}")
             self._store_().publish(CHANNEL, key)
         except DependencyUnavailable:

@@ -361,6 +361,9 @@ def test_the_database_holds_the_truth_and_the_shared_copy_is_dropped_then_refill
 ) -> None:
     call(shop_app, "create", id="o1", data={"total": 30})
     assert shared_copy(shop_app, "o1") is None  # dropped on every change, never written
+    # This worker's copy may or may not have been dropped yet by its own invalidation
+    # message (delivered on another thread): drop it, so the read below always misses it.
+    states(shop_app)._forget(f"{KIND}:o1")
     assert call(shop_app, "get", id="o1")[1]["version"] == 1
     assert shared_copy(shop_app, "o1")["version"] == 1  # type: ignore[index]  # refilled
     call(shop_app, "transition", id="o1", to="paid", data={"paid_by": "card"})
@@ -379,6 +382,33 @@ def test_the_database_holds_the_truth_and_the_shared_copy_is_dropped_then_refill
     assert shared is not None
     assert shared["state"] == "paid" and shared["version"] == 2
     assert shared["data"] == {"total": 30, "paid_by": "card"}
+
+
+def test_a_read_that_a_commit_overtakes_leaves_no_stale_copy(shop_app: Flask) -> None:
+    """A reader misses both caches and reads version 1; before it refills the shared copy,
+    a transition commits version 2. Neither the shared copy nor the reader's memory may
+    keep version 1 (a stale copy used to survive there for SHARED_TTL)."""
+    call(shop_app, "create", id="o1")
+    manager = states(shop_app)
+    manager._forget(f"{KIND}:o1")
+    records = manager._records()
+
+    class Overtaken:
+        """The records collection, with a commit landing right after a read of it."""
+
+        def find_one(self, filter: dict[str, Any]) -> Any:
+            found = records.find_one(filter)
+            manager._records = lambda: records  # type: ignore[method-assign]
+            call(shop_app, "transition", id="o1", to="paid")
+            manager._forget(f"{KIND}:o1")  # as on a worker that did not make the commit
+            return found
+
+    manager._records = Overtaken  # type: ignore[assignment,method-assign]
+    assert call(shop_app, "get", id="o1")[1]["version"] == 1  # what it read, returned once
+    shared = shared_copy(shop_app, "o1")
+    assert shared is None or shared["version"] == 2
+    assert f"{KIND}:o1" not in manager._local  # not remembered either
+    assert call(shop_app, "get", id="o1")[1]["version"] == 2
 
 
 def test_a_transition_checks_the_version_in_the_database_not_in_a_cache(shop_app: Flask) -> None:
