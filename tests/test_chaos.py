@@ -112,10 +112,18 @@ class Bank:
         return found
 
     def outgoing_entries(self, n: int) -> int:
-        history = self.until_answered("credits.history", {"limit": 100}, self.tokens[n])
-        entries = history.json()["data"]["entries"]
-        assert history.json()["data"]["total"] <= 100 * SCALE + USERS
-        return sum(1 for e in entries if e["kind"] == "transfer" and e["from"] == self.ids[n])
+        """Transfers from user ``n`` in its ledger history (every page of it)."""
+        count, offset = 0, 0
+        while True:
+            page = self.until_answered(
+                "credits.history", {"limit": 100, "offset": offset}, self.tokens[n]
+            ).json()["data"]
+            count += sum(
+                1 for e in page["entries"] if e["kind"] == "transfer" and e["from"] == self.ids[n]
+            )
+            offset += len(page["entries"])
+            if not page["entries"] or offset >= page["total"]:
+                return count
 
 
 @dataclass
