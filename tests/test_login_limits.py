@@ -137,67 +137,50 @@ def accounts(tmp_path: Path) -> Iterator[tuple[Server, dict[str, str]]]:
 
 
 ALICE_CALLS = ("credits.balance", "credits.history", "auth.me", "auth.logout")
+IP = "198.51.100.9"
+
+
+def as_admin(server: Server, bearer: dict[str, str], action: str, email: str) -> Response:
+    return call(server, f"auth.users.{action}", {"email": email}, IP, Authorization=bearer["admin"])
+
+
+def works(server: Server, authorization: str) -> bool:
+    return call(server, "credits.balance", {}, IP, Authorization=authorization).status == 200
 
 
 def test_disabling_a_user_ends_every_session_at_once(
     accounts: tuple[Server, dict[str, str]],
 ) -> None:
     server, bearer = accounts
-    ip = "198.51.100.9"
-    login = call(server, "auth.login", account("alice@example.com"), ip).json()["data"]
-    assert call(server, "credits.balance", {}, ip, Authorization=bearer["alice"]).status == 200
-    disabled = call(
-        server,
-        "auth.users.disable",
-        {"email": "alice@example.com"},
-        ip,
-        Authorization=bearer["admin"],
-    )
+    login = call(server, "auth.login", account("alice@example.com"), IP).json()["data"]
+    assert works(server, bearer["alice"])
+    disabled = as_admin(server, bearer, "disable", "alice@example.com")
     assert disabled.status == 200 and disabled.json()["data"]["disabled"] is True
     for action in ALICE_CALLS:
-        refused = call(server, action, {}, ip, Authorization=bearer["alice"])
+        refused = call(server, action, {}, IP, Authorization=bearer["alice"])
         assert refused.status == 401, (action, refused.body)
-    again = call(server, "auth.refresh", {"refresh_token": login["refresh_token"]}, ip)
-    assert again.status == 401
-    assert call(server, "auth.login", account("alice@example.com"), ip).status == 401
+    refresh = {"refresh_token": login["refresh_token"]}
+    assert call(server, "auth.refresh", refresh, IP).status == 401
+    assert call(server, "auth.login", account("alice@example.com"), IP).status == 401
     # Enabled again: a new login works; what the disable ended stays ended.
-    enabled = call(
-        server,
-        "auth.users.enable",
-        {"email": "alice@example.com"},
-        ip,
-        Authorization=bearer["admin"],
-    )
-    assert enabled.status == 200
-    fresh = call(server, "auth.login", account("alice@example.com"), ip).json()["data"]
-    assert (
-        call(
-            server, "credits.balance", {}, ip, Authorization=f"Bearer {fresh['access_token']}"
-        ).status
-        == 200
-    )
-    assert call(server, "credits.balance", {}, ip, Authorization=bearer["alice"]).status == 401
-    assert call(server, "auth.refresh", {"refresh_token": login["refresh_token"]}, ip).status == 401
+    assert as_admin(server, bearer, "enable", "alice@example.com").status == 200
+    fresh = call(server, "auth.login", account("alice@example.com"), IP).json()["data"]
+    assert works(server, f"Bearer {fresh['access_token']}")
+    assert not works(server, bearer["alice"])
+    assert call(server, "auth.refresh", refresh, IP).status == 401
 
 
 def test_deleting_a_user_ends_every_session_at_once(
     accounts: tuple[Server, dict[str, str]],
 ) -> None:
     server, bearer = accounts
-    ip = "198.51.100.9"
-    deleted = call(
-        server,
-        "auth.users.delete",
-        {"email": "alice@example.com"},
-        ip,
-        Authorization=bearer["admin"],
-    )
+    deleted = as_admin(server, bearer, "delete", "alice@example.com")
     assert deleted.status == 200 and deleted.json()["data"]["deleted"] is True
     for action in ALICE_CALLS:
-        assert call(server, action, {}, ip, Authorization=bearer["alice"]).status == 401, action
-    assert call(server, "auth.login", account("alice@example.com"), ip).status == 401
+        assert call(server, action, {}, IP, Authorization=bearer["alice"]).status == 401, action
+    assert call(server, "auth.login", account("alice@example.com"), IP).status == 401
     # the admin's own session is untouched
-    assert call(server, "auth.me", {}, ip, Authorization=bearer["admin"]).status == 200
+    assert call(server, "auth.me", {}, IP, Authorization=bearer["admin"]).status == 200
 
 
 def test_only_admins_disable_users(accounts: tuple[Server, dict[str, str]]) -> None:
@@ -206,18 +189,11 @@ def test_only_admins_disable_users(accounts: tuple[Server, dict[str, str]]) -> N
         server,
         "auth.users.disable",
         {"email": "root@example.com"},
-        "198.51.100.9",
+        IP,
         Authorization=bearer["alice"],
     )
     assert refused.status == 403
-    missing = call(
-        server,
-        "auth.users.disable",
-        {"email": "nobody@example.com"},
-        "198.51.100.9",
-        Authorization=bearer["admin"],
-    )
-    assert missing.status == 404
+    assert as_admin(server, bearer, "disable", "nobody@example.com").status == 404
 
 
 def test_the_cli_disables_a_user_of_a_running_server_through_redis(
