@@ -42,6 +42,7 @@ from managers.rate_limiter_manager import RateLimiterManager
 from managers.redis_manager import RedisManager
 from managers.state_manager import StateManager
 from managers.vault_manager import VaultManager
+from managers.websocket_manager import WebSocketManager
 
 ROOT = Path(__file__).resolve().parent
 
@@ -56,6 +57,7 @@ MANAGERS: tuple[type[Manager], ...] = (
     JWTManager,
     ApiKeyManager,
     RateLimiterManager,
+    WebSocketManager,
     ModuleManager,
     ActionDiscoveryManager,
 )

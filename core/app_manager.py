@@ -12,13 +12,14 @@ from core.config import Config, ConfigManager
 from core.context import ModuleScope
 from core.errors import BootError, ManagerStopError, ModuleError, Problem, RegistryFrozen
 from core.hooks import BUILTIN_EVENTS
-from core.manager import Health, Manager, Route
+from core.manager import AsgiMount, Health, Manager, Route
 from core.module import ModuleCatalog
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from core.chain import Middleware
+    from core.pipeline import Pipeline
 
 log = logging.getLogger("switchboard.app")
 
@@ -38,6 +39,7 @@ class AppManager:
     def __init__(self, config: Config, managers: Iterable[Manager]) -> None:
         self.config = config
         self.flask: Flask | None = None  # set by the HTTP layer before boot
+        self.pipeline: Pipeline | None = None  # the call chain, built once managers are up
         self._managers: dict[str, Manager] = {}
         self._providers: dict[type, Manager] = {}
         self._facades: dict[str, Manager] = {}
@@ -158,6 +160,9 @@ class AppManager:
 
     def routes(self) -> list[Route]:
         return [route for manager in self._managers.values() for route in manager.routes()]
+
+    def asgi_mounts(self) -> list[AsgiMount]:
+        return [mount for manager in self._managers.values() for mount in manager.asgi_mounts()]
 
     def scope(self, module: str) -> ModuleScope:
         """What every ``ctx`` of ``module`` shares (settings, logger, facades)."""

@@ -9,6 +9,8 @@
   worker's thread pool (``http.threads``); every other route is the Flask app, run as WSGI
   in the same pool with the body already in hand. Health probes run in two threads of their
   own, so a worker whose call threads are all busy still answers them at once.
+- **Mounts**: what managers serve beside HTTP (``Manager.asgi_mounts``: Socket.IO under
+  ``/socket.io/``) gets the requests and WebSocket connections under its prefix.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from flask import Flask
 from core.errors import ActionError, PayloadTooLarge, RequestTimeout
 from core.http import state
 from core.http_actions import PREFIX, ActionEndpoint, Answer, RequestLimits, request_id_of
+from core.manager import AsgiMount
 from core.runtime import shutdown_app
 
 log = logging.getLogger("switchboard.server")
@@ -158,16 +161,28 @@ class AsgiApp:
         self._endpoint: ActionEndpoint | None = None
         self._bridge: WsgiBridge | None = None
         self._limits = RequestLimits()
+        self._mounts: tuple[AsgiMount, ...] = ()
         # Health probes have threads of their own: they never queue behind calls.
         self._probes: ThreadPoolExecutor | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, receive, send)
-        elif scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            mount = self._mount_for(scope["path"])
+            if mount is not None:
+                await mount.app(scope, receive, send)
+            elif kind == "http":
+                await self._http(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1003})
+        elif kind == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
+
+    def _mount_for(self, path: str) -> AsgiMount | None:
+        for mount in self._mounts:
+            if path.startswith(mount.prefix) or path + "/" == mount.prefix:
+                return mount
+        return None
 
     # --- lifespan ---------------------------------------------------------------------
 
@@ -178,12 +193,22 @@ class AsgiApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await loop.run_in_executor(None, self.start)
+                    assert self._bridge is not None
+                    for mount in self._mounts:
+                        if mount.startup is not None:
+                            await mount.startup(self._bridge.pool)
                 except Exception as exc:  # the server stops this worker and says why
                     log.exception("the worker could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for mount in self._mounts:
+                    if mount.shutdown is not None:
+                        try:
+                            await mount.shutdown()
+                        except Exception:  # the app must still stop
+                            log.exception("an ASGI mount failed to shut down")
                 await loop.run_in_executor(None, self.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -201,6 +226,7 @@ class AsgiApp:
         )
         self._endpoint = current.endpoint
         self._limits = RequestLimits.from_config(config)
+        self._mounts = tuple(current.app_manager.asgi_mounts())
         self._probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
         self._flask = flask_app
 
@@ -213,6 +239,7 @@ class AsgiApp:
         if self._flask is not None:
             shutdown_app(self._flask)
         self._flask = self._endpoint = self._bridge = self._probes = None
+        self._mounts = ()
 
     # --- requests ---------------------------------------------------------------------
 

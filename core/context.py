@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 if TYPE_CHECKING:
     from core.cache import Cache
     from core.config import Config
-    from core.facades import Documents, Hooks, Secrets, StateMachines
+    from core.facades import Documents, Hooks, Realtime, Secrets, StateMachines
     from core.module import ModuleCatalog
 
 CallerKind = Literal["anonymous", "user", "api_key", "system"]
@@ -122,6 +122,10 @@ class Context:
     @property
     def modules(self) -> ModuleCatalog:
         return cast("ModuleCatalog", self.scope.facade("modules"))
+
+    @property
+    def realtime(self) -> Realtime:
+        return cast("Realtime", self.scope.facade("realtime"))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

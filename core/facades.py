@@ -67,3 +67,14 @@ class Secrets(Protocol):
     def get(self, name: str, field: str | None = None) -> Any: ...
 
     def allows(self, name: str) -> bool: ...
+
+
+class Realtime(Protocol):
+    """``ctx.realtime``: push an event to the Socket.IO sockets in a room or of a user,
+    delivered once the call's database transaction commits (at once outside one)."""
+
+    url: str | None  # the origin a Socket.IO client connects to
+
+    def emit(
+        self, event: str, data: Any = None, *, room: str | None = None, user: str | None = None
+    ) -> None: ...

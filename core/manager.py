@@ -15,13 +15,15 @@ collects it; the kernel names no concrete manager:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast
 
 from core.errors import DependencyUnavailable, Problem
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from core.app_manager import AppManager
     from core.chain import Middleware
     from core.cli import Command
@@ -53,6 +55,19 @@ class Route:
     endpoint: str
     view: Callable[..., Any]
     methods: tuple[str, ...] = ("GET",)
+
+
+@dataclass(frozen=True)
+class AsgiMount:
+    """An ASGI app a manager serves under ``prefix`` in every worker, beside the HTTP app
+    (Socket.IO at ``/socket.io/``). ``startup(pool)`` runs in the worker's event loop once
+    the app has booted (``pool``: the worker's call threads); ``shutdown()`` before it stops.
+    """
+
+    prefix: str
+    app: Callable[..., Awaitable[None]]
+    startup: Callable[[ThreadPoolExecutor], Awaitable[None]] | None = None
+    shutdown: Callable[[], Awaitable[None]] | None = None
 
 
 class Manager:
@@ -129,6 +144,10 @@ class Manager:
         return ()
 
     def routes(self) -> Sequence[Route]:
+        return ()
+
+    def asgi_mounts(self) -> Sequence[AsgiMount]:
+        """ASGI apps served beside HTTP when ``serve`` runs (not under a WSGI server)."""
         return ()
 
     def modules_loaded(self, modules: ModuleCatalog) -> Sequence[Problem]:

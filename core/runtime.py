@@ -23,6 +23,7 @@ def build_app(config: Config, managers: Sequence[Manager]) -> Flask:
     app_manager.flask = flask_app
     app_manager.boot()
     pipeline = build_pipeline(app_manager)
+    app_manager.pipeline = pipeline
     init_http(flask_app, app_manager, pipeline)
     catalog = app_manager.capability(ModuleCatalog)
     for loaded in catalog or ():

@@ -1,8 +1,9 @@
 """``serve``: the ASGI app (``core.asgi``) under uvicorn, chosen by ``make bench``.
 
-uvicorn (uvloop, httptools) owns sockets, workers and timeouts; each worker boots and stops
-its own app through the ASGI lifespan. SIGTERM stops accepting, lets in-flight requests
-finish for ``shutdown.grace``, then stops the app; a worker that dies is replaced.
+uvicorn (uvloop, httptools, websockets) owns sockets, workers and timeouts; each worker
+boots and stops its own app through the ASGI lifespan. SIGTERM stops accepting, lets
+in-flight requests finish for ``shutdown.grace``, then stops the app; a worker that dies is
+replaced.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        ws="none",
+        ws="websockets-sansio",  # Socket.IO's WebSocket transport (the realtime manager)
         access_log=False,
         log_config=None,  # uvicorn's own records go through Switchboard's handler
         log_level=str(config["logging.level"]).lower(),

@@ -308,8 +308,13 @@ class IdempotencyStep:
         """The call's own outcome stands even if the store fails: the claim then expires."""
         try:
             settle(*args)
-        except ActionError:
-            log.exception("could not settle the idempotency record of %s", call.request.action)
+        except ActionError as error:  # the store is down: expected, and said once per call
+            log.warning(
+                "could not settle the idempotency record of %s (%s): a retry runs again "
+                "after idempotency.claim_ttl",
+                call.request.action,
+                error.detail,
+            )
 
 
 # --- gate -------------------------------------------------------------------------------

@@ -320,7 +320,7 @@ def test_privileged_facades_need_requires_and_unknown_ones_are_named(
     refused = peek("snoop", "jwt")["error"]
     assert "add 'jwt' to requires in module.yaml of 'snoop'" in refused
     assert peek("trusted", "jwt") == {"ok": True}
-    assert "this app runs no manager that provides it" in peek("snoop", "realtime")["error"]
+    assert "this app runs no manager that provides it" in peek("snoop", "telescope")["error"]
 
 
 def test_module_settings_are_typed_and_checked_at_boot(

@@ -30,4 +30,8 @@ def info(ctx: Any) -> dict[str, Any]:
     }
     if not ctx.config.is_production:  # anyone may call this: production says less
         info["env"] = ctx.config.env
+    try:
+        info["realtime_url"] = ctx.realtime.url  # what a Socket.IO client connects to
+    except AttributeError:  # an app without the realtime manager
+        info["realtime_url"] = None
     return info
