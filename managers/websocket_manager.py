@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
+import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
@@ -43,6 +45,7 @@ from core.errors import (
     ActionError,
     DependencyUnavailable,
     Forbidden,
+    InternalError,
     MalformedRequest,
     NotFound,
     PayloadTooLarge,
@@ -69,6 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.realtime")
 T = TypeVar("T")
+Answer = dict[str, Any]  # a Socket.IO ack: {"data": …} (a call's with "meta") or {"error": problem}
+_Handler = Callable[[str, "_Socket", Any, str], Awaitable[Answer]]
 _OWNER = "manager realtime"
 PATH = "/socket.io/"
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.]*$")
@@ -90,9 +95,17 @@ class _Socket:
     violations: deque[float] = field(default_factory=deque)
     rooms: set[str] = field(default_factory=set)
 
+    # What an anonymous socket is called in presence: its own, and not its session id.
+    alias: str = field(default_factory=lambda: f"anon-{secrets.token_urlsafe(9)}")
+
     @property
     def member(self) -> str:
-        return f"{self.caller.kind}:{self.caller.id}"
+        return f"{self.caller.kind}:{self.who}"
+
+    @property
+    def who(self) -> str:
+        """The caller's id; an anonymous socket is its own member."""
+        return str(self.caller.id) if self.caller.id is not None else self.alias
 
 
 class ModuleRealtime:
@@ -117,6 +130,14 @@ class WebSocketManager(Manager):
     provides: ClassVar[tuple[type, ...]] = (Realtime,)
     facade = "realtime"
     settings: ClassVar[tuple[Setting, ...]] = (
+        Setting(
+            "realtime.enabled",
+            boolean,
+            True,
+            "Serve Socket.IO beside HTTP (false: no endpoint; pushes still reach other "
+            "processes through Redis)",
+            owner=_OWNER,
+        ),
         Setting(
             "realtime.anonymous",
             boolean,
@@ -183,13 +204,18 @@ class WebSocketManager(Manager):
         self._max_body = int(config["http.max_body_bytes"])
         self._max_depth = int(config["http.max_json_depth"])
         self._trusted: tuple[Network, ...] = parse_networks(config["http.trusted_proxies"])
-        self.url = config["realtime.url"] or _origin(
-            str(config["http.host"]), int(config["http.port"])
+        enabled = bool(config["realtime.enabled"])
+        self.url = config["realtime.url"] or (
+            _origin(str(config["http.host"]), int(config["http.port"])) if enabled else None
         )
         redis_url = str(config["redis.url"])
         channel = f"{config['redis.prefix']}socketio"
         shared = urlsplit(redis_url).scheme in ("redis", "rediss")
         self.presence = Presence(self._store)
+        if shared:
+            self._external = socketio.RedisManager(redis_url, channel=channel, write_only=True)
+        if not enabled:
+            return
         origins = list(config["http.cors_origins"])
         self.sio = socketio.AsyncServer(
             async_mode="asgi",
@@ -198,12 +224,10 @@ class WebSocketManager(Manager):
             else None,
             # A message must arrive whole to be answered 413 rather than dropped.
             max_http_buffer_size=self._max_body + 64 * 1024,
-            cors_allowed_origins=origins or [],
+            cors_allowed_origins=origins or None,  # None: pages of this origin only
             logger=False,
             engineio_logger=False,
         )
-        if shared:
-            self._external = socketio.RedisManager(redis_url, channel=channel, write_only=True)
         self._register_events(self.sio)
 
     def stop(self) -> None:
@@ -279,7 +303,8 @@ class WebSocketManager(Manager):
     def _deliver(self, event: str, data: Any, target: str) -> None:
         loop, sio = self._loop, self.sio
         if loop is not None and sio is not None and not loop.is_closed():
-            asyncio.run_coroutine_threadsafe(sio.emit(event, data, room=target), loop)
+            sent = asyncio.run_coroutine_threadsafe(sio.emit(event, data, room=target), loop)
+            sent.add_done_callback(functools.partial(_report, event, target))
         elif self._external is not None:  # no Socket.IO server here (CLI, WSGI): via Redis
             self._external.emit(event, data, room=target)
         else:
@@ -301,10 +326,36 @@ class WebSocketManager(Manager):
     def _register_events(self, sio: socketio.AsyncServer) -> None:
         sio.on("connect", self._connect)
         sio.on("disconnect", self._disconnect)
-        sio.on("call", self._call)
-        sio.on("join", self._join)
-        sio.on("leave", self._leave)
-        sio.on("presence", self._presence)
+        for event, handler in (
+            ("call", self._call),
+            ("join", self._join),
+            ("leave", self._leave),
+            ("presence", self._presence),
+        ):
+            sio.on(event, functools.partial(self._answer, event, handler))
+        sio.on("*", self._unknown)
+
+    async def _answer(self, event: str, handler: _Handler, sid: str, *args: Any) -> Answer:
+        """One message of ``event``: its ack is the handler's data or ``{"error": problem}``,
+        whatever the client sent (no payload, several, a bug of ours)."""
+        request_id = new_request_id()
+        try:
+            state = self._admit(sid)
+            if len(args) > 1:
+                raise MalformedRequest(f"{event} takes one payload, not {len(args)}")
+            return await handler(sid, state, args[0] if args else None, request_id)
+        except ActionError as error:
+            return {"error": error.problem(request_id)}
+        except Exception:
+            log.exception("Socket.IO %s failed unexpectedly (request %s)", event, request_id)
+            internal = InternalError(f"an unexpected error occurred; quote request id {request_id}")
+            return {"error": internal.problem(request_id)}
+
+    async def _unknown(self, event: str, sid: str, *args: Any) -> Answer:
+        async def refuse(*_: Any) -> Answer:
+            raise NotFound(f"no event {event!r}: send call, join, leave or presence")
+
+        return await self._answer(event, refuse, sid)  # counted against the limits too
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         request_id = new_request_id()
@@ -337,80 +388,60 @@ class WebSocketManager(Manager):
         for room in list(state.rooms):
             await self._left(sid, state, room)
 
-    async def _call(self, sid: str, payload: Any) -> dict[str, Any]:
-        request_id = new_request_id()
-        try:
-            state = self._admit(sid)
-            if not isinstance(payload, dict):
-                raise MalformedRequest("call takes an object: {action, params, idempotency_key}")
-            if len(json.dumps(payload, default=str)) > self._max_body:
-                raise PayloadTooLarge(f"the call exceeds {self._max_body} bytes")
-            action, params = payload.get("action"), payload.get("params", {})
-            key = payload.get("idempotency_key")
-            if not isinstance(action, str) or not action:
-                raise MalformedRequest("call needs an action name")
-            if params is None:
-                params = {}
-            if not isinstance(params, dict):
-                raise MalformedRequest("params must be an object")
-            if key is not None and not isinstance(key, str):
-                raise MalformedRequest("idempotency_key must be a string")
-            check_value(params, self._max_depth)
-            request = CallRequest(
-                action, params, request_id, state.client_ip, "sio", state.headers, None, key
-            )
-            result = await self._in_pool(self._pipeline().invoke, request)
-        except ActionError as error:
-            return {"error": error.problem(request_id)}
+    async def _call(self, sid: str, state: _Socket, payload: Any, request_id: str) -> Answer:
+        if not isinstance(payload, dict):
+            raise MalformedRequest("call takes an object: {action, params, idempotency_key}")
+        if len(json.dumps(payload, default=str)) > self._max_body:
+            raise PayloadTooLarge(f"the call exceeds {self._max_body} bytes")
+        action, params = payload.get("action"), payload.get("params", {})
+        key = payload.get("idempotency_key")
+        if not isinstance(action, str) or not action:
+            raise MalformedRequest("call needs an action name")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise MalformedRequest("params must be an object")
+        if key is not None and not isinstance(key, str):
+            raise MalformedRequest("idempotency_key must be a string")
+        check_value(params, self._max_depth)
+        request = CallRequest(
+            action, params, request_id, state.client_ip, "sio", state.headers, None, key
+        )
+        result = await self._in_pool(self._pipeline().invoke, request)
         body: dict[str, Any] = json.loads(result.body)
-        if result.status >= 400:  # a replayed failure
+        if result.status >= 400:  # a failure, or a replayed one
             return {"error": body}
         if result.replayed:
             body["meta"]["replayed"] = True
-        return body
+        return body  # the envelope as HTTP sends it: data and meta
 
-    async def _join(self, sid: str, payload: Any) -> dict[str, Any]:
-        request_id = new_request_id()
-        try:
-            state = self._admit(sid)
-            room = await self._room_for(state, payload)
-            if room.name not in state.rooms:
-                await self._server().enter_room(sid, room.name)
-                state.rooms.add(room.name)
-                member, caller = state.member, state.caller
-                first = await self._in_pool(
-                    self.presence.join, room.name, member, caller.kind, str(caller.id), sid
+    async def _join(self, sid: str, state: _Socket, payload: Any, request_id: str) -> Answer:
+        room = await self._room_for(state, payload)
+        if room.name not in state.rooms:
+            await self._server().enter_room(sid, room.name)
+            state.rooms.add(room.name)
+            member, caller = state.member, state.caller
+            first = await self._in_pool(
+                self.presence.join, room.name, member, caller.kind, state.who, sid
+            )
+            if first:
+                who = {"id": state.who, "kind": caller.kind}
+                await self._server().emit(
+                    "presence", {"room": room.name, "joined": who}, room=room.name
                 )
-                if first:
-                    who = {"id": caller.id, "kind": caller.kind}
-                    await self._server().emit(
-                        "presence", {"room": room.name, "joined": who}, room=room.name
-                    )
-        except ActionError as error:
-            return {"error": error.problem(request_id)}
         return {"data": {"room": room.name}}
 
-    async def _leave(self, sid: str, payload: Any) -> dict[str, Any]:
-        request_id = new_request_id()
-        try:
-            state = self._admit(sid)
-            name = _room_name(payload)
-            if name not in self.rooms:
-                raise NotFound(f"no room {name!r}")
-            if name in state.rooms:
-                await self._left(sid, state, name)
-        except ActionError as error:
-            return {"error": error.problem(request_id)}
+    async def _leave(self, sid: str, state: _Socket, payload: Any, request_id: str) -> Answer:
+        name = _room_name(payload)
+        if name not in self.rooms:
+            raise NotFound(f"no room {name!r}")
+        if name in state.rooms:
+            await self._left(sid, state, name)
         return {"data": {"room": name}}
 
-    async def _presence(self, sid: str, payload: Any) -> dict[str, Any]:
-        request_id = new_request_id()
-        try:
-            state = self._admit(sid)
-            room = await self._room_for(state, payload)
-            members = await self._in_pool(self.presence.members, room.name)
-        except ActionError as error:
-            return {"error": error.problem(request_id)}
+    async def _presence(self, sid: str, state: _Socket, payload: Any, request_id: str) -> Answer:
+        room = await self._room_for(state, payload)
+        members = await self._in_pool(self.presence.members, room.name)
         return {"data": {"room": room.name, "members": members}}
 
     async def _left(self, sid: str, state: _Socket, room: str) -> None:
@@ -423,7 +454,7 @@ class WebSocketManager(Manager):
             log.warning("presence of %s in %s not updated: the store is unavailable", sid, room)
             return
         if last:
-            who = {"id": state.caller.id, "kind": state.caller.kind}
+            who = {"id": state.who, "kind": state.caller.kind}
             await self._server().emit("presence", {"room": room, "left": who}, room=room)
 
     async def _room_for(self, state: _Socket, payload: Any) -> Room:
@@ -538,6 +569,12 @@ class WebSocketManager(Manager):
             return may_join
 
         return bind
+
+
+def _report(event: str, target: str, sent: Future[Any]) -> None:
+    error = None if sent.cancelled() else sent.exception()
+    if error is not None:
+        log.warning("%s to %s was not delivered: %r", event, target, error)
 
 
 def _credential(auth: Any) -> dict[str, str]:

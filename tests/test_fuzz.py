@@ -17,6 +17,7 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+import socketio
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
@@ -43,7 +44,8 @@ class Target:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     work = tmp_path_factory.mktemp("fuzz")
-    env = {"MODULES_PATH": str(ROOT / "tests" / "modules")}
+    # Socket.IO's per-socket limits would end the fuzzing socket: raised out of the way.
+    env = {"MODULES_PATH": str(ROOT / "tests" / "modules"), "SB_REALTIME__LIMITS": "1000/second"}
     with running(work, "serve", env=env) as server:
         account = json.dumps({"email": "fuzz@example.com", "password": PASSWORD}).encode()
         assert server.post("/api/v1/actions/auth.register", account).status == 200
@@ -184,6 +186,76 @@ def test_hostile_bodies_never_make_a_server_error(target: Target) -> None:
 def _encode(value: Any) -> bytes:
     """JSON text of ``value`` as a client would send it: lone surrogates escaped."""
     return json.dumps({"params": value} if not isinstance(value, dict) else value).encode()
+
+
+def check_ack(event: str, answer: Any) -> None:
+    """A Socket.IO acknowledgement: the data (a call's with its meta) or ``{"error": problem}``,
+    never a 5xx."""
+    assert isinstance(answer, dict), answer
+    if "error" in answer:
+        assert set(answer) == {"error"}, answer
+        problem = answer["error"]
+        assert 400 <= problem["status"] < 500, problem
+        assert problem["type"].startswith("/problems/") and problem["request_id"]
+    else:
+        assert event in ("call", "join", "leave", "presence"), answer
+        assert set(answer) == ({"data", "meta"} if event == "call" else {"data"}), answer
+
+
+def test_hostile_socket_messages_never_make_a_server_error(target: Target) -> None:
+    """The same hostile values over Socket.IO: calls, joins, leaves and presence queries."""
+    actions = [a for a in _actions(target.server) if a not in SPARED]
+    client = socketio.Client(reconnection=False)
+    token = target.headers["Authorization"].split()[1]
+    client.connect(target.server.base, auth={"token": token}, transports=["websocket"])
+    call = st.one_of(
+        st.builds(
+            lambda action, params: {"action": action, "params": params},
+            st.sampled_from(actions),
+            JSON,
+        ),
+        st.fixed_dictionaries(
+            {"action": st.one_of(st.sampled_from(actions), JSON)},
+            optional={"params": JSON, "idempotency_key": JSON},
+        ),
+        JSON,
+    )
+    room = st.one_of(
+        st.fixed_dictionaries(
+            {
+                "room": st.one_of(
+                    st.sampled_from(["fuzzkit.open", "fuzzkit.staff", "fuzzkit.none"]), JSON
+                )
+            }
+        ),
+        JSON,
+    )
+    message = st.one_of(
+        st.tuples(st.just("call"), call),
+        st.tuples(st.sampled_from(["join", "leave", "presence"]), room),
+        st.tuples(  # events no one declared, and several payloads in one message
+            st.sampled_from(["call", "join", "message", "call.x", "ping"]),
+            st.lists(JSON, min_size=2, max_size=3).map(tuple),
+        ),
+    )
+
+    @hypothesis.seed(SEED)
+    @hypothesis.settings(
+        max_examples=EXAMPLES * 20,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(message=message)
+    def ask(message: tuple[str, Any]) -> None:
+        check_ack(message[0], client.call(*message, timeout=30))
+        assert client.connected
+
+    try:
+        ask()
+    finally:
+        client.disconnect()
+    assert "Traceback" not in target.server.output()
 
 
 def test_the_fuzzed_server_wrote_no_traceback(target: Target) -> None:

@@ -183,6 +183,25 @@ def test_anonymous_sockets_when_the_setting_allows_them(tmp_path: Path) -> None:
         assert sock.ask("join", {"room": "chat.lobby"})["error"]["status"] == 403
         echoed = sock.call("system.echo", {"message": "hi"})
         assert echoed["data"] == {"message": "hi"}
+        other = built.sock()  # each anonymous socket is a member of its own
+        assert "data" in other.ask("join", {"room": "chat.open"})
+        members = sock.ask("presence", {"room": "chat.open"})["data"]["members"]
+        ids = {m["id"] for m in members}
+        assert len(ids) == 2 and {m["kind"] for m in members} == {"anonymous"}
+        assert not ids & {sock.client.get_sid(), other.client.get_sid()}  # not session ids
+        other.client.disconnect()
+        left = sock.wait_for("presence", lambda d: "left" in d)["left"]
+        members = sock.ask("presence", {"room": "chat.open"})["data"]["members"]
+        assert [m["id"] for m in members] == list(ids - {left["id"]})
+
+
+def test_realtime_can_be_switched_off(tmp_path: Path) -> None:
+    with world(tmp_path, SB_REALTIME__ENABLED="false") as built:
+        info = requests.post(built.action("system.info"), json={}, timeout=WAIT).json()["data"]
+        assert info["realtime_url"] is None
+        polled = requests.get(f"{built.server.base}/socket.io/?EIO=4&transport=polling")
+        assert polled.status_code == 404
+        assert requests.post(built.action("system.ping"), json={}).status_code == 200
 
 
 # --- calls ----------------------------------------------------------------------------
@@ -240,11 +259,47 @@ def test_each_bad_call_gets_an_error_ack(
     assert sock.call("system.echo", {"message": "still"})["data"] == {"message": "still"}
 
 
+@pytest.mark.parametrize(
+    ("event", "args", "status"),
+    [
+        ("join", (), 400),
+        ("presence", (), 400),
+        ("call", (), 400),
+        ("join", ({"room": "chat.open"}, "extra"), 400),
+        ("whatever", ({"room": "chat.open"},), 404),
+    ],
+    ids=[
+        "join without payload",
+        "presence without payload",
+        "call without payload",
+        "two payloads",
+        "unknown event",
+    ],
+)
+def test_odd_messages_get_an_error_ack(
+    small: World, event: str, args: tuple[Any, ...], status: int
+) -> None:
+    sock = small.sockets[0]
+    answered: list[Any] = []
+    done = threading.Event()
+
+    def acked(*ack: Any) -> None:
+        answered.extend(ack)
+        done.set()
+
+    sock.client.emit(event, args, callback=acked)
+    assert done.wait(WAIT), f"no ack to {event}{args}"
+    assert answered[0]["error"]["status"] == status, answered
+    assert answered[0]["error"]["request_id"]
+    assert sock.call("system.echo", {"message": "still"})["data"] == {"message": "still"}
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """A server with a small body limit and one user socket."""
+    """A server with a small body limit and one user socket (that many tests share)."""
     path = tmp_path_factory.mktemp("small")
-    with world(path, SB_HTTP__MAX_BODY_BYTES="2000") as built:
+    env = {"SB_HTTP__MAX_BODY_BYTES": "2000", "SB_REALTIME__LIMITS": "1000/second"}
+    with world(path, **env) as built:
         built.user("small@example.com")
         built.sock("small@example.com")
         yield built

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from tests.bench import load
+from tests.bench import load, realtime
 from tests.served import production_secrets
 from tests.servers import RedisServer, free_port
 
@@ -186,6 +186,8 @@ class Result:
     rounds: int
     seconds: float
     slow: Any = None  # what slow_clients measured
+    realtime_calls: Any = None  # Socket.IO acks with 50 sockets (tests/bench/realtime.py)
+    realtime_idle: Any = None  # 2,000 idle sockets on one worker
 
 
 def measure(
@@ -194,16 +196,19 @@ def measure(
     rounds: int = 3,
     seconds: float = 5.0,
     slow_clients: Callable[[int], Any] | None = None,
+    sockets: bool = True,
 ) -> Result:
-    """Start the bare routes and Switchboard, then load each in turn, ``rounds`` times."""
+    """Start the bare routes and Switchboard, then load each in turn, ``rounds`` times;
+    with ``sockets``, the Socket.IO rows too (a second Switchboard without realtime shows
+    what serving it costs the HTTP rows)."""
     work = Path(tempfile.mkdtemp(prefix="sbbench"))
+    realtime.raise_file_limit(8192)
     redis_server = RedisServer().start()
     try:
         env = switchboard_env(work, redis_server.url(), workers)
         token, key = credentials(env)
-        ports = {
-            name: free_port() for name in ("gunicorn", "server", "switchboard", "granian", "a2wsgi")
-        }
+        names = ("gunicorn", "server", "switchboard", "no_realtime", "idle", "granian", "a2wsgi")
+        ports = {name: free_port() for name in names}
         gunicorn = [
             PYTHON, "-m", "gunicorn", "-w", str(workers), "-k", "gthread", "--threads", "8",
             "--no-control-socket", "--log-level", "warning",
@@ -216,6 +221,7 @@ def measure(
             "--host", "127.0.0.1", "--port", str(ports["server"]),
         ]  # fmt: skip
         switchboard = [PYTHON, "app.py", "serve", "--port", str(ports["switchboard"])]
+        no_realtime = [PYTHON, "app.py", "serve", "--port", str(ports["no_realtime"])]
         # Other ways to serve the bare route, measured when installed (requirements-dev).
         candidates = []
         if importlib.util.find_spec("granian") is not None:
@@ -257,6 +263,11 @@ def measure(
                 {"Authorization": f"Bearer {token}"},
             ),
             Target("bench.echo, API key", ports["switchboard"], any_echo, {"X-API-Key": key}),
+            *(
+                [Target("system.echo, public, realtime off", ports["no_realtime"], echo)]
+                if sockets
+                else []
+            ),
             *(Target(name, ports[port], echo, kind="candidate") for name, port, _ in candidates),
         ]
         with contextlib.ExitStack() as stack:
@@ -265,6 +276,15 @@ def measure(
             stack.enter_context(
                 _process(switchboard, env, ports["switchboard"], work / "switchboard.log")
             )
+            if sockets:
+                stack.enter_context(
+                    _process(
+                        no_realtime,
+                        {**env, "SB_REALTIME__ENABLED": "false"},
+                        ports["no_realtime"],
+                        work / "no_realtime.log",
+                    )
+                )
             for _, port, command in candidates:
                 stack.enter_context(_process(command, {}, ports[port], work / f"{port}.log"))
             for target in targets:  # warm: imports, caches, the script, the token cache
@@ -278,6 +298,14 @@ def measure(
                         load.run(target.url, BODY, {**JSON, **target.headers}, seconds=seconds)
                     )
             slow = slow_clients(ports["switchboard"]) if slow_clients is not None else None
-        return Result(targets, load.tool(), workers, rounds, seconds, slow)
+            calls = idle = None
+            if sockets:
+                calls = realtime.calls(f"http://127.0.0.1:{ports['switchboard']}", key)
+                one = [PYTHON, "app.py", "serve", "--port", str(ports["idle"])]
+                with _process(
+                    one, {**env, "SB_HTTP__WORKERS": "1"}, ports["idle"], work / "idle.log"
+                ) as process:
+                    idle = realtime.idle(ports["idle"], process.pid, key)
+        return Result(targets, load.tool(), workers, rounds, seconds, slow, calls, idle)
     finally:
         redis_server.cleanup()

@@ -7,6 +7,8 @@ Run as ``python -m tests.bench.run`` from the project root (``make bench``). Fou
    Switchboard's server, and Switchboard's public, JWT and API-key calls, in alternating
    rounds on 127.0.0.1 with the same worker count; medians, ratios, Redis round trips;
 3. slow clients (``tests/bench/slow.py``): 200 trickling bodies against the server;
+   Socket.IO (``tests/bench/realtime.py``): acks with 50 sockets, 2,000 idle sockets, and
+   the public call on a Switchboard without realtime beside the one with it;
 4. boot (``tests/bench/boot.py``): ``app.py check`` with 50 generated modules vs without.
 
 The tables are printed and written to ``var/bench/<date>.json``. ``BENCH_ROUNDS`` and
@@ -218,6 +220,18 @@ def main() -> int:
             f"{trickle.cut_off}/{trickle.clients} answered 408 "
             f"within {trickle.cut_off_after_s:.1f}s (http.read_timeout 3s)"
         )
+    if result.realtime_calls is not None:
+        calls, idle = result.realtime_calls, result.realtime_idle
+        print(
+            f"\nSocket.IO, {calls.sockets} sockets calling system.echo: {calls.acks_per_s:,.0f} "
+            f"acks/s, p50 {calls.p50_ms:.2f} ms, p99 {calls.p99_ms:.2f} ms, "
+            f"{calls.errors} errors"
+        )
+        print(
+            f"Socket.IO, {idle.connected}/{idle.sockets} idle sockets on one worker: "
+            f"{idle.mib_per_1000:.1f} MiB per 1,000 (RSS {idle.rss_mib_before:.0f} -> "
+            f"{idle.rss_mib_after:.0f} MiB), /health/live {idle.live_ms:.1f} ms meanwhile"
+        )
     booted = boot.measure()
     print(
         f"\nboot (app.py check, median of 3): shipped modules {booted.shipped_s:.2f}s, "
@@ -258,6 +272,15 @@ def _save(rows: list[Row], result: http_bench.Result, booted: boot.Boot) -> None
                 for t in result.targets
             ],
             "slow_clients": dataclasses.asdict(result.slow) if result.slow else None,
+            "realtime_calls": (
+                dataclasses.asdict(result.realtime_calls) if result.realtime_calls else None
+            ),
+            "realtime_idle": (
+                dataclasses.asdict(result.realtime_idle)
+                | {"mib_per_1000": result.realtime_idle.mib_per_1000}
+                if result.realtime_idle
+                else None
+            ),
         },
         "boot": dataclasses.asdict(booted) | {"ratio": booted.ratio},
     }
