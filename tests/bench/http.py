@@ -126,6 +126,7 @@ def switchboard_env(work: Path, redis_url: str, workers: int) -> dict[str, str]:
         "SB_RATELIMIT__IP": UNLIMITED,
         "SB_RATELIMIT__USER": UNLIMITED,
         "SB_RATELIMIT__API_KEY": UNLIMITED,
+        "SB_REALTIME__LIMITS": UNLIMITED,  # per socket: the Socket.IO row drives 50 flat out
     }
 
 

@@ -81,9 +81,13 @@ async def _calls(base: str, key: str, sockets: int, seconds: float) -> Calls:
 
     async def drive(client: socketio.AsyncClient, until: float) -> None:
         nonlocal errors
-        while time.perf_counter() < until:
+        while time.perf_counter() < until and client.connected:
             started = time.perf_counter()
-            answer = await client.call("call", ECHO, timeout=30)
+            try:
+                answer = await client.call("call", ECHO, timeout=30)
+            except socketio.exceptions.SocketIOError:  # a timeout, a dropped socket
+                errors += 1
+                continue
             latencies.append((time.perf_counter() - started) * 1000)
             if "data" not in answer:
                 errors += 1
