@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 REDIS_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+CHROMIUM_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 WRK_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk
 
-.PHONY: run test lint pytest bench fuzz chaos servers load-tool clean
+.PHONY: run test lint pytest bench fuzz chaos servers browser load-tool clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +33,19 @@ servers:
 	elif [ "$$CI" = true ]; then echo "redis-server is missing; run as root: $(REDIS_INSTALL)"; exit 1; \
 	else echo "redis-server is missing (tests that need it will skip): $(REDIS_INSTALL)"; fi
 
+# The page test of /docs drives Debian's headless chromium.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then echo "installing chromium"; ( $(CHROMIUM_INSTALL) ) >/dev/null; \
+	elif [ "$$CI" = true ]; then echo "chromium is missing; run as root: $(CHROMIUM_INSTALL)"; exit 1; \
+	else echo "chromium is missing (the /docs page test will skip): $(CHROMIUM_INSTALL)"; fi
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-pytest: $(VENV)/.dev servers
+pytest: $(VENV)/.dev servers browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint pytest

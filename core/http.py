@@ -20,6 +20,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from core.calls import CallRequest
 from core.client_ip import Network, client_ip, in_networks, parse_networks
 from core.context import Caller
+from core.docs import docs_blueprint
 from core.errors import (
     ActionError,
     InternalError,
@@ -250,6 +251,13 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
         parse_networks(config["health.allow"], "health.allow") if config.is_production else None,
     )
     flask_app.register_blueprint(create_blueprint())
+    flask_app.register_blueprint(
+        docs_blueprint(
+            str(config["app.name"]),
+            lambda: state().openapi,
+            lambda: {entry["name"] for entry in _caller_listing(state())},
+        )
+    )
     for route in app_manager.routes():
         flask_app.add_url_rule(
             route.path, f"switchboard_{route.endpoint}", route.view, methods=list(route.methods)

@@ -69,11 +69,71 @@ def _operation(action: Action) -> dict[str, Any]:
         },
         "security": _SECURITY[spec.auth],
     }
-    if spec.description:
-        operation["description"] = spec.description
+    operation["description"] = "\n\n".join(filter(None, [spec.description, _access(action)]))
     if spec.deprecated:
         operation["deprecated"] = True
+    examples = [_example_params(e) for e in spec.examples]
+    if examples:
+        content = operation["requestBody"]["content"]["application/json"]
+        content["examples"] = {f"example{n}": {"value": e} for n, e in enumerate(examples, 1)}
+    if spec.idempotent:
+        operation["parameters"] = [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "a retry with the same key and params is answered once",
+                "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+            }
+        ]
+    operation["responses"].update(
+        {str(status): _PROBLEM_RESPONSE for status in _problem_statuses(action)}
+    )
+    operation["x-switchboard"] = {
+        "auth": spec.auth,
+        "roles": sorted(spec.roles),
+        "scopes": sorted(spec.scopes),
+        "rate_limit": [limit.text for limit in spec.rate_limit],
+        "idempotent": spec.idempotent,
+    }
     return operation
+
+
+def _access(action: Action) -> str:
+    """Who may call, the limits and idempotency, as a line a reader of /docs sees."""
+    spec = action.spec
+    parts = [f"**Auth:** {spec.auth}"]
+    if spec.roles:
+        parts.append("**roles:** " + ", ".join(sorted(spec.roles)))
+    if spec.scopes:
+        parts.append("**API key scopes:** " + ", ".join(sorted(spec.scopes)))
+    if spec.rate_limit:
+        parts.append("**rate limit:** " + ", ".join(limit.text for limit in spec.rate_limit))
+    if spec.idempotent:
+        parts.append("**idempotent:** send `Idempotency-Key`")
+    return " · ".join(parts)
+
+
+def _problem_statuses(action: Action) -> list[int]:
+    """The problems this action can answer, besides the default."""
+    spec = action.spec
+    statuses = [400, 413, 429, 503]
+    if spec.auth != "public":
+        statuses.append(401)
+    if spec.roles or spec.scopes or spec.auth in ("user", "api_key"):
+        statuses.append(403)
+    if spec.params:
+        statuses.append(422)
+    if spec.idempotent:
+        statuses.append(409)
+    return sorted(statuses)
+
+
+def _example_params(example: Any) -> Any:
+    """The seed format's examples are params objects; ``{params: …}`` is accepted too."""
+    if isinstance(example, dict) and set(example) == {"params"}:
+        return example["params"]
+    return example
 
 
 def openapi_document(actions: Sequence[Action], title: str) -> dict[str, Any]:
