@@ -28,15 +28,17 @@ from core.cli import main as run_cli
 from core.config import Config
 from core.config_loader import ConfigSpec, SourceSpec, load_config
 from core.config_policy import kernel_problems
-from core.logging import configure_logging
+from core.logging import LogFile, configure_logging
 from core.manager import Manager
 from core.runtime import build_app
 from core.settings import KERNEL_SETTINGS
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.api_key_manager import ApiKeyManager
+from managers.audit_manager import AuditManager
 from managers.database_manager import DatabaseManager
 from managers.hooks_manager import HooksManager
 from managers.jwt_manager import JWTManager
+from managers.metrics_manager import MetricsManager
 from managers.module_manager import ModuleManager
 from managers.rate_limiter_manager import RateLimiterManager
 from managers.redis_manager import RedisManager
@@ -49,9 +51,11 @@ ROOT = Path(__file__).resolve().parent
 # The managers of this build, in declaration order (middleware placed at one spot keeps
 # this order). The config manager is the kernel's own.
 MANAGERS: tuple[type[Manager], ...] = (
+    MetricsManager,
     HooksManager,
     VaultManager,
     DatabaseManager,
+    AuditManager,
     RedisManager,
     StateManager,
     JWTManager,
@@ -103,7 +107,17 @@ def load(
     level = config["logging.level"]
     if quiet and level in ("DEBUG", "INFO"):
         level = "WARNING"
-    configure_logging(level, config["logging.format"], secrets=config.secret_values())
+    target = config["logging.file"]
+    configure_logging(
+        level,
+        config["logging.format"],
+        secrets=config.secret_values(),
+        file=LogFile(
+            config.path(str(target)), config["logging.max_bytes"], config["logging.backups"]
+        )
+        if target
+        else None,
+    )
     return config
 
 

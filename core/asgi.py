@@ -162,7 +162,9 @@ class AsgiApp:
         self._bridge: WsgiBridge | None = None
         self._limits = RequestLimits()
         self._mounts: tuple[AsgiMount, ...] = ()
-        # Health probes have threads of their own: they never queue behind calls.
+        self._probe_paths: frozenset[str] = PROBES
+        # Health probes (and routes marked probe) have threads of their own: they never
+        # queue behind calls.
         self._probes: ThreadPoolExecutor | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -227,6 +229,7 @@ class AsgiApp:
         self._endpoint = current.endpoint
         self._limits = RequestLimits.from_config(config)
         self._mounts = tuple(current.app_manager.asgi_mounts())
+        self._probe_paths = PROBES | {r.path for r in current.app_manager.routes() if r.probe}
         self._probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
         self._flask = flask_app
 
@@ -270,7 +273,7 @@ class AsgiApp:
                 client[0] if client else None,
                 request_id,
             )
-        elif path in PROBES:
+        elif path in self._probe_paths:
             answer = await bridge.run(scope, headers, body, self._probes)
         else:
             answer = await bridge.run(scope, headers, body)

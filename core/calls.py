@@ -84,13 +84,27 @@ class CallResult:
         return self.envelope["data"]
 
 
-def encode_envelope(spec: ActionSpec, request_id: str, value: Any, duration_ms: float) -> str:
+@dataclass(frozen=True)
+class WithMeta:
+    """What a handler returns to say more than its data: ``data`` is the answer's ``data``
+    (checked against ``returns``), ``meta`` adds keys to its ``meta`` (``next_cursor`` of a
+    paged list); ``action``, ``request_id`` and ``duration_ms`` stay the kernel's."""
+
+    data: Any
+    meta: Mapping[str, Any]
+
+
+def encode_envelope(
+    spec: ActionSpec,
+    request_id: str,
+    value: Any,
+    duration_ms: float,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
     """The success envelope as JSON text, encoded once; a value that is not JSON (an
     object, NaN) raises ``TypeError`` naming the action."""
-    envelope = {
-        "data": value,
-        "meta": {"action": spec.name, "request_id": request_id, "duration_ms": duration_ms},
-    }
+    meta = {"action": spec.name, "request_id": request_id, "duration_ms": duration_ms}
+    envelope = {"data": value, "meta": {**extra, **meta} if extra else meta}
     try:
         return json.dumps(envelope, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

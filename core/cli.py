@@ -101,7 +101,7 @@ def report(code: int, body: Mapping[str, Any], show: Callable[[Any], None]) -> i
 
 
 def _serve(args: argparse.Namespace, runtime: Runtime) -> int:
-    from core.server import serve
+    from core.server import metrics_directory, serve
 
     overrides = {
         key: value
@@ -113,10 +113,11 @@ def _serve(args: argparse.Namespace, runtime: Runtime) -> int:
         if value is not None
     }
     config = runtime.config(overrides, quiet=False)
-    # Boot once here so a broken module or declaration stops `serve` with the problem list
-    # instead of a crash loop of workers.
-    shutdown_app(runtime.build(config))
-    serve(config, runtime.asgi_factory, overrides)
+    with metrics_directory():
+        # Boot once here so a broken module or declaration stops `serve` with the problem
+        # list instead of a crash loop of workers.
+        shutdown_app(runtime.build(config))
+        serve(config, runtime.asgi_factory, overrides)
     return 0
 
 

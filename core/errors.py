@@ -137,8 +137,16 @@ class MalformedRequest(ActionError):
     status, slug, title = 400, "malformed-request", "Malformed request"
 
 
+# Why a caller was not identified: the only values switchboard_auth_failures_total's
+# ``reason`` label takes.
+AUTH_FAILURE_REASONS = ("missing", "malformed", "invalid", "expired", "revoked", "bad_login")
+
+
+@dataclass(eq=False)
 class Unauthorized(ActionError):
     status, slug, title = 401, "unauthenticated", "Authentication required"
+
+    reason: str = "invalid"  # one of AUTH_FAILURE_REASONS
 
 
 class Forbidden(ActionError):

@@ -72,7 +72,9 @@ def credential_identifier(
         authorization = _header(request.headers, "Authorization")
         api_key = _header(request.headers, API_KEY_HEADER)
         if authorization is not None and api_key is not None:
-            raise Unauthorized("send either Authorization or X-API-Key, not both")
+            raise Unauthorized(
+                "send either Authorization or X-API-Key, not both", reason="malformed"
+            )
         if authorization is not None:
             scheme, _, token = authorization.strip().partition(" ")
             token = token.strip()
@@ -80,6 +82,7 @@ def credential_identifier(
                 raise Unauthorized(
                     "malformed Authorization header; use 'Bearer <token>'",
                     headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
+                    reason="malformed",
                 )
             if tokens is None:
                 raise Unauthorized("this service does not accept bearer tokens")

@@ -1,4 +1,5 @@
-"""Logging setup: one JSON object a line (or plain text), with the request id of the call.
+"""Logging setup: one JSON object a line (or plain text), with the request id, action and
+caller of the call, to stderr or to a rotating file per process (``logging.file``).
 
 Records are stamped (request id) and redacted on the thread that logs them, then queued for
 one writer thread per process, which formats and writes them in batches every 50 ms: a
@@ -14,10 +15,14 @@ import contextvars
 import copy
 import json
 import logging
+import logging.handlers
+import os
 import re
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,16 +31,26 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "switchboard_request_id", default=None
 )
 
+# The action being called and who calls it ("user:<id>", "api_key:<id>", "anonymous"):
+# set by the pipeline, stamped on every record logged meanwhile.
+call_var: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+    "switchboard_call", default=None
+)
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _HANDLER_NAME = "switchboard"
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps each record with the request id of the call being served (if any)."""
+    """Stamps each record with the request id, action and caller of the call being served
+    (if any)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
+        call = call_var.get()
+        if call is not None and not hasattr(record, "action"):
+            record.action, record.caller = call
         return True
 
 
@@ -152,9 +167,15 @@ class _BatchWriter(logging.Handler):
     waking anyone, and writes what is queued from its own thread every ``interval``: one
     write for many records, and no thread handoff on the request path."""
 
-    def __init__(self, formatter: logging.Formatter, interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        formatter: logging.Formatter,
+        interval: float = 0.05,
+        target: logging.handlers.RotatingFileHandler | None = None,
+    ) -> None:
         super().__init__()
         self.setFormatter(formatter)
+        self._target = target  # None: stderr
         self._pending: collections.deque[logging.LogRecord] = collections.deque()
         self._drain_lock = threading.Lock()
         self._interval = interval
@@ -193,7 +214,10 @@ class _BatchWriter(logging.Handler):
                     lines.append(self.format(record))
                 except Exception:  # one bad record must not lose the others
                     self.handleError(record)
-            if lines:
+            if lines and self._target is not None:
+                for line in lines:  # the handler rotates between lines
+                    self._target.emit(logging.makeLogRecord({"msg": line}))
+            elif lines:
                 try:
                     sys.stderr.write("\n".join(lines) + "\n")
                     sys.stderr.flush()
@@ -205,6 +229,8 @@ class _BatchWriter(logging.Handler):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
         self.flush()
+        if self._target is not None:
+            self._target.close()
         super().close()
 
 
@@ -241,8 +267,30 @@ def flush_logs() -> None:
     _WRITER.flush()
 
 
-def configure_logging(level: str, fmt: str, secrets: frozenset[str] = frozenset()) -> None:
-    """Install Switchboard's handler on the root logger (idempotent; replaces its own)."""
+@dataclass(frozen=True)
+class LogFile:
+    """Logs go to ``<stem>.<pid><suffix>`` beside ``path`` (several processes rotating one
+    file would race), rotated at ``max_bytes`` keeping ``backups`` old files."""
+
+    path: Path
+    max_bytes: int
+    backups: int
+
+    def handler(self) -> logging.handlers.RotatingFileHandler:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mine = self.path.with_name(f"{self.path.stem}.{os.getpid()}{self.path.suffix or '.log'}")
+        handler = logging.handlers.RotatingFileHandler(
+            mine, maxBytes=self.max_bytes, backupCount=self.backups, encoding="utf-8"
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))  # lines come formatted
+        return handler
+
+
+def configure_logging(
+    level: str, fmt: str, secrets: frozenset[str] = frozenset(), file: LogFile | None = None
+) -> None:
+    """Install Switchboard's handler on the root logger (idempotent; replaces its own);
+    with ``file``, lines go to this process's rotating file instead of stderr."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
@@ -251,7 +299,10 @@ def configure_logging(level: str, fmt: str, secrets: frozenset[str] = frozenset(
     # the caller's file and line, thread and process names.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    writer = _BatchWriter(JsonFormatter() if fmt == "json" else TextFormatter())
+    writer = _BatchWriter(
+        JsonFormatter() if fmt == "json" else TextFormatter(),
+        target=file.handler() if file is not None else None,
+    )
     writer.set_name(_HANDLER_NAME)
     writer.addFilter(RequestIdFilter())
     writer.addFilter(RedactingFilter(secrets))

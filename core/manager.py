@@ -55,6 +55,9 @@ class Route:
     endpoint: str
     view: Callable[..., Any]
     methods: tuple[str, ...] = ("GET",)
+    # Served by the probe threads, as the health checks are: answered even while every
+    # call thread is busy (keep such views quick).
+    probe: bool = False
 
 
 @dataclass(frozen=True)

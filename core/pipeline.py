@@ -23,17 +23,18 @@ from core.gate import Gate, GateRequest, StoreGate
 from core.idempotency import Idempotency
 from core.identity import Identify, KeyVerifier, TokenVerifier, credential_identifier
 from core.limits import RateLimiter
-from core.logging import request_id_var, secret_params_var
+from core.logging import call_var, request_id_var, secret_params_var
 from core.module import ModuleCatalog
 from core.steps import (
     ActionRegistry,
+    AuditSink,
+    AuditStep,
     GateStep,
     IdempotencyStep,
     IdentifyStep,
     LookupStep,
     RateLimitStep,
     RunStep,
-    audit,
     authorize,
     unexpected,
     validate,
@@ -83,6 +84,7 @@ class Pipeline:
         """Run one call; raise ``ActionError`` (the problem to send) when it fails."""
         call = Call(request=request, started=time.perf_counter())
         token = request_id_var.set(request.request_id)
+        call_token = call_var.set((request.action, None))
         secrets_token = secret_params_var.set(frozenset())
         try:
             return self._chain(call)
@@ -94,6 +96,7 @@ class Pipeline:
             raise unexpected(call, exc) from exc
         finally:
             secret_params_var.reset(secrets_token)
+            call_var.reset(call_token)
             request_id_var.reset(token)
 
     def _opaque_error(self, error: ActionError, request: CallRequest) -> ActionError:
@@ -136,7 +139,7 @@ def build_pipeline(app: AppManager) -> Pipeline:
         else None
     )
     builtins: list[tuple[str, Handle | None]] = [
-        ("audit", audit),
+        ("audit", AuditStep(app.capability(AuditSink))),
         ("identify", IdentifyStep(identify)),
         ("lookup", LookupStep(registry)),
         ("authorize", authorize),

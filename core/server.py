@@ -8,9 +8,13 @@ replaced.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -45,6 +49,33 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
         server_header=False,
         proxy_headers=False,  # X-Forwarded-For is judged by http.trusted_proxies
     )
+
+
+# Where prometheus-client's multiprocess mode keeps each worker's values.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """A directory the workers (and the boot check) share their metric values through,
+    set in the environment before anything imports prometheus-client. An operator's own
+    ``PROMETHEUS_MULTIPROC_DIR`` is emptied first (values of an earlier run would add up);
+    one made here is removed afterwards."""
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="switchboard-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop(METRICS_DIR_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _stopped(_signum: int, _frame: FrameType | None) -> None:

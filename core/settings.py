@@ -278,6 +278,21 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         choices=("json", "text"),
     ),
     Setting(
+        "logging.file",
+        text,
+        None,
+        "Write logs to files instead of stderr: <name>.<pid>.<ext> beside this path, one per "
+        "process, rotated at logging.max_bytes",
+    ),
+    Setting(
+        "logging.max_bytes",
+        integer,
+        10 * 1024 * 1024,
+        "Size at which a log file is rotated",
+        minimum=1024,
+    ),
+    Setting("logging.backups", integer, 5, "Rotated log files kept per process", minimum=0),
+    Setting(
         "modules.path",
         paths,
         (),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.actions import Action, ActionSpec
-from core.calls import Call, CallResult, encode_envelope
+from core.calls import Call, CallResult, WithMeta, encode_envelope
 from core.chain import Next
 from core.context import Caller, Context
 from core.errors import (
@@ -36,7 +36,7 @@ from core.gate import ClaimRequest, Gate, LimitRequest
 from core.idempotency import REPLAYED, Idempotency
 from core.identity import Identify
 from core.limits import rate_limit_headers
-from core.logging import secret_params_var
+from core.logging import call_var, secret_params_var
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -83,42 +83,69 @@ def elapsed_ms(call: Call) -> float:
 # --- audit ----------------------------------------------------------------------------
 
 
-def audit(call: Call, next: Next) -> CallResult:
+class AuditSink(Protocol):
+    """Where audit records are kept beyond the ``switchboard.audit`` log line (the audit
+    manager: the database, in batches). ``record`` must not block the call."""
+
+    def record(self, entry: dict[str, Any]) -> None: ...
+
+
+class AuditStep:
     """One audit record per call, whatever its outcome (params by name only: their values
-    may be personal data)."""
+    may be personal data): logged, and handed to the app's ``AuditSink`` if it has one."""
+
+    def __init__(self, sink: AuditSink | None) -> None:
+        self.sink = sink
+
+    def __call__(self, call: Call, next: Next) -> CallResult:
+        try:
+            result = next(call)
+        except ActionError as error:
+            self._record(call, error.status, error.slug, replayed=False)
+            raise
+        except Exception:
+            self._record(call, 500, InternalError.slug, replayed=False)
+            raise
+        problem = None
+        if result.status >= 400:  # a replayed failure
+            problem = problem_slug(result.body)
+        self._record(call, result.status, problem, replayed=result.replayed)
+        return result
+
+    def _record(self, call: Call, status: int, problem: str | None, *, replayed: bool) -> None:
+        logged = audit_log.isEnabledFor(logging.INFO)
+        if not logged and self.sink is None:
+            return
+        request = call.request
+        entry = {
+            "at": time.time(),
+            "request_id": request.request_id,
+            "action": request.action,
+            "known": call.found is not None,
+            "caller_kind": call.caller.kind,
+            "caller_id": call.caller.id,
+            "client_ip": request.client_ip,
+            "transport": request.transport,
+            "outcome": problem or "ok",
+            "status": status,
+            "problem": problem,
+            "duration_ms": elapsed_ms(call),
+            "param_names": sorted(call.params),
+            "replayed": replayed,
+        }
+        if logged:
+            audit_log.info(f"{request.action} {call.caller.kind} {status}", extra={"audit": entry})
+        if self.sink is not None:
+            self.sink.record(entry)
+
+
+def problem_slug(body: str | bytes) -> str:
+    """The slug of a stored problem document (a replayed failure)."""
     try:
-        result = next(call)
-    except ActionError as error:
-        _record(call, error.status, error.slug)
-        raise
-    except Exception:
-        _record(call, 500, InternalError.slug)
-        raise
-    _record(call, result.status, "replayed" if result.replayed else None)
-    return result
-
-
-def _record(call: Call, status: int, problem: str | None) -> None:
-    if not audit_log.isEnabledFor(logging.INFO):
-        return
-    request = call.request
-    audit_log.info(
-        f"{request.action} {call.caller.kind} {status}",
-        extra={
-            "audit": {
-                "action": request.action,
-                "caller_kind": call.caller.kind,
-                "caller_id": call.caller.id,
-                "client_ip": request.client_ip,
-                "transport": request.transport,
-                "request_id": request.request_id,
-                "status": status,
-                "problem": problem,
-                "duration_ms": elapsed_ms(call),
-                "param_names": sorted(call.params),
-            }
-        },
-    )
+        kind = json.loads(body).get("type", "")
+    except (ValueError, AttributeError):
+        return InternalError.slug
+    return str(kind).rsplit("/", 1)[-1] or InternalError.slug
 
 
 # --- identify, lookup, authorize, validate ----------------------------------------------
@@ -133,6 +160,9 @@ class IdentifyStep:
 
     def __call__(self, call: Call, next: Next) -> CallResult:
         call.caller, revocations = self.identify(call.request)
+        caller = call.caller
+        who = f"{caller.kind}:{caller.id}" if caller.id is not None else caller.kind
+        call_var.set((call.request.action, who))
         call.gate.absent.extend(revocations)
         return next(call)
 
@@ -171,7 +201,8 @@ def authorize(call: Call, next: Next) -> CallResult:
     if not may_call(call.caller, call.spec):
         if call.caller.kind == "anonymous":
             raise Unauthorized(
-                f"action {call.spec.name} requires credentials (auth: {call.spec.auth})"
+                f"action {call.spec.name} requires credentials (auth: {call.spec.auth})",
+                reason="missing",
             )
         raise Forbidden(f"this caller may not call {call.spec.name}")
     return next(call)
@@ -393,6 +424,9 @@ class RunStep:
                 value = call.action.invoke(ctx, call.params)
             else:
                 value = self._with_timeout(call, ctx, spec.timeout)
+            extra = None
+            if isinstance(value, WithMeta):
+                value, extra = value.data, value.meta
             if self.check_returns and call.action.returns is not None:
                 problems = call.action.returns.problems(value)
                 if problems:
@@ -400,7 +434,7 @@ class RunStep:
                         f"{spec.name} returned a value that breaks its `returns` schema: "
                         + "; ".join(problems)
                     )
-            body = encode_envelope(spec, request.request_id, value, elapsed_ms(call))
+            body = encode_envelope(spec, request.request_id, value, elapsed_ms(call), extra)
         except ActionError:
             raise
         except Exception as exc:

@@ -117,16 +117,16 @@ def _generate_pepper() -> bytes:
 
 
 def _revoked() -> Unauthorized:
-    return Unauthorized(REVOKED)
+    return Unauthorized(REVOKED, reason="revoked")
 
 
 def parse_key(raw: object) -> tuple[str, str]:
     """(id, secret) of a well-formed key; ``Unauthorized`` for anything else."""
     if not isinstance(raw, str) or len(raw) > MAX_KEY_LENGTH:
-        raise Unauthorized(MALFORMED)
+        raise Unauthorized(MALFORMED, reason="malformed")
     match = KEY.fullmatch(raw)
     if match is None:
-        raise Unauthorized(MALFORMED)
+        raise Unauthorized(MALFORMED, reason="malformed")
     return match.group(1), match.group(2)
 
 
@@ -307,16 +307,16 @@ class ApiKeyManager(Manager):
         matches = hmac.compare_digest(self._hash(secret).encode(), stored.encode())
         if record is None or not matches:
             log.debug("API key %s refused: unknown id or wrong secret", key_id)
-            raise Unauthorized(INVALID)
+            raise Unauthorized(INVALID, reason="invalid")
         # Only now, with the secret proven, may the answer differ.
         if record.get("revoked"):
             log.debug("API key %s refused: revoked", key_id)
-            raise Unauthorized(REVOKED)
+            raise Unauthorized(REVOKED, reason="revoked")
         now = self._clock()
         expires_at = record.get("expires_at")
         if expires_at is not None and now >= expires_at:
             log.debug("API key %s refused: expired", key_id)
-            raise Unauthorized(EXPIRED)
+            raise Unauthorized(EXPIRED, reason="expired")
         if self._touch(key_id, record.get("last_used_at"), now):
             record["last_used_at"] = now  # this worker's copy: no second write within a minute
         return KeyIdentity(
@@ -345,7 +345,7 @@ class ApiKeyManager(Manager):
     def _check_in_database(self, key_id: str) -> None:
         record = self._record(key_id, fresh=True)
         if record is None or record.get("revoked"):
-            raise Unauthorized(REVOKED)
+            raise Unauthorized(REVOKED, reason="revoked")
 
     def get(self, key_id: str) -> PublicRecord | None:
         """The public record of a key, or None."""

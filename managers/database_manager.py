@@ -16,8 +16,10 @@ from core.documents import Collection
 from core.errors import ConfigError, DependencyUnavailable, Problem, TransactionConflict
 from core.facades import Documents
 from core.manager import Health, Manager
+from core.metrics import Instruments
 from core.retry import retrying
 from core.settings import Setting, duration, integer, text
+from managers.db_backends.sql import SqlBackend
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
@@ -291,6 +293,10 @@ class DatabaseManager(Manager):
             raise ConfigError(
                 [Problem(f"cannot connect: {exc.detail}", field="database.url")]
             ) from exc
+        metrics = app.capability(Instruments)
+        for part in (backend, replica):
+            if metrics is not None and isinstance(part, SqlBackend):
+                part.on_checkout = metrics.pool_in_use
         self.backend, self.replica = backend, replica
         self.database = Database(backend, replica)
         log.info("database ready (%s)", self.scheme)

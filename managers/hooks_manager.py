@@ -31,6 +31,7 @@ from core.hooks import (
 )
 from core.logging import request_id_var
 from core.manager import Health, Manager
+from core.metrics import Instruments
 from core.module import EVENT_NAME, ModuleCatalog, RefError, resolve_ref
 from core.steps import elapsed_ms, masked
 
@@ -93,9 +94,11 @@ class HooksManager(Manager):
         self._seq = itertools.count()
         self._app: AppManager | None = None
         self.failures: Counter[str] = Counter()
+        self._metrics: Instruments | None = None
 
     def start(self, app: AppManager) -> None:
         self._app = app
+        self._metrics = app.capability(Instruments)
         self.declare(*app.declared_events())
 
     # --- events -----------------------------------------------------------------------
@@ -148,6 +151,8 @@ class HooksManager(Manager):
                 registration.callback(hook_event)
             except Exception:  # isolation is the contract: one bad callback stops no other
                 self.failures[event] += 1
+                if self._metrics is not None:
+                    self._metrics.hook_failed(event)
                 log.exception("hook callback %s failed on %s", registration.label, event)
 
     # --- what it contributes ----------------------------------------------------------

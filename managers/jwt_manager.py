@@ -50,20 +50,20 @@ _TOKEN_ID = re.compile(r"[0-9a-f]{32}")  # jti, fam and ep: uuid4().hex
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
-def _unauthorized(reason: str) -> Unauthorized:
-    return Unauthorized(reason, headers=dict(_INVALID_TOKEN))
+def _unauthorized(detail: str, reason: str = "invalid") -> Unauthorized:
+    return Unauthorized(detail, headers=dict(_INVALID_TOKEN), reason=reason)
 
 
 def _token_revoked() -> Unauthorized:
-    return _unauthorized("token revoked")
+    return _unauthorized("token revoked", "revoked")
 
 
 def _session_revoked() -> Unauthorized:
-    return _unauthorized("session revoked")
+    return _unauthorized("session revoked", "revoked")
 
 
 def _account_revoked() -> Unauthorized:
-    return _unauthorized("the account's sessions were revoked")
+    return _unauthorized("the account's sessions were revoked", "revoked")
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ class JWTManager(Manager):
             cached = self._verified.get(token)
             if cached is not None:
                 if cached["exp"] + self._ready_policy().leeway <= time.time():
-                    raise _unauthorized("token expired")
+                    raise _unauthorized("token expired", "expired")
                 return cached
         claims = MappingProxyType(self._decode(token, "access"))
         with self._verified_lock:
@@ -277,13 +277,13 @@ class JWTManager(Manager):
             or len(token) > MAX_TOKEN_LENGTH
             or not _COMPACT_JWS.fullmatch(token)
         ):
-            raise _unauthorized("malformed token")
+            raise _unauthorized("malformed token", "malformed")
         try:
             # PyJWT's own parser on the header segment alone: the signature and payload are
             # decoded once, by the verifying decode below.
             header = jwt.get_unverified_header(token.partition(".")[0] + "..")
         except jwt.PyJWTError:
-            raise _unauthorized("malformed token header") from None
+            raise _unauthorized("malformed token header", "malformed") from None
         kid = header.get("kid")
         key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None:
@@ -300,7 +300,7 @@ class JWTManager(Manager):
                 leeway=policy.leeway,
             )
         except jwt.ExpiredSignatureError:
-            raise _unauthorized("token expired") from None
+            raise _unauthorized("token expired", "expired") from None
         except jwt.ImmatureSignatureError:
             raise _unauthorized("token not yet valid") from None
         except jwt.InvalidAudienceError:
@@ -310,19 +310,19 @@ class JWTManager(Manager):
         except jwt.InvalidSignatureError:
             raise _unauthorized("invalid signature") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise _unauthorized(f"missing claim {exc.claim}") from None
+            raise _unauthorized(f"missing claim {exc.claim}", "malformed") from None
         except jwt.PyJWTError:
             raise _unauthorized("invalid token") from None
         if claims.get("typ") != expected:
             raise _unauthorized("wrong token type")
         if not (claims["sub"] and _is_token_id(claims["jti"]) and _is_token_id(claims.get("fam"))):
-            raise _unauthorized("malformed token claims")
+            raise _unauthorized("malformed token claims", "malformed")
         if "ep" in claims and not _is_token_id(claims["ep"]):
-            raise _unauthorized("malformed token claims")
+            raise _unauthorized("malformed token claims", "malformed")
         if expected == "access":
             roles = claims.get("roles")
             if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-                raise _unauthorized("malformed token claims")
+                raise _unauthorized("malformed token claims", "malformed")
         return claims
 
     def _check_not_revoked(self, claims: Mapping[str, Any]) -> None:
@@ -361,7 +361,7 @@ class JWTManager(Manager):
             log.warning(
                 "refresh token reuse: family %s of subject %r revoked", claims["fam"], claims["sub"]
             )
-            raise _unauthorized("refresh token reuse detected; session revoked")
+            raise _unauthorized("refresh token reuse detected; session revoked", "revoked")
         return self._issue(
             claims["sub"], roles if roles is not None else (), claims["fam"], claims.get("ep")
         )

@@ -59,6 +59,7 @@ from core.http_actions import new_request_id
 from core.json_input import check_value
 from core.limits import parse_limit
 from core.manager import AsgiMount, Health, Manager
+from core.metrics import Instruments
 from core.module import ModuleCatalog
 from core.settings import Setting, boolean, duration, integer, strings, text
 from core.store import KeyValueStore
@@ -188,6 +189,7 @@ class WebSocketManager(Manager):
         self._dropping: set[asyncio.Future[Any]] = set()
         self._external: socketio.RedisManager | None = None  # emits with no loop here
         self._app: AppManager | None = None
+        self._metrics: Instruments | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -197,6 +199,7 @@ class WebSocketManager(Manager):
         self._store = self.require(KeyValueStore)
         self._db = self.require(Documents)
         self._hooks = self.require(HookBus)
+        self._metrics = app.capability(Instruments)
         self._anonymous = bool(config["realtime.anonymous"])
         self._recheck = float(config["realtime.recheck"])
         self._limits: tuple[Limit, ...] = tuple(parse_limit(t) for t in config["realtime.limits"])
@@ -339,6 +342,8 @@ class WebSocketManager(Manager):
         """One message of ``event``: its ack is the handler's data or ``{"error": problem}``,
         whatever the client sent (no payload, several, a bug of ours)."""
         request_id = new_request_id()
+        if self._metrics is not None:
+            self._metrics.realtime_message(event)
         try:
             state = self._admit(sid)
             if len(args) > 1:
@@ -365,18 +370,24 @@ class WebSocketManager(Manager):
                 environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"), self._trusted
             )
             if not headers and not self._anonymous:
-                raise Unauthorized('connect with auth={"token": …} or {"api_key": …}')
+                raise Unauthorized(
+                    'connect with auth={"token": …} or {"api_key": …}', reason="missing"
+                )
             caller = ANONYMOUS
             if headers:
                 request = CallRequest("", None, request_id, address, "sio", headers)
                 caller = await self._in_pool(self._pipeline().caller_of, request)
         except ActionError as error:
+            if isinstance(error, Unauthorized) and self._metrics is not None:
+                self._metrics.auth_failed(error.reason)
             raise socketio.exceptions.ConnectionRefusedError(
                 error.detail or error.title, error.problem(request_id)
             ) from None
         self._sockets[sid] = _Socket(
             caller, headers, address, time.time(), [None] * len(self._limits)
         )
+        if self._metrics is not None:
+            self._metrics.socket_opened()
         if caller.kind == "user":
             await self._server().enter_room(sid, f"user:{caller.id}")
         log.info("socket %s connected as %s %s", sid, caller.kind, caller.id)
@@ -385,6 +396,8 @@ class WebSocketManager(Manager):
         state = self._sockets.pop(sid, None)
         if state is None:
             return
+        if self._metrics is not None:
+            self._metrics.socket_closed()
         for room in list(state.rooms):
             await self._left(sid, state, room)
 
@@ -585,14 +598,14 @@ def _credential(auth: Any) -> dict[str, str]:
         raise MalformedRequest('auth must be an object: {"token": …} or {"api_key": …}')
     token, key = auth.get("token"), auth.get("api_key")
     if token is not None and key is not None:
-        raise Unauthorized("send either a token or an api_key, not both")
+        raise Unauthorized("send either a token or an api_key, not both", reason="malformed")
     if token is not None:
         if not isinstance(token, str):
-            raise Unauthorized("the token must be a string")
+            raise Unauthorized("the token must be a string", reason="malformed")
         return {"Authorization": f"Bearer {token}"}
     if key is not None:
         if not isinstance(key, str):
-            raise Unauthorized("the api_key must be a string")
+            raise Unauthorized("the api_key must be a string", reason="malformed")
         return {"X-API-Key": key}
     return {}
 

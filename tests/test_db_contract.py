@@ -187,6 +187,15 @@ def test_delete_one(people: Collection) -> None:
     assert people.delete_one({"name": "Nobody"}) is False
 
 
+def test_delete_many(people: Collection, db: Database) -> None:
+    assert people.delete_many({"age": {"$gte": 31}}) == 2
+    assert ids(people.find({})) == ["bob", "dee"]
+    assert people.delete_many({"name": "Nobody"}) == 0
+    assert db.collection(unique_collection("never")).delete_many({}) == 0
+    with pytest.raises(ValidationError):
+        people.delete_many({"$where": "1"})
+
+
 def test_unique_index(db: Database) -> None:
     c = db.collection(unique_collection("users"))
     c.create_index(["email"], unique=True)

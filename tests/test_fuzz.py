@@ -139,6 +139,15 @@ RAW = st.one_of(
 )
 
 
+# The profile of the two hypothesis harnesses below: 20 cases per case of an operation.
+BODIES = hypothesis.settings(
+    max_examples=EXAMPLES * 20,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+
+
 def _actions(server: Server) -> list[str]:
     listing = requests.get(f"{server.base}/openapi.json", timeout=10).json()["paths"]
     prefix = "/api/v1/actions/"
@@ -163,12 +172,7 @@ def test_hostile_bodies_never_make_a_server_error(target: Target) -> None:
     session = requests.Session()
 
     @hypothesis.seed(SEED)
-    @hypothesis.settings(
-        max_examples=EXAMPLES * 20,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
+    @BODIES
     @given(action=st.sampled_from(actions), body=st.one_of(JSON.map(_encode), RAW))
     def ask(action: str, body: bytes) -> None:
         response = session.post(
@@ -240,12 +244,7 @@ def test_hostile_socket_messages_never_make_a_server_error(target: Target) -> No
     )
 
     @hypothesis.seed(SEED)
-    @hypothesis.settings(
-        max_examples=EXAMPLES * 20,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
+    @BODIES
     @given(message=message)
     def ask(message: tuple[str, Any]) -> None:
         check_ack(message[0], client.call(*message, timeout=30))

@@ -153,6 +153,12 @@ class MongoCollection:
             result = self._raw.delete_one({ID_FIELD: current[ID_FIELD]}, session=self._session())
         return bool(result.deleted_count)
 
+    def delete_many(self, filter: Mapping[str, Any]) -> int:
+        query = translate(parse_filter(filter))
+        with self._backend.translated():
+            result = self._raw.delete_many(query, session=self._session())
+        return int(result.deleted_count)
+
     def create_index(self, fields: Sequence[str], *, unique: bool = False) -> None:
         names = [".".join(field_path(f)) for f in fields]
         options: dict[str, Any] = {"unique": unique}

@@ -164,6 +164,7 @@ class PostgresBackend(SqlBackend):
                 f"(database.pool_size={self._pool_size})"
             )
         pool = self._pool
+        self.on_checkout(1)
         try:
             connection = self._with_retries(pool.getconn)
             broken = False
@@ -179,6 +180,7 @@ class PostgresBackend(SqlBackend):
                 pool.putconn(connection, close=broken or bool(connection.closed))
         finally:
             self._slots.release()
+            self.on_checkout(-1)
 
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[Session]:

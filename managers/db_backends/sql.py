@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, Protocol
 
@@ -59,6 +59,8 @@ class SqlBackend(ABC):
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
         self.compiler = Compiler(self.dialect)
+        # Told +1 / -1 as connections are checked out and back (metrics' pool gauge).
+        self.on_checkout: Callable[[int], None] = _ignore
 
     # --- engine specifics -------------------------------------------------------------
 
@@ -313,6 +315,17 @@ class SqlCollection:
             )
             return True
 
+    def delete_many(self, filter: Mapping[str, Any]) -> int:
+        """Delete every document ``filter`` matches; how many there were."""
+        where, params = self._backend.compiler.where(parse_filter(filter))
+        table = self._backend.existing_table(self.name)
+        if table is None:
+            return 0
+        with self._backend.session(write=True) as session:
+            cursor = session.cursor()
+            cursor.execute(f'DELETE FROM "{table}" WHERE {where}', params)
+            return max(int(cursor.rowcount), 0)
+
     def create_index(self, fields: Sequence[str], *, unique: bool = False) -> None:
         paths = [field_path(f) for f in fields]
         if not paths:
@@ -342,3 +355,7 @@ def _count(value: Any, what: str) -> int:
 
 def raise_bad(message: str) -> NoReturn:
     raise ValidationError(message, errors=[FieldError("/", message)])
+
+
+def _ignore(_delta: int) -> None:
+    pass

@@ -158,6 +158,7 @@ class SqliteBackend(SqlBackend):
     def _checkout(self) -> Iterator[sqlite3.Connection]:
         if not self._slots.acquire(timeout=self._pool_timeout):
             raise DependencyUnavailable(f"no free SQLite connection within {self._pool_timeout:g}s")
+        self.on_checkout(1)
         try:
             try:
                 connection = self._idle.get_nowait()
@@ -171,6 +172,7 @@ class SqliteBackend(SqlBackend):
                 self._idle.put(connection)
         finally:
             self._slots.release()
+            self.on_checkout(-1)
 
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[Session]:

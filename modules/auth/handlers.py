@@ -63,10 +63,10 @@ def login(ctx: Any, *, email: str, password: str) -> dict[str, Any]:
         module.hasher.verify(stored, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         failures.count()
-        raise Unauthorized(BAD_LOGIN) from None
+        raise Unauthorized(BAD_LOGIN, reason="bad_login") from None
     if user is None or user.get("disabled"):  # the same answer: nothing to learn here
         failures.count()
-        raise Unauthorized(BAD_LOGIN)
+        raise Unauthorized(BAD_LOGIN, reason="bad_login")
     if module.hasher.check_needs_rehash(stored):
         _users(ctx).update_one(
             {"_id": user["_id"]}, {"$set": {"password_hash": module.hasher.hash(password)}}
@@ -113,9 +113,9 @@ def refresh(ctx: Any, *, refresh_token: str) -> dict[str, Any]:
     def current_roles(subject: str) -> list[str]:
         user = _users(ctx).find_one({"_id": subject})
         if user is None:
-            raise Unauthorized("the account of this session no longer exists")
+            raise Unauthorized("the account of this session no longer exists", reason="revoked")
         if user.get("disabled"):
-            raise Unauthorized("the account of this session is disabled")
+            raise Unauthorized("the account of this session is disabled", reason="revoked")
         return list(user.get("roles", []))
 
     pair: dict[str, Any] = ctx.jwt.refresh(refresh_token, roles_for=current_roles)

@@ -116,19 +116,43 @@ def validation_rows() -> tuple[list[Row], str | None]:
     return rows, None
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], calls: int, rounds: int = 10) -> list[Row]:
+    """Time each call of every ``fns`` in alternating rounds, so drift in the machine's
+    speed falls on all of them alike (an A/B within one process)."""
+    for fn in fns.values():
+        for _ in range(WARM_UP):
+            fn()
+    latencies: dict[str, list[float]] = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    clock = time.perf_counter
+    names = list(fns)
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            fn, mine = fns[name], latencies[name]
+            start = clock()
+            for _ in range(calls // rounds):
+                before = clock()
+                fn()
+                mine.append((clock() - before) * 1e6)
+            spent[name] += clock() - start
+    return [Row(name, len(latencies[name]), spent[name], latencies[name]) for name in names]
+
+
 def app_rows() -> list[Row]:
-    """(b) the in-process pipeline and (c) HTTP through the Flask test client."""
-    app = create_app({"APP_ENV": "test", "SB_LOGGING__LEVEL": "WARNING"})
+    """(b) the in-process pipeline, with metrics and without (alternating rounds), and
+    (c) HTTP through the Flask test client."""
+    base = {"APP_ENV": "test", "SB_LOGGING__LEVEL": "WARNING"}
+    app = create_app(base)
+    bare = create_app({**base, "SB_METRICS__ENABLED": "false"})
     try:
-        pipeline = state(app).pipeline
         request = CallRequest(
             action="system.echo",
             params={"message": "hi"},
             request_id="bench",
             transport="bench",
         )
+        pipeline, without = state(app).pipeline, state(bare).pipeline
         assert pipeline.invoke(request).data == {"message": "hi"}
-
         client = app.test_client()
         body = json.dumps({"message": "hi"})
 
@@ -140,11 +164,16 @@ def app_rows() -> list[Row]:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.get_data(True)}")
 
         post()
+        pipelines = {
+            "pipeline: system.echo invoke": lambda: pipeline.invoke(request),
+            "pipeline: system.echo invoke, metrics off": lambda: without.invoke(request),
+        }
         return [
-            one_by_one("pipeline: system.echo invoke", lambda: pipeline.invoke(request), 50_000),
+            *interleaved(pipelines, 50_000),
             one_by_one("http: POST system.echo (test client)", post, 10_000),
         ]
     finally:
+        shutdown_app(bare)
         shutdown_app(app)
 
 
