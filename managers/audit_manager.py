@@ -1,9 +1,10 @@
 """AuditManager: every call's audit record kept in the database (collection ``audit``).
 
-The call chain's audit step hands each record over (``AuditSink.record``: a queue put, never
-a wait); one writer thread per process inserts them in batches, each batch one transaction.
-When the database is unavailable the batch is kept and tried again (the queue holds up to
-``audit.queue_size`` records; beyond that the oldest are dropped and counted in a log line).
+The call chain's audit step hands each record over (``AuditSink.record``: a deque append,
+no lock, no wake-up); one writer thread per process wakes every ``audit.flush_interval`` and
+inserts what is pending in batches, each batch one statement and one transaction. When the
+database is unavailable the batch is kept and tried again with backoff (up to
+``audit.queue_size`` records; beyond that the oldest are dropped and counted).
 ``stop`` writes what is queued before the database closes, so a graceful shutdown loses
 nothing. Records older than ``audit.retention`` are deleted in the background.
 
@@ -14,7 +15,6 @@ by ``_id`` alone.
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import threading
 import time
@@ -39,7 +39,6 @@ PRUNE_EVERY = 3600.0
 RETRY_AFTER = (0.5, 1.0, 2.0, 5.0, 10.0)
 LOG_EVERY = 60.0
 MAX_TEXT = 200
-_WAKE: dict[str, Any] = {}  # put by stop(): the writer stops waiting for a batch
 
 
 class AuditManager(Manager):
@@ -88,8 +87,9 @@ class AuditManager(Manager):
     )
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._held: deque[dict[str, Any]] = deque()  # a batch the database refused, kept
+        # Records waiting for the writer: appended without a lock or a wake-up (the writer
+        # drains every flush interval), so a call never hands the GIL to it.
+        self._pending: deque[dict[str, Any]] = deque()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._db: Documents | None = None
@@ -122,17 +122,16 @@ class AuditManager(Manager):
         if thread is None:
             return
         self._stopping.set()
-        self._queue.put(_WAKE)
         thread.join()
         self._thread = None
-        pending = len(self._held) + self._queue.qsize()
+        pending = len(self._pending)
         if pending:
             log.error("%d audit records were not written: the database is unavailable", pending)
 
     def health(self) -> Health:
         if not self._enabled:
             return Health("disabled")
-        details: dict[str, Any] = {"queued": self._queue.qsize() + len(self._held)}
+        details: dict[str, Any] = {"queued": len(self._pending)}
         if self._dropped:
             details["dropped"] = self._dropped
         if self._failing is not None:
@@ -147,65 +146,52 @@ class AuditManager(Manager):
     def record(self, entry: dict[str, Any]) -> None:
         if not self._enabled:
             return
-        if self._queue.qsize() + len(self._held) >= self._limit:
+        if len(self._pending) >= self._limit:
             try:
-                self._queue.get_nowait()  # the oldest goes: the newest say most
+                self._pending.popleft()  # the oldest goes: the newest say most
                 self._dropped += 1
-            except queue.Empty:
+            except IndexError:
                 pass
-        self._queue.put(_document(entry))
+        self._pending.append(entry)
 
     # --- the writer -------------------------------------------------------------------
 
     def _run(self) -> None:
         failures = 0
         while True:
-            stopping = self._stopping.is_set()
-            batch = self._next_batch(wait=not stopping)
-            if batch:
-                if self._write(batch):
-                    failures = 0
-                else:
-                    self._held.extendleft(reversed(batch))
-                    failures += 1
-                    if stopping and failures > len(RETRY_AFTER):
-                        return  # stop() reports what is left
-                    self._stopping.wait(RETRY_AFTER[min(failures, len(RETRY_AFTER)) - 1])
-                    continue
-            elif stopping:
+            stopping = self._stopping.wait(
+                self._interval if not failures else RETRY_AFTER[min(failures, len(RETRY_AFTER)) - 1]
+            )
+            if self._drain():
+                failures = 0
+            else:
+                failures += 1
+                if stopping and failures > len(RETRY_AFTER):
+                    return  # stop() reports what is left
+                continue
+            if stopping:
                 return
             if time.monotonic() - self._pruned >= PRUNE_EVERY:
                 self._prune()
 
-    def _next_batch(self, *, wait: bool) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
-        while self._held and len(batch) < self._batch:
-            batch.append(self._held.popleft())
-        deadline = time.monotonic() + self._interval
-        while len(batch) < self._batch:
-            remaining = deadline - time.monotonic()
-            try:
-                if wait and not batch and remaining > 0:
-                    item = self._queue.get(timeout=remaining)
-                else:
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _WAKE:
-                wait = False
-                continue
-            batch.append(item)
-        return batch
+    def _drain(self) -> bool:
+        """Write everything pending, ``audit.batch_size`` records a transaction; a batch
+        the database refuses goes back to the front (False)."""
+        while self._pending:
+            batch: list[dict[str, Any]] = []
+            while self._pending and len(batch) < self._batch:
+                batch.append(self._pending.popleft())
+            if not self._write([_document(entry) for entry in batch]):
+                self._pending.extendleft(reversed(batch))
+                return False
+        return True
 
     def _write(self, batch: list[dict[str, Any]]) -> bool:
         db = self._db
         if db is None:
             return False
-        collection = db.collection(COLLECTION)
         try:
-            with db.transaction():
-                for document in batch:
-                    collection.insert_one(document)
+            db.collection(COLLECTION).insert_many(batch)  # one transaction
         except ActionError as error:
             self._trouble(f"{error.title}: {error.detail}")
             return False
@@ -224,7 +210,7 @@ class AuditManager(Manager):
         now = time.monotonic()
         if now - self._logged >= LOG_EVERY:
             self._logged = now
-            held = len(self._held) + self._queue.qsize()
+            held = len(self._pending)
             log.warning("audit records are held (%d) and retried: %s", held, reason)
 
     def _prune(self) -> None:

@@ -233,10 +233,13 @@ class MetricsManager(Manager):
         self._registry.register(_AppCollector(self))
 
     def stop(self) -> None:
-        if self._multiproc is not None:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(os.getpid(), str(self._multiproc))  # type: ignore[no-untyped-call]
+        instruments = self._instruments
+        if instruments is not None:
+            # This process's share of the live gauges ends. (Not mark_process_dead: with
+            # one worker, serve's boot check and the worker are the same process, and the
+            # worker's gauges would be written to files that were deleted.)
+            instruments.sockets.set(0)
+            instruments.pool.set(0)
         self._instruments = None
 
     def health(self) -> Health:

@@ -187,6 +187,18 @@ def test_delete_one(people: Collection) -> None:
     assert people.delete_one({"name": "Nobody"}) is False
 
 
+def test_insert_many_is_all_or_nothing(db: Database) -> None:
+    c = db.collection(unique_collection("many"))
+    assert c.insert_many([{"_id": "a", "n": 1}, {"_id": "b", "n": 2}]) == ["a", "b"]
+    assert c.insert_many([]) == []
+    with pytest.raises(Conflict):
+        c.insert_many([{"_id": "c", "n": 3}, {"_id": "a", "n": 4}])
+    assert ids(c.find({}, sort=[("_id", 1)])) == ["a", "b"]  # "c" went with the batch
+    with pytest.raises(ValidationError):
+        c.insert_many([{"_id": "d"}, {"bad": "\x00"}])
+    assert c.count() == 2
+
+
 def test_delete_many(people: Collection, db: Database) -> None:
     assert people.delete_many({"age": {"$gte": 31}}) == 2
     assert ids(people.find({})) == ["bob", "dee"]

@@ -6,6 +6,7 @@ import json
 import random
 import string
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +186,21 @@ def test_workers_add_up_and_sockets_are_counted(
         "SB_REDIS__PREFIX": redis_prefix,
         "PROMETHEUS_MULTIPROC_DIR": str(shared),
     }
-    calls = 60
     with running(tmp_path, "serve", "--workers", "2", env=env) as server:
         body = json.dumps({"message": "hi"}).encode()
-        for _ in range(calls):  # new connections: uvicorn's workers share the socket
-            assert server.post("/api/v1/actions/system.echo", body).status == 200
+
+        def send(_: int) -> int:
+            return server.post("/api/v1/actions/system.echo", body).status
+
+        calls = 0
+        # Concurrent calls until both workers have answered some (which worker accepts a
+        # connection is the kernel's choice).
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(20):
+                assert set(pool.map(send, range(40))) == {200}
+                calls += 40
+                if len(list(shared.glob("counter_*.db"))) >= 2:
+                    break
         totals = set()
         for _ in range(6):  # whichever worker answers, the same total
             scraped = scrape_served(server.get)
@@ -226,3 +237,15 @@ def _api_key(server: Any) -> str:
     made = cli(server, "keys", "create", "--name", "metrics")
     assert made.returncode == 0, made.stderr
     return next(line.split()[-1] for line in made.stdout.splitlines() if line.startswith("key:"))
+
+
+def test_one_worker_counts_its_sockets(tmp_path: Path) -> None:
+    """One worker is serve's own process, which booted (and stopped) the app once before:
+    its live gauges must still reach the scrape."""
+    with running(tmp_path, "serve", env={"SB_HTTP__WORKERS": "1"}) as server:
+        client = socketio.Client(reconnection=False)
+        client.connect(server.base, auth={"api_key": _api_key(server)}, transports=["websocket"])
+        try:
+            assert value(scrape_served(server.get), "switchboard_realtime_sockets") == 1
+        finally:
+            client.disconnect()

@@ -90,6 +90,29 @@ class MongoCollection:
             )
         return doc_id
 
+    def insert_many(self, docs: Sequence[Mapping[str, Any]]) -> list[str]:
+        import pymongo.errors
+
+        prepared = [prepare_insert(doc) for doc in docs]
+        if not prepared:
+            return []
+        ids = [i for i, _ in prepared]
+        with self._backend.translated():
+            try:
+                self._raw.insert_many(
+                    [{ID_FIELD: i, VERSION_FIELD: 1, **body} for i, body in prepared],
+                    ordered=True,
+                    session=self._session(),
+                )
+            except pymongo.errors.BulkWriteError as exc:
+                # No transaction outside a replica set: take back what went in, so the
+                # batch is all or nothing here too.
+                done = int(exc.details.get("nInserted", 0))
+                if done:
+                    self._raw.delete_many({ID_FIELD: {"$in": ids[:done]}}, session=self._session())
+                raise Conflict("a document with this id or unique key already exists") from exc
+        return ids
+
     def find(
         self,
         filter: Mapping[str, Any] | None = None,

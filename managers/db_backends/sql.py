@@ -38,6 +38,8 @@ class Cursor(Protocol):
 
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
 
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
@@ -237,6 +239,21 @@ class SqlCollection:
                 [doc_id, self._dialect.dumps(body)],
             )
         return str(doc_id)
+
+    def insert_many(self, docs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Insert ``docs`` in one statement batch and one transaction (all or none)."""
+        prepared = [prepare_insert(doc) for doc in docs]
+        if not prepared:
+            return []
+        table = self._backend.ensure_table(self.name)
+        dumps = self._dialect.dumps
+        with self._backend.session(write=True) as session:
+            p = self._dialect.p
+            session.cursor().executemany(
+                f'INSERT INTO "{table}" (_id, _version, doc) VALUES ({p}, 1, {p})',
+                [[doc_id, dumps(body)] for doc_id, body in prepared],
+            )
+        return [str(doc_id) for doc_id, _ in prepared]
 
     def find_one(self, filter: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         found = self.find(filter, limit=1)
