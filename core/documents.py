@@ -283,20 +283,58 @@ def parse_sort(sort: Sequence[tuple[str, int]] | None) -> tuple[tuple[tuple[str,
 
 
 def check_document(doc: Any, where: Where = (), bad: _Bad = _bad_document) -> None:
-    """Documents are JSON objects: string keys without dots or ``$``, finite numbers."""
+    """Documents are JSON objects: string keys without dots or ``$``, finite numbers.
+    (Paths are built only for nested containers and for the error: most values are plain.)"""
     if isinstance(doc, Mapping):
         for key, value in doc.items():
             if not isinstance(key, str) or not key or "." in key or key.startswith("$"):
                 raise bad(
                     (*where, key), "keys must be non-empty strings without '.' or a leading '$'"
                 )
-            _check_text(key, (*where, key), bad)
-            check_document(value, (*where, key), bad)
+            if not _plain_text(key):
+                _check_text(key, (*where, key), bad)
+            if not _plain(value):
+                _check_value(value, (*where, key), bad)
     elif isinstance(doc, list):
         for index, value in enumerate(doc):
-            check_document(value, (*where, index), bad)
+            if not _plain(value):
+                _check_value(value, (*where, index), bad)
     elif doc is not None and not isinstance(doc, bool):
         _scalar(doc, where, bad)
+
+
+def _check_value(value: Any, where: Where, bad: _Bad) -> None:
+    if isinstance(value, (Mapping, list)):
+        check_document(value, where, bad)
+    else:
+        _scalar(value, where, bad)
+
+
+def _plain_text(value: str) -> bool:
+    """Text ``_check_text`` would pass, found without encoding it when it is ASCII."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain(value: Any) -> bool:
+    """A scalar ``_scalar`` would pass (exact types only; anything else goes through it)."""
+    kind = type(value)
+    if kind is str:
+        return _plain_text(value)
+    if value is None or kind is bool:
+        return True
+    if kind is int:
+        return bool(INT64[0] <= value <= INT64[1])
+    if kind is float:
+        return math.isfinite(value)
+    return False
 
 
 def prepare_insert(doc: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
