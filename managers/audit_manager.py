@@ -22,7 +22,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.errors import ActionError
+from core.errors import ActionError, ValidationError
 from core.facades import Documents
 from core.manager import Health, Manager
 from core.settings import Setting, boolean, duration, integer
@@ -175,35 +175,57 @@ class AuditManager(Manager):
                 self._prune()
 
     def _drain(self) -> bool:
-        """Write everything pending, ``audit.batch_size`` records a transaction; a batch
-        the database refuses goes back to the front (False)."""
+        """Write everything pending, ``audit.batch_size`` records a transaction; what the
+        database could not take goes back to the front (False)."""
         while self._pending:
             batch: list[dict[str, Any]] = []
             while self._pending and len(batch) < self._batch:
                 batch.append(self._pending.popleft())
-            if not self._write([_document(entry) for entry in batch]):
-                self._pending.extendleft(reversed(batch))
+            left = self._write(batch)
+            if left:
+                self._pending.extendleft(reversed(left))
                 return False
         return True
 
-    def _write(self, batch: list[dict[str, Any]]) -> bool:
+    def _write(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert ``batch``; the records still to write (empty: all done)."""
         db = self._db
         if db is None:
-            return False
+            return batch
+        collection = db.collection(COLLECTION)
         try:
-            db.collection(COLLECTION).insert_many(batch)  # one transaction
+            collection.insert_many([_document(entry) for entry in batch])  # one transaction
+        except ValidationError:  # a record the store refuses: write the others one by one
+            return self._write_each(batch)
         except ActionError as error:
             self._trouble(f"{error.title}: {error.detail}")
-            return False
-        except Exception as exc:  # a record the store refuses must not stop the writer
+            return batch
+        except Exception as exc:  # the writer must outlive any surprise of the store
             log.exception("audit batch of %d records failed", len(batch))
             self._trouble(type(exc).__name__)
-            return False
+            return batch
         self._written += len(batch)
         if self._failing is not None:
             log.warning("audit records are written again")
             self._failing = None
-        return True
+        return []
+
+    def _write_each(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        collection = self._db.collection(COLLECTION) if self._db is not None else None
+        for index, entry in enumerate(batch):
+            if collection is None:
+                return batch[index:]
+            try:
+                collection.insert_many([_document(entry)])
+            except ValidationError as error:  # names the field, never its value
+                self._dropped += 1
+                log.warning("an audit record of %s was refused: %s", entry.get("action"), error)
+            except ActionError as error:
+                self._trouble(f"{error.title}: {error.detail}")
+                return batch[index:]
+            else:
+                self._written += 1
+        return []
 
     def _trouble(self, reason: str) -> None:
         self._failing = reason

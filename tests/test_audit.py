@@ -195,3 +195,23 @@ def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
         shutdown_app(app)
     missing = set(answered) - recorded
     assert not missing, f"{len(missing)} of {len(answered)} answered calls were not recorded"
+
+
+def test_a_record_the_store_refuses_does_not_hold_up_the_others(make_app: MakeApp) -> None:
+    app = make_app(FAST)
+    manager = state(app).app_manager.get(AuditManager)
+    manager.record(
+        {
+            "at": time.time(),
+            "request_id": "bad",
+            "action": "x.y",
+            "known": True,
+            "caller_id": "a\x00b",
+        }
+    )
+    client = app.test_client()
+    for n in range(3):
+        assert post(client, "system.echo", {"message": f"m{n}"}).status_code == 200
+    records = stored(app, 3)
+    assert [r["action"] for r in records] == ["system.echo"] * 3
+    assert manager.health().details["dropped"] == 1
