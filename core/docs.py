@@ -10,6 +10,7 @@ sees their own actions. ``/openapi.json`` itself always documents every action.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,6 @@ def docs_blueprint(
 
     @bp.get("/docs/openapi.json")
     def docs_document() -> Response:
-        import json
-
         body = json.dumps(for_caller(document(), allowed()), separators=(",", ":"))
         return Response(body, mimetype="application/json")
 
