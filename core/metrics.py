@@ -9,6 +9,7 @@ from what a caller sent.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 # The events a socket may send (``unknown``: any other), for the ``event`` label.
@@ -27,3 +28,14 @@ class Instruments(Protocol):
     def hook_failed(self, event: str) -> None: ...
 
     def pool_in_use(self, delta: int) -> None: ...
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists (its metric files, or serve's directory, are live)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

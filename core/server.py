@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from core.config import Config
+from core.metrics import process_running
 
 
 def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
@@ -53,6 +54,7 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
 
 # Where prometheus-client's multiprocess mode keeps each worker's values.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_DIR_PREFIX = "switchboard-metrics-"
 
 
 @contextlib.contextmanager
@@ -60,7 +62,8 @@ def metrics_directory() -> Iterator[Path]:
     """A directory the workers (and the boot check) share their metric values through,
     set in the environment before anything imports prometheus-client. An operator's own
     ``PROMETHEUS_MULTIPROC_DIR`` is emptied first (values of an earlier run would add up);
-    one made here is removed afterwards."""
+    one made here is removed afterwards, and those of earlier ``serve`` processes that
+    were killed before they could remove theirs are removed at the next start."""
     given = os.environ.get(METRICS_DIR_ENV)
     if given:
         path = Path(given)
@@ -69,13 +72,22 @@ def metrics_directory() -> Iterator[Path]:
             stale.unlink()
         yield path
         return
-    path = Path(tempfile.mkdtemp(prefix="switchboard-metrics-"))
+    _remove_orphans(Path(tempfile.gettempdir()))
+    path = Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-"))
     os.environ[METRICS_DIR_ENV] = str(path)
     try:
         yield path
     finally:
         os.environ.pop(METRICS_DIR_ENV, None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Metrics directories whose ``serve`` process is gone (SIGKILL, a crash)."""
+    for orphan in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        owner = orphan.name[len(METRICS_DIR_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not process_running(int(owner)):
+            shutil.rmtree(orphan, ignore_errors=True)
 
 
 def _stopped(_signum: int, _frame: FrameType | None) -> None:

@@ -41,7 +41,7 @@ from core.errors import (
     Unauthorized,
 )
 from core.manager import Health, Manager, Route
-from core.metrics import REALTIME_EVENTS, Instruments
+from core.metrics import REALTIME_EVENTS, Instruments, process_running
 from core.settings import Setting, boolean, strings, text
 from core.steps import ActionRegistry, problem_slug
 
@@ -371,7 +371,7 @@ class MetricsManager(Manager):
 
         for path in directory.glob("gauge_live*_*.db"):
             pid = path.stem.rsplit("_", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_running(int(pid)):
                 multiprocess.mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
 
 
@@ -408,13 +408,3 @@ class _AppCollector:
 
 def _same(given: str, token: bytes) -> bool:
     return hmac.compare_digest(given.encode(), token)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

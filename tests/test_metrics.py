@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import string
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -249,3 +251,26 @@ def test_one_worker_counts_its_sockets(tmp_path: Path) -> None:
             assert value(scrape_served(server.get), "switchboard_realtime_sockets") == 1
         finally:
             client.disconnect()
+
+
+def test_serve_removes_the_metrics_directories_of_killed_runs(tmp_path: Path) -> None:
+    """A serve killed with SIGKILL cannot remove its directory: the next one does."""
+    import subprocess
+    import sys
+    import tempfile
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = Path(tempfile.gettempdir()) / f"switchboard-metrics-{dead.pid}-test"
+    orphan.mkdir()
+    (orphan / "counter_1.db").write_bytes(b"old")
+    mine = Path(tempfile.gettempdir()) / f"switchboard-metrics-{os.getpid()}-test"
+    mine.mkdir(exist_ok=True)  # a live process's directory stays
+    try:
+        with running(tmp_path, "serve", env={"SB_HTTP__WORKERS": "1"}) as server:
+            assert server.get("/health/live").status == 200
+            assert not orphan.exists()
+            assert mine.exists()
+    finally:
+        shutil.rmtree(orphan, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)
