@@ -412,6 +412,8 @@ def apply_changes(doc: dict[str, Any], changes: Changes) -> dict[str, Any]:
         total = current + amount
         if isinstance(total, int) and not INT64[0] <= total <= INT64[1]:
             raise _bad_update(("$inc", ".".join(path)), "$inc would overflow 64 bits")
+        if isinstance(total, float) and not math.isfinite(total):
+            raise _bad_update(("$inc", ".".join(path)), "$inc would overflow to infinity")
         parent[path[-1]] = total
     for path in changes.unset:
         parent_value = resolve(result, path[:-1]) if len(path) > 1 else result

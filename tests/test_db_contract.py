@@ -281,6 +281,16 @@ def test_bad_updates_are_rejected_and_change_nothing(
     assert people.find_one({"_id": "bob"}) == before
 
 
+def test_an_inc_that_would_reach_infinity_is_rejected(db: Database) -> None:
+    c = db.collection(unique_collection("big"))
+    c.insert_one({"_id": "x", "n": 1e308})
+    with pytest.raises(ValidationError) as caught:
+        c.update_one({"_id": "x"}, {"$inc": {"n": 1e308}})
+    assert [e.path for e in caught.value.errors] == ["/$inc/n"]
+    found = c.find_one({"_id": "x"})
+    assert found is not None and float(found["n"]) == 1e308 and found["_version"] == 1
+
+
 def test_bad_documents_are_rejected(db: Database) -> None:
     c = db.collection(unique_collection())
     for doc, path in (
