@@ -9,7 +9,6 @@ sees their own actions. ``/openapi.json`` itself always documents every action.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -67,7 +66,7 @@ def assets_dir() -> Path:
 def for_caller(document: Mapping[str, Any], allowed: Collection[str]) -> dict[str, Any]:
     """``document`` with only the action operations named in ``allowed`` (other paths,
     health and the listing, stay)."""
-    trimmed = copy.copy(dict(document))
+    trimmed = dict(document)  # a shallow copy: only paths is replaced
     trimmed["paths"] = {
         path: item
         for path, item in document["paths"].items()

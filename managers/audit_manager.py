@@ -95,7 +95,6 @@ class AuditManager(Manager):
         self._db: Documents | None = None
         self._enabled = False
         self._dropped = 0
-        self._written = 0
         self._failing: str | None = None
         self._logged = -LOG_EVERY
         self._pruned = -PRUNE_EVERY
@@ -204,7 +203,6 @@ class AuditManager(Manager):
             log.exception("audit batch of %d records failed", len(batch))
             self._trouble(type(exc).__name__)
             return batch
-        self._written += len(batch)
         if self._failing is not None:
             log.warning("audit records are written again")
             self._failing = None
@@ -223,8 +221,6 @@ class AuditManager(Manager):
             except ActionError as error:
                 self._trouble(f"{error.title}: {error.detail}")
                 return batch[index:]
-            else:
-                self._written += 1
         return []
 
     def _trouble(self, reason: str) -> None:
