@@ -1,4 +1,4 @@
-"""AuditManager: every call's audit record kept in the database (collection ``audit``).
+"""AuditManager: every call's audit record kept in the database (collection ``sb_audit``).
 
 The call chain's audit step hands each record over (``AuditSink.record``: a deque append,
 no lock, no wake-up); one writer thread per process wakes every ``audit.flush_interval`` and
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchboard.audit_store")
 
-COLLECTION = "audit"
+COLLECTION = "sb_audit"  # "audit" before 0.2: renamed at start
 _OWNER = "manager audit"
 PRUNE_EVERY = 3600.0
 RETRY_AFTER = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -109,6 +109,10 @@ class AuditManager(Manager):
         self._batch = int(config["audit.batch_size"])
         self._interval = float(config["audit.flush_interval"])
         self._limit = int(config["audit.queue_size"])
+        if self._db.rename_collection("audit", COLLECTION):
+            log.info(
+                "audit: collection 'audit' renamed to %r (the runtime's own names)", COLLECTION
+            )
         collection = self._db.collection(COLLECTION)
         for fields in (["at"], ["caller_id"], ["action"]):
             collection.create_index(fields)

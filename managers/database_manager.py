@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
@@ -23,6 +23,7 @@ from managers.db_backends.sql import SqlBackend
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
+    from core.module import ModuleCatalog
 
 log = logging.getLogger("switchboard.db")
 T = TypeVar("T")
@@ -39,6 +40,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
     def collection(self, name: str) -> Collection: ...
+
+    def rename_collection(self, old: str, new: str) -> bool: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -157,6 +160,11 @@ class Database:
             return primary
         return _RoutedCollection(primary, self._replica.collection(name), self)
 
+    def rename_collection(self, old: str, new: str) -> bool:
+        """Rename ``old`` to ``new`` with its documents and indexes (a migration, run at
+        start); False when ``old`` does not exist or ``new`` already does."""
+        return self._primary.rename_collection(old, new)
+
     def in_transaction(self) -> bool:
         return getattr(self._local, "depth", 0) > 0
 
@@ -197,6 +205,36 @@ class Database:
                 return work()
 
         return retrying(attempt, on=TransactionConflict, retries=retries)
+
+
+RESERVED_PREFIX = "sb_"  # the runtime's own collections: users, API keys, audit, states
+
+
+class ModuleDatabase:
+    """``ctx.db`` of a module that does not list ``db`` in module.yaml ``requires``: the
+    app's database without the runtime's own collections (``sb_*``)."""
+
+    def __init__(self, database: Database, module: str) -> None:
+        self._database = database
+        self._module = module
+
+    def _check(self, name: str) -> str:
+        if isinstance(name, str) and name.startswith(RESERVED_PREFIX):
+            raise PermissionError(
+                f"module {self._module!r}: collection {name!r} is the runtime's own "
+                f"({RESERVED_PREFIX}*); only modules that list 'db' in module.yaml requires "
+                "may use it"
+            )
+        return name
+
+    def collection(self, name: str) -> Collection:
+        return self._database.collection(self._check(name))
+
+    def rename_collection(self, old: str, new: str) -> bool:
+        return self._database.rename_collection(self._check(old), self._check(new))
+
+    def __getattr__(self, name: str) -> Any:  # transactions: the app's own
+        return getattr(self._database, name)
 
 
 class DatabaseManager(Manager):
@@ -272,6 +310,7 @@ class DatabaseManager(Manager):
         self.replica: Backend | None = None
         self.database: Database | None = None
         self.scheme = ""
+        self._trusted: frozenset[str] = frozenset()
 
     def start(self, app: AppManager) -> None:
         config = app.config
@@ -311,8 +350,15 @@ class DatabaseManager(Manager):
     def capability(self, kind: type[T]) -> T:
         return cast(T, self.documents)
 
-    def facade_for(self, module: str) -> Database:
-        return self.documents
+    def modules_loaded(self, modules: ModuleCatalog) -> Sequence[Problem]:
+        self._trusted = frozenset(m.name for m in modules if self.name in m.manifest.requires)
+        return ()
+
+    def facade_for(self, module: str) -> Database | ModuleDatabase:
+        """The database; without the ``sb_*`` collections unless the module requires db."""
+        if module in self._trusted:
+            return self.documents
+        return ModuleDatabase(self.documents, module)
 
     def health(self) -> Health:
         if self.backend is None:

@@ -32,7 +32,7 @@ def stored(app: Flask, count: int) -> list[dict[str, Any]]:
     db = state(app).app_manager.get(DatabaseManager).documents
     deadline = time.monotonic() + 10
     while True:
-        found = db.collection("audit").find({}, sort=[("_id", -1)])
+        found = db.collection("sb_audit").find({}, sort=[("_id", -1)])
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.02)
@@ -116,7 +116,7 @@ def test_old_records_are_pruned(make_app: MakeApp) -> None:
     app = make_app(FAST)
     db = state(app).app_manager.get(DatabaseManager).documents
     now = time.time()
-    audit = db.collection("audit")
+    audit = db.collection("sb_audit")
     audit.insert_one({"_id": "00000000000000000001-00000000", "at": now - 40 * 86400})
     audit.insert_one({"_id": "00000000000000000002-00000000", "at": now - 86400})
     manager = state(app).app_manager.get(AuditManager)
@@ -142,7 +142,7 @@ class _Flaky:
         if self.failures > 0:
             self.failures -= 1
             raise DependencyUnavailable("database unreachable")
-        return list(self.real.collection("audit").insert_many(docs))
+        return list(self.real.collection("sb_audit").insert_many(docs))
 
 
 def test_records_wait_out_a_database_outage(make_app: MakeApp) -> None:
@@ -190,7 +190,9 @@ def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
     app = create_app({"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{database}"})
     try:
         db = state(app).app_manager.get(DatabaseManager).documents
-        recorded = {r["request_id"] for r in db.collection("audit").find({"action": "system.echo"})}
+        recorded = {
+            r["request_id"] for r in db.collection("sb_audit").find({"action": "system.echo"})
+        }
     finally:
         shutdown_app(app)
     missing = set(answered) - recorded

@@ -85,7 +85,7 @@ def login(client: FlaskClient, email: str, password: str = PASSWORD) -> dict[str
 def make_admin(app: Flask, client: FlaskClient, email: str) -> str:
     register(client, email)
     db = state(app).app_manager.get(DatabaseManager).documents
-    db.collection("users").update_one({"email": email}, {"$set": {"roles": ["admin"]}})
+    db.collection("sb_users").update_one({"email": email}, {"$set": {"roles": ["admin"]}})
     return str(login(client, email)["access_token"])
 
 
@@ -111,7 +111,7 @@ def test_register_login_me(client: FlaskClient) -> None:
 def test_passwords_are_stored_as_argon2id_hashes(app: Flask, client: FlaskClient) -> None:
     register(client, "hash@example.com")
     db = state(app).app_manager.get(DatabaseManager).documents
-    stored = db.collection("users").find_one({"email": "hash@example.com"})
+    stored = db.collection("sb_users").find_one({"email": "hash@example.com"})
     assert stored is not None
     assert stored["password_hash"].startswith("$argon2id$")
     assert PASSWORD not in str(stored)

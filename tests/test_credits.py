@@ -46,7 +46,9 @@ class Bank:
             assert made.status_code == 200, made.get_json()
             self.ids.append(made.get_json()["data"]["id"])
             if i == 0:
-                db.collection("users").update_one({"email": email}, {"$set": {"roles": ["admin"]}})
+                db.collection("sb_users").update_one(
+                    {"email": email}, {"$set": {"roles": ["admin"]}}
+                )
             pair = call(self.client, "auth.login", None, {"email": email, "password": PASSWORD})
             self.tokens.append(pair.get_json()["data"]["access_token"])
         self.db = db

@@ -300,7 +300,7 @@ def test_production_readiness_checks_are_shown_to_admins_only(
     assert "checks" not in ready_with(user["access_token"])
     assert "checks" not in ready_with("not-a-token")
     promoted = module_object(app, "auth")
-    promoted.ctx.db.collection("users").update_one(
+    promoted.ctx.db.collection("sb_users").update_one(
         {"email": account["email"]}, {"$set": {"roles": ["admin"]}}
     )
     admin = client.post("/api/v1/actions/auth.login", json=account).get_json()["data"]

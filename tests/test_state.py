@@ -25,6 +25,7 @@ from tests.servers import RedisServer
 KIND = "shop.order"
 
 MODULE_YAML = """
+requires: [db]  # its hook reads the runtime's sb_states
 state_machines:
   order:
     description: An order from checkout to the door

@@ -274,6 +274,22 @@ class MongoBackend:
     def collection(self, name: str) -> MongoCollection:
         return MongoCollection(self, collection_name(name))
 
+    def rename_collection(self, old: str, new: str) -> bool:
+        """Rename ``old`` to ``new`` (documents and indexes) unless ``new`` exists; False
+        when there was nothing to do."""
+        import pymongo.errors
+
+        database = self.database
+        with self.translated():
+            names = set(database.list_collection_names())
+            if collection_name(old) not in names or collection_name(new) in names:
+                return False
+            try:
+                database[old].rename(new)
+            except pymongo.errors.OperationFailure:  # another process renamed it first
+                return False
+        return True
+
     def close(self) -> None:
         if self.client is not None:
             self.client.close()

@@ -222,6 +222,18 @@ class PostgresBackend(SqlBackend):
             "_version BIGINT NOT NULL, doc JSONB NOT NULL)"
         )
 
+    def _index_names(self, session: Session, table: str) -> list[str]:
+        cursor = session.cursor()
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename = %s",
+            [table],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+    def _rename_index(self, session: Session, old: str, new: str) -> None:
+        session.cursor().execute(f'ALTER INDEX "{old}" RENAME TO "{new}"')
+
     def _list_tables(self, session: Session) -> set[str]:
         cursor = session.cursor()
         cursor.execute(

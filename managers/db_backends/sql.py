@@ -186,6 +186,31 @@ class SqlBackend(ABC):
     def collection(self, name: str) -> SqlCollection:
         return SqlCollection(self, collection_name(name))
 
+    @abstractmethod
+    def _index_names(self, session: Session, table: str) -> list[str]:
+        """The names of the indexes on ``table``."""
+
+    @abstractmethod
+    def _rename_index(self, session: Session, old: str, new: str) -> None: ...
+
+    def rename_collection(self, old: str, new: str) -> bool:
+        """Rename collection ``old`` to ``new`` with its documents and indexes, in one
+        transaction; False (nothing done) unless ``old`` exists and ``new`` does not."""
+        old_table, new_table = f"doc_{collection_name(old)}", f"doc_{collection_name(new)}"
+        prefix = f"ix_{old}_"
+        with self._translated(), self._begin() as session:
+            tables = self._list_tables(session)
+            if old_table not in tables or new_table in tables:
+                return False
+            session.cursor().execute(f'ALTER TABLE "{old_table}" RENAME TO "{new_table}"')
+            for index in self._index_names(session, new_table):
+                if index.startswith(prefix):
+                    self._rename_index(session, index, f"ix_{new}_{index[len(prefix) :]}")
+        with self._known_lock:
+            self._known.discard(old_table)
+            self._known.add(new_table)
+        return True
+
 
 class SqlCollection:
     """The document API over one table."""

@@ -314,6 +314,24 @@ class SqliteBackend(SqlBackend):
             "_version INTEGER NOT NULL, doc TEXT NOT NULL)"
         )
 
+    def _index_names(self, session: Session, table: str) -> list[str]:
+        cursor = session.cursor()
+        cursor.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            [table],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+    def _rename_index(self, session: Session, old: str, new: str) -> None:
+        # SQLite cannot rename an index: it is made again under the new name (the
+        # definition already names the renamed table), in the same transaction.
+        cursor = session.cursor()
+        cursor.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", [old])
+        definition = str(cursor.fetchone()[0])
+        cursor.execute(f'DROP INDEX "{old}"')
+        cursor.execute(definition.replace(f'"{old}"', f'"{new}"', 1))
+
     def _list_tables(self, session: Session) -> set[str]:
         cursor = session.cursor()
         cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'doc_%'")

@@ -9,7 +9,7 @@ from typing import Any
 from core.calls import WithMeta
 from core.errors import FieldError, ValidationError
 
-COLLECTION = "audit"
+COLLECTION = "sb_audit"  # kept by the audit manager
 CURSOR = re.compile(r"[0-9]{20}-[0-9a-f]{8}")
 SHOWN = (
     "time",

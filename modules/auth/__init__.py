@@ -9,6 +9,8 @@ from argon2 import PasswordHasher
 from core.limits import Limit, parse_limit
 from core.module import BaseModule
 
+from .handlers import USERS
+
 __all__ = ["AuthModule"]
 
 
@@ -30,4 +32,8 @@ class AuthModule(BaseModule):
         # The password policy (password_min_length, password_pattern) is in the params
         # schema of auth.register: actions.yaml reads the settings.
         self.failures_per_email = parse_limit(str(self.settings["login_failures_per_email"]))
-        self.ctx.db.collection("users").create_index(["email"], unique=True)
+        # The runtime's own collections start with sb_ (a code-free action cannot name
+        # them); "users" of earlier versions is renamed once, with its index.
+        if self.ctx.db.rename_collection("users", USERS):
+            self.ctx.logger.info("collection 'users' renamed to %r", USERS)
+        self.ctx.db.collection(USERS).create_index(["email"], unique=True)

@@ -16,13 +16,15 @@ from core.limits import Limit
 
 BAD_LOGIN = "invalid email or password"
 
+USERS = "sb_users"  # the runtime's own collection ("users" before 0.2)
+
 
 def _module(ctx: Any) -> Any:
     return ctx.modules.get("auth").instance
 
 
 def _users(ctx: Any) -> Any:
-    return ctx.db.collection("users")
+    return ctx.db.collection(USERS)
 
 
 def _public(user: dict[str, Any]) -> dict[str, Any]:

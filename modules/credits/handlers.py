@@ -20,7 +20,7 @@ from typing import Any
 
 from core.errors import Conflict, FieldError, IdempotencyMismatch, NotFound, ValidationError
 
-WALLETS, LEDGER, USERS = "credit_wallets", "credit_ledger", "users"
+WALLETS, LEDGER, USERS = "credit_wallets", "credit_ledger", "sb_users"
 
 
 def _ensure_wallet(ctx: Any, user_id: str) -> None:

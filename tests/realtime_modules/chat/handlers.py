@@ -44,5 +44,5 @@ def may_join_vip(ctx: Any, room: str) -> bool:
     """Users whose email starts with "vip"."""
     if ctx.caller.kind != "user":
         return False
-    user = ctx.db.collection("users").find_one({"_id": ctx.caller.id})
+    user = ctx.db.collection("sb_users").find_one({"_id": ctx.caller.id})
     return user is not None and str(user["email"]).startswith("vip")
