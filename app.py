@@ -42,6 +42,7 @@ from managers.metrics_manager import MetricsManager
 from managers.module_manager import ModuleManager
 from managers.rate_limiter_manager import RateLimiterManager
 from managers.redis_manager import RedisManager
+from managers.services_manager import ServicesManager
 from managers.state_manager import StateManager
 from managers.vault_manager import VaultManager
 from managers.websocket_manager import WebSocketManager
@@ -62,6 +63,7 @@ MANAGERS: tuple[type[Manager], ...] = (
     ApiKeyManager,
     RateLimiterManager,
     WebSocketManager,
+    ServicesManager,
     ModuleManager,
     ActionDiscoveryManager,
 )

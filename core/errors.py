@@ -220,3 +220,24 @@ class DependencyUnavailable(ActionError):
 
 class Timeout(ActionError):
     status, slug, title = 504, "timeout", "Timed out"
+
+
+# --- an upstream service (ctx.services, code-free http actions) --------------------------
+
+
+class UpstreamError(ActionError):
+    """The upstream answered with an error, or with something that cannot be read."""
+
+    status, slug, title = 502, "upstream-error", "Upstream error"
+
+
+class UpstreamUnavailable(ActionError):
+    """The upstream could not be reached (refused, breaker open)."""
+
+    status, slug, title = 503, "upstream-unavailable", "Upstream unavailable"
+
+
+class UpstreamTimeout(ActionError):
+    """The upstream did not answer in time."""
+
+    status, slug, title = 504, "upstream-timeout", "Upstream timed out"

@@ -14,6 +14,8 @@ from typing import Protocol
 
 # The events a socket may send (``unknown``: any other), for the ``event`` label.
 REALTIME_EVENTS = ("call", "join", "leave", "presence", "unknown")
+# A service's circuit breaker, in the order of the gauge's values (0, 1, 2).
+BREAKER_STATES = ("closed", "half_open", "open")
 
 
 class Instruments(Protocol):
@@ -28,6 +30,10 @@ class Instruments(Protocol):
     def hook_failed(self, event: str) -> None: ...
 
     def pool_in_use(self, delta: int) -> None: ...
+
+    def upstream_call(self, service: str, outcome: str, seconds: float) -> None: ...
+
+    def breaker_changed(self, service: str, state: str) -> None: ...
 
 
 def process_running(pid: int) -> bool:

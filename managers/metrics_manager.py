@@ -41,7 +41,7 @@ from core.errors import (
     Unauthorized,
 )
 from core.manager import Health, Manager, Route
-from core.metrics import REALTIME_EVENTS, Instruments, process_running
+from core.metrics import BREAKER_STATES, REALTIME_EVENTS, Instruments, process_running
 from core.settings import Setting, boolean, strings, text
 from core.steps import ActionRegistry, problem_slug
 
@@ -127,6 +127,26 @@ class _Instruments:
             "Database connections checked out",
             (),
             multiprocess_mode="livesum",
+        )
+        self.upstream: Counter = made(
+            Counter,
+            "switchboard_upstream_calls",
+            "Calls to upstream services, by outcome (ok, 4xx, upstream-error, ...)",
+            ("service", "outcome"),
+        )
+        self.upstream_duration: Histogram = made(
+            Histogram,
+            "switchboard_upstream_duration_seconds",
+            "Time an upstream call took, retries included",
+            ("service",),
+            buckets=BUCKETS,
+        )
+        self.breaker: Gauge = made(
+            Gauge,
+            "switchboard_upstream_breaker_state",
+            "Circuit breaker of a service: 0 closed, 1 half-open, 2 open (the worst worker)",
+            ("service",),
+            multiprocess_mode="max",
         )
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
@@ -278,6 +298,15 @@ class MetricsManager(Manager):
     def pool_in_use(self, delta: int) -> None:
         if self._instruments is not None:
             self._instruments.pool.inc(delta)
+
+    def upstream_call(self, service: str, outcome: str, seconds: float) -> None:
+        if self._instruments is not None:
+            self._instruments.upstream.labels(service, outcome).inc()
+            self._instruments.upstream_duration.labels(service).observe(seconds)
+
+    def breaker_changed(self, service: str, state: str) -> None:
+        if self._instruments is not None:
+            self._instruments.breaker.labels(service).set(BREAKER_STATES.index(state))
 
     # --- the call chain ---------------------------------------------------------------
 

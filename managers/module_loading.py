@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core import settings
+from core.config import Config
 from core.errors import Problem
 from core.module import MANIFEST_KEYS, MODULE_NAME, MODULE_PACKAGE, BaseModule, ModuleManifest
 from core.params import SchemaCompileError, compile_schema
@@ -281,6 +282,11 @@ def _module_class(package: types.ModuleType) -> type[BaseModule]:
         ):
             return value
     return DefaultModule
+
+
+def module_folders(config: Config) -> list[Path]:
+    """``modules/`` of the project, then every ``modules.path`` folder, in order."""
+    return [config.root / "modules", *(config.path(p) for p in config["modules.path"])]
 
 
 def discover(folders: list[Path], root: Path, problems: list[Problem]) -> dict[str, ModuleManifest]:

@@ -28,17 +28,13 @@ from managers.module_loading import (
     _rel,
     declared_settings,
     discover,
+    module_folders,
 )
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
 
 log = logging.getLogger("switchboard.modules")
-
-
-def module_folders(config: Config) -> list[Path]:
-    """``modules/`` of the project, then every ``modules.path`` folder, in order."""
-    return [config.root / "modules", *(config.path(p) for p in config["modules.path"])]
 
 
 class ModuleManager(Manager):

@@ -1,0 +1,516 @@
+"""One upstream HTTP service: a pooled httpx client behind the protections the runtime
+promises (README "Services").
+
+- **Destinations.** Every connection (the first and each redirect's) goes through
+  ``GuardedBackend``: the host is resolved once, every address it resolves to is checked,
+  and the socket is opened to a checked address, so a name cannot resolve to one address
+  for the check and another for the connection. Loopback, private, link-local (the cloud
+  metadata address), shared, reserved and multicast addresses are refused unless
+  ``services.allow_networks`` lists them.
+- **Timeouts** always: the service's, cut to the call's deadline.
+- **Retries** with exponential backoff and full jitter (tenacity), at most 2 s per wait: a
+  connection that failed before the request was sent is retried for every method;
+  timeouts, broken connections and 5xx answers only for idempotent methods.
+- **A circuit breaker** per service (per worker process).
+- **A size cap** on answers; the upstream's body never reaches a caller on errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpcore
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any
+from tenacity.stop import stop_base
+from tenacity.wait import wait_random_exponential
+
+from core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.services import IDEMPOTENT_METHODS, UpstreamResponse
+
+log = logging.getLogger("switchboard.services")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+BreakerState = Literal["closed", "open", "half_open"]
+MAX_WAIT = 2.0  # seconds, per wait between attempts
+FIRST_WAIT = 0.1
+
+
+# --- where a service may go -------------------------------------------------------------
+
+
+class DestinationRefused(Exception):
+    """The destination resolves to an address the policy refuses."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(
+            f"{host} resolves to {address}, which services.allow_networks does not list"
+        )
+        self.host = host
+        self.address = address
+
+
+def _address(text: str) -> Address:
+    address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def address_kind(address: Address) -> str | None:
+    """Why ``address`` is not a public destination (None: it is one)."""
+    for kind, flag in (
+        ("loopback", address.is_loopback),
+        ("link-local (metadata)", address.is_link_local),
+        ("private", address.is_private),
+        ("multicast", address.is_multicast),
+        ("unspecified", address.is_unspecified),
+        ("reserved", address.is_reserved),
+    ):
+        if flag:
+            return kind
+    return None if address.is_global else "non-public"
+
+
+class AddressPolicy:
+    """Public addresses, plus the networks an operator lists."""
+
+    def __init__(self, allowed: Iterable[Network] = ()) -> None:
+        self.allowed = tuple(allowed)
+
+    def refusal(self, text: str) -> str | None:
+        """Why ``text`` (an IP address) may not be reached, or None."""
+        address = _address(text)
+        if any(address in network for network in self.allowed):
+            return None
+        return address_kind(address)
+
+    def literal_refusal(self, url: str) -> str | None:
+        """For a URL whose host is an IP address: why it may not be reached, or None."""
+        host = httpx.URL(url).host
+        try:
+            return self.refusal(host)
+        except ValueError:
+            return None  # a name: checked when it is resolved, at call time
+
+
+def parse_networks(texts: Sequence[str]) -> tuple[list[Network], list[str]]:
+    """(networks, problems) of ``services.allow_networks``."""
+    networks: list[Network] = []
+    problems: list[str] = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError as exc:
+            problems.append(f"{text!r} is not a network in CIDR notation ({exc})")
+    return networks, problems
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """httpcore's socket backend, connecting only to addresses the policy allows."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        for address in addresses:
+            if self.policy.refusal(address) is not None:
+                raise DestinationRefused(host, address)
+        error: Exception = httpcore.ConnectError(f"{host} resolves to no address")
+        for address in addresses:
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                error = exc
+        raise error
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport over a connection pool whose sockets go through ``GuardedBackend``
+    (httpx has no parameter for the network backend: its pool is replaced, same settings)."""
+
+    def __init__(self, policy: AddressPolicy, *, max_connections: int) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=5.0,
+            network_backend=GuardedBackend(policy),
+        )
+
+
+# --- the breaker ------------------------------------------------------------------------
+
+
+class Breaker:
+    """closed → open after ``failures`` consecutive failed calls → after ``reset`` seconds
+    one probe call (half-open) → closed when it succeeds, open again when it fails."""
+
+    def __init__(
+        self,
+        failures: int,
+        reset: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[BreakerState], None] | None = None,
+    ) -> None:
+        self.failures = failures
+        self.reset = reset
+        self._clock = clock
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._state: BreakerState = "closed"
+        self._count = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    @property
+    def state(self) -> BreakerState:
+        with self._lock:
+            if self._state == "open" and self._clock() - self._opened_at >= self.reset:
+                return "half_open"
+            return self._state
+
+    def _set(self, state: BreakerState) -> None:
+        if state != self._state:
+            self._state = state
+            if self._on_change is not None:
+                self._on_change(state)
+
+    def admit(self) -> bool:
+        """Whether a call may go out now (a half-open breaker lets one probe through)."""
+        with self._lock:
+            if self._state == "closed":
+                return True
+            if self._probing:
+                return False
+            if self._state == "open" and self._clock() - self._opened_at < self.reset:
+                return False
+            self._set("half_open")
+            self._probing = True
+            return True
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._count = 0
+            self._probing = False
+            self._set("closed")
+
+    def failed(self) -> None:
+        with self._lock:
+            self._count += 1
+            if self._state == "half_open" or self._count >= self.failures:
+                self._opened_at = self._clock()
+                self._probing = False
+                self._set("open")
+
+    def abandoned(self) -> None:
+        """The admitted call ended without telling whether the upstream works."""
+        with self._lock:
+            self._probing = False
+            if self._state == "half_open":
+                self._set("open")
+
+
+# --- one service ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretHeader:
+    """A header whose value is read from a secret at call time."""
+
+    secret: str  # "path#field"
+    prefix: str = ""
+
+
+HeaderValue = str | SecretHeader
+SecretReader = Callable[[str, str], Any]  # (secret path, field) -> value
+
+
+class _Failure(Exception):
+    """An attempt that failed; ``retriable`` says whether another may follow."""
+
+    def __init__(self, error: Exception, retriable: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retriable = retriable
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _PastDeadline(stop_base):
+    """Stop when the wait before the next attempt would end past the call's deadline."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        upcoming = retry_state.upcoming_sleep or 0.0
+        return self.deadline is not None and time.monotonic() + upcoming >= self.deadline
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    base_url: str
+    timeout: float
+    retries: int
+    headers: Mapping[str, HeaderValue]
+    failures: int
+    reset: float
+    redirects: int
+    max_response_bytes: int
+
+
+class ServiceClient:
+    """``ctx.services.<name>``: requests to one upstream, with every protection."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        policy: AddressPolicy,
+        *,
+        read_secret: SecretReader | None = None,
+        report: Callable[[str, str, float], None] | None = None,
+        on_breaker: Callable[[str, BreakerState], None] | None = None,
+        max_connections: int = 20,
+    ) -> None:
+        self.name = settings.name
+        self.base_url = settings.base_url.rstrip("/")
+        self.settings = settings
+        self._origin = httpx.URL(self.base_url)
+        self._read_secret = read_secret
+        self._report = report
+        self.breaker = Breaker(
+            settings.failures,
+            settings.reset,
+            on_change=None if on_breaker is None else lambda state: on_breaker(self.name, state),
+        )
+        self._client = httpx.Client(
+            transport=GuardedTransport(policy, max_connections=max_connections),
+            follow_redirects=settings.redirects > 0,
+            max_redirects=max(settings.redirects, 1),
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- the verbs ------------------------------------------------------------------
+
+    def get(self, path: str = "", **kwargs: Any) -> UpstreamResponse:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str = "", **kwargs: Any) -> UpstreamResponse:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str = "", **kwargs: Any) -> UpstreamResponse:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str = "", **kwargs: Any) -> UpstreamResponse:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str = "", **kwargs: Any) -> UpstreamResponse:
+        return self.request("DELETE", path, **kwargs)
+
+    def url_for(self, path: str) -> str:
+        """The base URL plus ``path``; ``ValueError`` unless the result stays under it."""
+        if path and (not path.startswith("/") or path.startswith("//")):
+            raise ValueError(f"path {path!r} must start with a single '/'")
+        url = httpx.URL(self.base_url + path)
+        if (url.scheme, url.host, url.port) != (
+            self._origin.scheme,
+            self._origin.host,
+            self._origin.port,
+        ):
+            raise ValueError(f"path {path!r} leaves service {self.name!r}")
+        return str(url)
+
+    def request(
+        self,
+        method: str,
+        path: str = "",
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> UpstreamResponse:
+        """One call (with its retries). Answers below 500 are returned, whatever their
+        status; the rest raise the problem a caller sees (502, 503 or 504)."""
+        method = method.upper()
+        url = self.url_for(path)
+        if not self.breaker.admit():
+            self._count("breaker_open", 0.0)
+            raise UpstreamUnavailable(
+                f"service {self.name!r} is failing; calls are paused (circuit breaker open)"
+            )
+        started = time.monotonic()
+        try:
+            response = self._with_retries(
+                method=method, url=url, body=json, params=params, extra=headers, deadline=deadline
+            )
+        except _Failure as failure:
+            self.breaker.failed()
+            problem = self._problem(failure.error, method)
+            self._count(problem.slug, time.monotonic() - started)
+            raise problem from None
+        except DestinationRefused as exc:
+            self.breaker.abandoned()
+            self._count("refused", time.monotonic() - started)
+            log.warning("service %s: %s", self.name, exc)
+            raise UpstreamError(
+                f"service {self.name!r}: its address is not an allowed destination "
+                "(loopback, private, link-local or metadata; see services.allow_networks)"
+            ) from None
+        except _TooLarge:
+            self.breaker.succeeded()  # it answered: the service works
+            self._count("too_large", time.monotonic() - started)
+            raise UpstreamError(
+                f"service {self.name!r} answered more than {self.settings.max_response_bytes} bytes"
+            ) from None
+        except BaseException:
+            self.breaker.abandoned()
+            raise
+        self.breaker.succeeded()
+        self._count(
+            "ok" if response.status < 400 else f"{response.status // 100}xx",
+            time.monotonic() - started,
+        )
+        return response
+
+    # --- internals ------------------------------------------------------------------
+
+    def _count(self, outcome: str, seconds: float) -> None:
+        if self._report is not None:
+            self._report(self.name, outcome, seconds)
+
+    def _with_retries(
+        self,
+        *,
+        method: str,
+        url: str,
+        body: Any,
+        params: Mapping[str, Any] | None,
+        extra: Mapping[str, str] | None,
+        deadline: float | None,
+    ) -> UpstreamResponse:
+        headers = {**self._headers(), **(extra or {})}
+
+        for attempt in Retrying(
+            stop=stop_any(stop_after_attempt(self.settings.retries + 1), _PastDeadline(deadline)),
+            wait=wait_random_exponential(multiplier=FIRST_WAIT, max=MAX_WAIT),
+            retry=retry_if_exception(lambda exc: isinstance(exc, _Failure) and exc.retriable),
+            reraise=True,
+        ):
+            with attempt:
+                return self._once(
+                    method=method,
+                    url=url,
+                    body=body,
+                    params=params,
+                    headers=headers,
+                    deadline=deadline,
+                )
+        raise AssertionError("tenacity returned without an attempt")  # pragma: no cover
+
+    def _once(
+        self,
+        *,
+        method: str,
+        url: str,
+        body: Any,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str],
+        deadline: float | None,
+    ) -> UpstreamResponse:
+        timeout = self.settings.timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise _Failure(httpx.TimeoutException("the call's deadline has passed"), False)
+        idempotent = method in IDEMPOTENT_METHODS
+        request = self._client.build_request(
+            method, url, json=body, params=params, headers=headers, timeout=timeout
+        )
+        try:
+            response = self._client.send(request, stream=True)
+            try:
+                status = response.status_code
+                if status >= 500:
+                    raise _Failure(
+                        UpstreamError(f"service {self.name!r} answered {status}"), idempotent
+                    )
+                content = self._read(response)
+            finally:
+                response.close()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Failure(exc, True) from None  # not sent: safe to try again
+        except httpx.TooManyRedirects as exc:
+            raise _Failure(exc, False) from None
+        except httpx.TransportError as exc:  # read/write timeouts, broken connections
+            raise _Failure(exc, idempotent) from None
+        return UpstreamResponse(status, content, dict(response.headers), self.name)
+
+    def _read(self, response: httpx.Response) -> bytes:
+        limit = self.settings.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge()
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, value in self.settings.headers.items():
+            if isinstance(value, str):
+                headers[name] = value
+                continue
+            if self._read_secret is None:
+                raise UpstreamUnavailable(f"service {self.name!r}: no secrets to read {name} from")
+            path, _, field = value.secret.partition("#")
+            headers[name] = value.prefix + str(self._read_secret(path, field))
+        return headers
+
+    def _problem(
+        self, error: Exception, method: str
+    ) -> UpstreamError | UpstreamTimeout | UpstreamUnavailable:
+        if isinstance(error, UpstreamError):
+            return error
+        if isinstance(error, httpx.TimeoutException):
+            return UpstreamTimeout(f"service {self.name!r} did not answer in time")
+        if isinstance(error, httpx.ConnectError):
+            log.warning("service %s: cannot connect: %s", self.name, error)
+            return UpstreamUnavailable(f"service {self.name!r} cannot be reached")
+        if isinstance(error, httpx.TooManyRedirects):
+            return UpstreamError(f"service {self.name!r} redirected too many times")
+        log.warning("service %s: %s %s failed: %s", self.name, method, type(error).__name__, error)
+        return UpstreamError(f"service {self.name!r}: the connection failed during the call")
