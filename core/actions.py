@@ -40,6 +40,7 @@ class ActionSpec:
     deprecated: bool = False
     examples: tuple[Any, ...] = ()
     url_pattern: str | None = None
+    cache: float | None = None  # seconds a result is kept (read-only actions)
 
     @cached_property
     def secret_params(self) -> frozenset[str]:
@@ -75,6 +76,8 @@ class ActionSpec:
         }
         if self.examples:
             described["examples"] = list(self.examples)
+        if self.cache is not None:
+            described["cache"] = self.cache
         return described
 
 

@@ -96,6 +96,7 @@ _COMMON: dict[str, Any] = {
     "deprecated": {"type": "boolean"},
     "examples": {"type": "array"},
     "url_pattern": {"type": "string"},
+    "cache": _DURATION_VALUE,  # read-only actions: keep results this long
 }
 
 _DEFS: dict[str, Any] = {
@@ -107,6 +108,26 @@ _DEFS: dict[str, Any] = {
     },
 }
 
+_NAMES = {"type": "array", "items": {"type": "string", "pattern": IDENTIFIER}, "uniqueItems": True}
+_SEED_PARAMS: dict[str, Any] = {
+    "required_params": _NAMES,
+    "optional_params": _NAMES,
+    "parameter_types": {
+        "type": "object",
+        "propertyNames": {"pattern": IDENTIFIER},
+        "additionalProperties": {"enum": sorted(SEED_TYPES)},
+    },
+}
+_TYPED_PARAMS: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"pattern": IDENTIFIER, "not": {"const": "ctx"}},
+    "additionalProperties": {"$ref": "#/$defs/param"},
+}
+OPERATIONS = ["insert", "find", "find_one", "count", "update", "delete"]
+HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_METHOD = {"enum": HTTP_METHODS + [m.lower() for m in HTTP_METHODS]}
+_COLLECTION = {"type": "string", "minLength": 1}
+
 TYPED_ACTION: dict[str, Any] = {
     "$defs": _DEFS,
     "type": "object",
@@ -117,16 +138,11 @@ TYPED_ACTION: dict[str, Any] = {
             "type": "string",
             "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
         },
-        "params": {
-            "type": "object",
-            "propertyNames": {"pattern": IDENTIFIER, "not": {"const": "ctx"}},
-            "additionalProperties": {"$ref": "#/$defs/param"},
-        },
+        "params": _TYPED_PARAMS,
     },
     "additionalProperties": False,
 }
 
-_NAMES = {"type": "array", "items": {"type": "string", "pattern": IDENTIFIER}, "uniqueItems": True}
 
 SEED_ACTION: dict[str, Any] = {
     "$defs": _DEFS,
@@ -136,21 +152,75 @@ SEED_ACTION: dict[str, Any] = {
         **_COMMON,
         "type": {"const": "function"},
         "function": {"type": "string", "pattern": IDENTIFIER},
-        "required_params": _NAMES,
-        "optional_params": _NAMES,
-        "parameter_types": {
-            "type": "object",
-            "propertyNames": {"pattern": IDENTIFIER},
-            "additionalProperties": {"enum": sorted(SEED_TYPES)},
-        },
+        **_SEED_PARAMS,
     },
     "additionalProperties": False,
 }
 
+
+def _code_free(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "$defs": _DEFS,
+        "type": "object",
+        "required": ["type", *required],
+        "properties": {**_COMMON, **properties},
+        "additionalProperties": False,
+    }
+
+
+# Code-free actions (core/codefree.py), in the seed's form and the typed one.
+SEED_DATABASE = _code_free(
+    ["operation", "collection"],
+    {
+        "type": {"const": "database"},
+        "operation": {"enum": OPERATIONS},
+        "collection": _COLLECTION,
+        **_SEED_PARAMS,
+    },
+)
+SEED_EXTERNAL_API = _code_free(
+    ["url"],
+    {
+        "type": {"const": "external_api"},
+        "url": {"type": "string", "minLength": 1},
+        "method": _METHOD,
+        **_SEED_PARAMS,
+    },
+)
+TYPED_DATABASE = _code_free(
+    ["operation", "collection"],
+    {
+        "type": {"const": "database"},
+        "operation": {"enum": OPERATIONS},
+        "collection": _COLLECTION,
+        "params": _TYPED_PARAMS,
+        "filter": {"type": "object"},
+        "changes": {"type": "object"},
+        "document": {"type": "object"},
+        "sort": {"type": "object"},
+        "limit": {"type": "integer"},
+    },
+)
+TYPED_HTTP = _code_free(
+    ["service", "method"],
+    {
+        "type": {"const": "http"},
+        "service": {"type": "string", "pattern": IDENTIFIER},
+        "method": _METHOD,
+        "path": {"type": "string", "pattern": "^(/[^?#]*)?$"},
+        "query": {"type": "object"},
+        "body": {},
+        "params": _TYPED_PARAMS,
+    },
+)
+# Keys only the typed database form has: with none of them, a database action is the seed's.
+TYPED_DATABASE_KEYS = frozenset({"params", "filter", "changes", "document", "sort", "limit"})
+
 FILE_KEYS = frozenset({"actions", "config", "module"})
 
-# The seed's module-wide ``config:`` block. Only default_timeout changes behaviour today;
-# the others are kept (and listed in docs) so seed files load unchanged.
+# The seed's module-wide ``config:`` block: default_timeout bounds every action of the file
+# (and its upstream calls), max_retries is the retries of its external_api calls,
+# cache_enabled + cache_ttl cache its read-only code-free actions.
 SEED_FILE_CONFIG: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -160,5 +230,3 @@ SEED_FILE_CONFIG: dict[str, Any] = {
         "cache_ttl": {"type": "integer", "minimum": 0},
     },
 }
-
-NOT_BUILT = {"database", "http"}

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jsonschema
 import jsonschema_rs
 
 from core.actions import Action, ActionSpec, Invoker
-from core.declaration_schema import NOT_BUILT, SEED_ACTION, SEED_TYPES, TYPED_ACTION
+from core.codefree import CodeFree, CodeFreeError, build_database, build_http, cached
+from core.declaration_schema import (
+    SEED_ACTION,
+    SEED_DATABASE,
+    SEED_EXTERNAL_API,
+    SEED_TYPES,
+    TYPED_ACTION,
+    TYPED_DATABASE,
+    TYPED_DATABASE_KEYS,
+    TYPED_HTTP,
+)
 from core.durations import parse_duration
 from core.errors import DeclarationError, Problem
 from core.limits import Limit, parse_limit
@@ -29,6 +39,7 @@ from core.params import (
     SchemaCompileError,
     compile_schema,
 )
+from core.services import ServiceDirectory
 
 
 class MetaSchema:
@@ -48,6 +59,13 @@ class MetaSchema:
 
 _TYPED = MetaSchema(TYPED_ACTION)
 _SEED = MetaSchema(SEED_ACTION)
+_CODE_FREE = {
+    ("database", True): MetaSchema(SEED_DATABASE),
+    ("database", False): MetaSchema(TYPED_DATABASE),
+    ("external_api", True): MetaSchema(SEED_EXTERNAL_API),
+    ("http", False): MetaSchema(TYPED_HTTP),
+}
+CODE_FREE_TYPES = ("database", "external_api", "http")
 
 
 @dataclass(frozen=True)
@@ -84,21 +102,33 @@ def schema_problems(
                     path,
                 )
             )
+        elif error.validator == "required" and isinstance(error.instance, dict):
+            missing = [name for name in error.validator_value if name not in error.instance]
+            for name in missing:
+                field = f"{path}.{name}".strip(".")
+                problems.append(where.problem(f"{name!r} is a required property", field))
         else:
             problems.append(where.problem(error.message, path or None))
     return problems
 
 
 def build_action(
-    where: Where, decl: Any, defaults: Mapping[str, Any], instance: BaseModule | None
+    where: Where,
+    decl: Any,
+    defaults: Mapping[str, Any],
+    instance: BaseModule | None,
+    services: ServiceDirectory | None = None,
 ) -> Action:
     """The ``Action`` for one declaration; ``DeclarationError`` lists what is wrong."""
     if not isinstance(decl, dict):
         raise where.fail("a declaration must be a mapping")
     kind = decl.get("type")
-    if kind in NOT_BUILT:
+    if kind in CODE_FREE_TYPES:
+        return _code_free_action(where, decl, defaults, services)
+    if kind is not None and kind != "function":
+        allowed = ", ".join(("function", *CODE_FREE_TYPES))
         raise where.fail(
-            f"type: {kind} actions are not supported yet; declare a handler for now", "type"
+            f"unknown type {kind!r}; allowed: {allowed} (or none, with handler)", "type"
         )
     seed = kind == "function" or "function" in decl
     problems = (_SEED if seed else _TYPED).problems(decl, where)
@@ -109,8 +139,10 @@ def build_action(
         method = _seed_method(where, instance, decl["function"])
         handler_ref = f"function:{method.__name__}"
 
-        def invoke(ctx: Any, values: dict[str, Any]) -> Any:
+        def call_method(ctx: Any, values: dict[str, Any]) -> Any:
             return method(values)
+
+        invoke: Invoker = call_method
     else:
         params = _typed_params(decl)
         handler_ref = decl["handler"]
@@ -120,10 +152,73 @@ def build_action(
             raise where.fail(str(exc), "handler") from exc
         check_signature(where, function, handler_ref, params)
 
-        def invoke(ctx: Any, values: dict[str, Any]) -> Any:
+        def call_function(ctx: Any, values: dict[str, Any]) -> Any:
             return function(ctx, **values)
 
-    return compile_action(where, _spec(where, decl, defaults, handler_ref, params), invoke)
+        invoke = call_function
+
+    spec = _spec(where, decl, defaults, handler_ref, params)
+    if spec.cache is not None:  # the author says the handler only reads
+        invoke = cached(
+            invoke, spec.name, spec.cache, per_caller=spec.auth != "public", collection=None
+        )
+    return compile_action(where, spec, invoke)
+
+
+def _code_free_action(
+    where: Where,
+    decl: dict[str, Any],
+    defaults: Mapping[str, Any],
+    services: ServiceDirectory | None,
+) -> Action:
+    """A ``type: database`` / ``external_api`` / ``http`` declaration (core/codefree.py)."""
+    kind = decl["type"]
+    seed = kind == "external_api" or (kind == "database" and not TYPED_DATABASE_KEYS & set(decl))
+    schema = _CODE_FREE.get((kind, seed))
+    if schema is None:  # http has only the typed form
+        raise where.fail("type: http takes typed params (params:), not required_params", "type")
+    problems = schema.problems(decl, where)
+    if problems:
+        raise DeclarationError(problems)
+    params = _seed_params(where, decl) if seed else _typed_params(decl)
+    public = decl.get("auth", "user") == "public"
+    try:
+        if kind == "database":
+            built: CodeFree = build_database(decl, params, seed=seed, public=public)
+        else:
+            timeout = decl.get("timeout", defaults.get("default_timeout"))
+            built = build_http(
+                decl,
+                params,
+                services,
+                module=where.module,
+                action=where.action or "",
+                seed=seed,
+                timeout=None if timeout is None else parse_duration(timeout),
+                retries=defaults.get("max_retries"),
+                public=public,
+            )
+    except CodeFreeError as exc:
+        raise where.fail(str(exc), exc.field) from None
+    spec = _spec(where, decl, defaults, built.handler, params)
+    ttl = spec.cache
+    if ttl is not None and not built.read_only:
+        raise where.fail(
+            f"cache: {built.handler} writes; only read-only actions can be cached", "cache"
+        )
+    if ttl is None and built.read_only and defaults.get("cache_enabled"):
+        ttl = float(defaults.get("cache_ttl", 0)) or None
+        spec = replace(spec, cache=ttl)
+    invoke = built.invoke
+    if ttl is not None:
+        invoke = cached(
+            invoke,
+            spec.name,
+            ttl,
+            per_caller=spec.auth != "public" or built.uses_caller,
+            collection=built.collection,
+        )
+    return compile_action(where, spec, invoke)
 
 
 def _spec(
@@ -161,6 +256,7 @@ def _spec(
         deprecated=bool(decl.get("deprecated", False)),
         examples=tuple(decl.get("examples", ())),
         url_pattern=decl.get("url_pattern"),
+        cache=None if decl.get("cache") is None else parse_duration(decl["cache"]),
     )
 
 

@@ -20,6 +20,7 @@ from core.declarations import MetaSchema, Where, build_action
 from core.errors import DeclarationError, Problem
 from core.manager import Health, Manager
 from core.module import MODULE_NAME, BaseModule, ModuleCatalog
+from core.services import ServiceDirectory
 from core.steps import ActionRegistry
 from core.yamlfile import YamlFileError, load_yaml_file
 
@@ -113,6 +114,7 @@ class ActionDiscoveryManager(Manager):
         self._app = app
         catalog = self.require(ModuleCatalog)
         problems: list[Problem] = []
+        services = app.capability(ServiceDirectory)
         for file in self._files(app.config.root, catalog, problems):
             for key, declaration in file.declarations.items():
                 where = file.where(f"{file.module}.{key}")
@@ -122,7 +124,9 @@ class ActionDiscoveryManager(Manager):
                 try:
                     settings = file.instance.settings if file.instance is not None else {}
                     resolved = with_settings(where, declaration, settings)
-                    self.register(build_action(where, resolved, file.defaults, file.instance))
+                    self.register(
+                        build_action(where, resolved, file.defaults, file.instance, services)
+                    )
                 except DeclarationError as exc:
                     problems.extend(exc.problems)
         if problems:

@@ -209,7 +209,7 @@ def test_delete_many(people: Collection, db: Database) -> None:
 
 
 def test_unique_index(db: Database) -> None:
-    c = db.collection(unique_collection("users"))
+    c = db.collection(unique_collection("sb_users"))
     c.create_index(["email"], unique=True)
     c.create_index(["profile.country", "age"])
     c.insert_one({"email": "a@x.io"})

@@ -389,7 +389,7 @@ def test_invalid_yaml_names_file_and_line(make_app: MakeApp, write_module: Write
             "'10/400day'",
         ),
         ("handler: handlers:hello\n    timeout: soon", "timeout", ""),
-        ("summary: no handler", None, "'handler' is a required property"),
+        ("summary: no handler", "handler", "'handler' is a required property"),
         ("handler: handlers:nothing", "handler", "no function 'nothing'"),
         ("handler: missing:hello", "handler", "missing.py not found"),
         (
@@ -413,8 +413,18 @@ def test_invalid_yaml_names_file_and_line(make_app: MakeApp, write_module: Write
             "params.name",
             "invalid schema",
         ),
-        ("type: database\n    collection: x", "type", "not supported yet"),
-        ("type: http\n    url: https://example.invalid", "type", "not supported yet"),
+        ("type: database\n    collection: x", "operation", "'operation' is a required property"),
+        (
+            "type: http\n    service: s\n    method: GET\n    url: https://example.invalid",
+            "url",
+            "unknown key 'url'",
+        ),
+        (
+            "type: database\n    operation: find\n    collection: sb_users",
+            "collection",
+            "runtime's own",
+        ),
+        ("type: datbase\n    collection: x", "type", "unknown type 'datbase'"),
     ],
 )
 def test_declaration_mistakes_name_file_module_action_and_field(
