@@ -209,7 +209,7 @@ def test_delete_many(people: Collection, db: Database) -> None:
 
 
 def test_unique_index(db: Database) -> None:
-    c = db.collection(unique_collection("sb_users"))
+    c = db.collection(unique_collection("users"))
     c.create_index(["email"], unique=True)
     c.create_index(["profile.country", "age"])
     c.insert_one({"email": "a@x.io"})
@@ -221,6 +221,24 @@ def test_unique_index(db: Database) -> None:
     with pytest.raises(Conflict):
         c.update_one({"_id": second}, {"$set": {"email": "a@x.io"}})
     assert c.count({"email": "a@x.io"}) == 1
+
+
+def test_rename_collection_keeps_documents_and_indexes(db: Database) -> None:
+    old, new = unique_collection("old"), unique_collection("new")
+    c = db.collection(old)
+    c.create_index(["email"], unique=True)
+    first = c.insert_one({"email": "a@x.io"})
+    assert db.rename_collection(old, new) is True
+    renamed = db.collection(new)
+    assert renamed.find_one({"_id": first}) == {"_id": first, "_version": 1, "email": "a@x.io"}
+    assert db.collection(old).count() == 0
+    with pytest.raises(Conflict):  # the unique index came along
+        renamed.insert_one({"email": "a@x.io"})
+    renamed.create_index(["email"], unique=True)  # what the owner runs at start: a no-op
+    assert db.rename_collection(old, new) is False  # nothing left to rename
+    db.collection(old).insert_one({"email": "b@x.io"})
+    assert db.rename_collection(old, new) is False  # never onto an existing collection
+    assert renamed.count() == 1 and db.collection(old).count() == 1
 
 
 @pytest.mark.parametrize(

@@ -280,12 +280,13 @@ class MongoBackend:
         import pymongo.errors
 
         database = self.database
+        source, target = f"doc_{collection_name(old)}", f"doc_{collection_name(new)}"
         with self.translated():
             names = set(database.list_collection_names())
-            if collection_name(old) not in names or collection_name(new) in names:
+            if source not in names or target in names:
                 return False
             try:
-                database[old].rename(new)
+                database[source].rename(target)
             except pymongo.errors.OperationFailure:  # another process renamed it first
                 return False
         return True
