@@ -17,14 +17,11 @@ promises (README "Services").
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import httpcore
 import httpx
@@ -34,84 +31,22 @@ from tenacity.wait import wait_random_exponential
 
 from core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from core.services import IDEMPOTENT_METHODS, UpstreamResponse
+from managers.service_rules import (
+    AddressPolicy,
+    Breaker,
+    BreakerState,
+    DestinationRefused,
+    SecretReader,
+    ServiceSettings,
+)
 
 log = logging.getLogger("switchboard.services")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-BreakerState = Literal["closed", "open", "half_open"]
 MAX_WAIT = 2.0  # seconds, per wait between attempts
 FIRST_WAIT = 0.1
 
 
 # --- where a service may go -------------------------------------------------------------
-
-
-class DestinationRefused(Exception):
-    """The destination resolves to an address the policy refuses."""
-
-    def __init__(self, host: str, address: str) -> None:
-        super().__init__(
-            f"{host} resolves to {address}, which services.allow_networks does not list"
-        )
-        self.host = host
-        self.address = address
-
-
-def _address(text: str) -> Address:
-    address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def address_kind(address: Address) -> str | None:
-    """Why ``address`` is not a public destination (None: it is one)."""
-    for kind, flag in (
-        ("loopback", address.is_loopback),
-        ("link-local (metadata)", address.is_link_local),
-        ("private", address.is_private),
-        ("multicast", address.is_multicast),
-        ("unspecified", address.is_unspecified),
-        ("reserved", address.is_reserved),
-    ):
-        if flag:
-            return kind
-    return None if address.is_global else "non-public"
-
-
-class AddressPolicy:
-    """Public addresses, plus the networks an operator lists."""
-
-    def __init__(self, allowed: Iterable[Network] = ()) -> None:
-        self.allowed = tuple(allowed)
-
-    def refusal(self, text: str) -> str | None:
-        """Why ``text`` (an IP address) may not be reached, or None."""
-        address = _address(text)
-        if any(address in network for network in self.allowed):
-            return None
-        return address_kind(address)
-
-    def literal_refusal(self, url: str) -> str | None:
-        """For a URL whose host is an IP address: why it may not be reached, or None."""
-        host = httpx.URL(url).host
-        try:
-            return self.refusal(host)
-        except ValueError:
-            return None  # a name: checked when it is resolved, at call time
-
-
-def parse_networks(texts: Sequence[str]) -> tuple[list[Network], list[str]]:
-    """(networks, problems) of ``services.allow_networks``."""
-    networks: list[Network] = []
-    problems: list[str] = []
-    for text in texts:
-        try:
-            networks.append(ipaddress.ip_network(text.strip(), strict=False))
-        except ValueError as exc:
-            problems.append(f"{text!r} is not a network in CIDR notation ({exc})")
-    return networks, problems
 
 
 class GuardedBackend(httpcore.SyncBackend):
@@ -160,92 +95,7 @@ class GuardedTransport(httpx.HTTPTransport):
         )
 
 
-# --- the breaker ------------------------------------------------------------------------
-
-
-class Breaker:
-    """closed → open after ``failures`` consecutive failed calls → after ``reset`` seconds
-    one probe call (half-open) → closed when it succeeds, open again when it fails."""
-
-    def __init__(
-        self,
-        failures: int,
-        reset: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[BreakerState], None] | None = None,
-    ) -> None:
-        self.failures = failures
-        self.reset = reset
-        self._clock = clock
-        self._on_change = on_change
-        self._lock = threading.Lock()
-        self._state: BreakerState = "closed"
-        self._count = 0
-        self._opened_at = 0.0
-        self._probing = False
-
-    @property
-    def state(self) -> BreakerState:
-        with self._lock:
-            if self._state == "open" and self._clock() - self._opened_at >= self.reset:
-                return "half_open"
-            return self._state
-
-    def _set(self, state: BreakerState) -> None:
-        if state != self._state:
-            self._state = state
-            if self._on_change is not None:
-                self._on_change(state)
-
-    def admit(self) -> bool:
-        """Whether a call may go out now (a half-open breaker lets one probe through)."""
-        with self._lock:
-            if self._state == "closed":
-                return True
-            if self._probing:
-                return False
-            if self._state == "open" and self._clock() - self._opened_at < self.reset:
-                return False
-            self._set("half_open")
-            self._probing = True
-            return True
-
-    def succeeded(self) -> None:
-        with self._lock:
-            self._count = 0
-            self._probing = False
-            self._set("closed")
-
-    def failed(self) -> None:
-        with self._lock:
-            self._count += 1
-            if self._state == "half_open" or self._count >= self.failures:
-                self._opened_at = self._clock()
-                self._probing = False
-                self._set("open")
-
-    def abandoned(self) -> None:
-        """The admitted call ended without telling whether the upstream works."""
-        with self._lock:
-            self._probing = False
-            if self._state == "half_open":
-                self._set("open")
-
-
 # --- one service ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SecretHeader:
-    """A header whose value is read from a secret at call time."""
-
-    secret: str  # "path#field"
-    prefix: str = ""
-
-
-HeaderValue = str | SecretHeader
-SecretReader = Callable[[str, str], Any]  # (secret path, field) -> value
 
 
 class _Failure(Exception):
@@ -270,19 +120,6 @@ class _PastDeadline(stop_base):
     def __call__(self, retry_state: RetryCallState) -> bool:
         upcoming = retry_state.upcoming_sleep or 0.0
         return self.deadline is not None and time.monotonic() + upcoming >= self.deadline
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    name: str
-    base_url: str
-    timeout: float
-    retries: int
-    headers: Mapping[str, HeaderValue]
-    failures: int
-    reset: float
-    redirects: int
-    max_response_bytes: int
 
 
 class ServiceClient:

@@ -29,18 +29,18 @@ from core.module import MODULE_NAME, ModuleCatalog, ModuleManifest
 from core.services import RESERVED_NAMES, Service, ServiceDirectory
 from core.settings import Parser, Setting, duration, integer, mapping, strings, text
 from managers.module_loading import discover, module_folders
-from managers.service_client import (
+from managers.service_rules import (
     AddressPolicy,
     BreakerState,
     HeaderValue,
     SecretHeader,
-    ServiceClient,
     ServiceSettings,
     parse_networks,
 )
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
+    from managers.service_client import ServiceClient
 
 log = logging.getLogger("switchboard.services")
 _OWNER = "manager services"
@@ -385,6 +385,10 @@ class ServicesManager(Manager):
         return read
 
     def _client(self, settings: ServiceSettings, module: str | None) -> ServiceClient:
+        # httpx is imported here, by the first service: an app that declares none never pays
+        # for it at boot.
+        from managers.service_client import ServiceClient
+
         metrics = self._metrics
 
         def on_breaker(service: str, state: BreakerState) -> None:
