@@ -20,7 +20,6 @@ from core.errors import BootError
 from core.http import state
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.database_manager import DatabaseManager
-from managers.module_manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
 from tests.upstream import Answer, Upstream
 
@@ -222,14 +221,11 @@ def database_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, st
 
 
 def test_seed_database_operations(boot: Boot, database_env: dict[str, str]) -> None:
-    app = boot({"actions.yaml": SEED_CRUD}, database_env, name=f"lib{time.monotonic_ns() % 10**9}")
-    module = next(
-        m for m in state(app).app_manager.get(ModuleManager).names() if m.startswith("lib")
-    )
+    app = boot({"actions.yaml": SEED_CRUD}, database_env)
     client = app.test_client()
 
     def act(name: str, body: Mapping[str, Any] | None = None) -> Any:
-        return call(client, f"{module}.{name}", body)
+        return call(client, f"shop.{name}", body)
 
     first = data(act("add", {"title": "Dune", "shelf": 1}))["_id"]
     data(act("add", {"title": "Emma", "shelf": 2}))
@@ -290,8 +286,10 @@ def register(client: FlaskClient, email: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_typed_templates_keep_callers_to_their_own_records(boot: Boot) -> None:
-    app = boot({"actions.yaml": TYPED_DB})
+def test_typed_templates_keep_callers_to_their_own_records(
+    boot: Boot, database_env: dict[str, str]
+) -> None:
+    app = boot({"actions.yaml": TYPED_DB}, database_env)
     client = app.test_client()
     ann, bob = register(client, "ann@example.com"), register(client, "bob@example.com")
     book = data(call(client, "shop.donate", {"title": "Dune"}, headers=ann))["_id"]
