@@ -207,7 +207,7 @@ TYPED_HTTP = _code_free(
         "type": {"const": "http"},
         "service": {"type": "string", "pattern": IDENTIFIER},
         "method": _METHOD,
-        "path": {"type": "string", "pattern": "^(/[^?#]*)?$"},
+        "path": {"type": "string", "pattern": "^(/([^/?#][^?#]*)?)?$"},
         "query": {"type": "object"},
         "body": {},
         "params": _TYPED_PARAMS,

@@ -111,6 +111,29 @@ class _TooLarge(Exception):
     pass
 
 
+class _NotSent(Exception):
+    """The call ended before the upstream could answer, for a reason of ours."""
+
+    outcome = "not_sent"
+
+    def problem(self, service: str) -> UpstreamError | UpstreamTimeout:
+        return UpstreamError(f"service {service!r}: the request could not be sent")
+
+
+class _OtherOrigin(_NotSent):
+    outcome = "refused"
+
+    def problem(self, service: str) -> UpstreamError | UpstreamTimeout:
+        return UpstreamError(f"service {service!r} redirected to another origin, which is refused")
+
+
+class _OutOfTime(_NotSent):
+    outcome = "upstream-timeout"
+
+    def problem(self, service: str) -> UpstreamError | UpstreamTimeout:
+        return UpstreamTimeout(f"service {service!r}: the call's deadline has passed")
+
+
 class _PastDeadline(stop_base):
     """Stop when the wait before the next attempt would end past the call's deadline."""
 
@@ -151,6 +174,9 @@ class ServiceClient:
             follow_redirects=settings.redirects > 0,
             max_redirects=max(settings.redirects, 1),
             trust_env=False,
+            # Called for the request and for every redirect hop: the service's headers
+            # (secrets among them) never leave its origin, and neither does the call.
+            event_hooks={"request": [self._same_origin]},
         )
 
     def close(self) -> None:
@@ -172,6 +198,15 @@ class ServiceClient:
 
     def delete(self, path: str = "", **kwargs: Any) -> UpstreamResponse:
         return self.request("DELETE", path, **kwargs)
+
+    def _same_origin(self, request: httpx.Request) -> None:
+        url = request.url
+        if (url.scheme, url.host, url.port) != (
+            self._origin.scheme,
+            self._origin.host,
+            self._origin.port,
+        ):
+            raise _OtherOrigin()
 
     def url_for(self, path: str) -> str:
         """The base URL plus ``path``; ``ValueError`` unless the result stays under it."""
@@ -200,6 +235,8 @@ class ServiceClient:
         status; the rest raise the problem a caller sees (502, 503 or 504)."""
         method = method.upper()
         url = self.url_for(path)
+        if deadline is not None and deadline <= time.monotonic():
+            raise UpstreamTimeout(f"service {self.name!r}: the call's deadline has passed")
         if not self.breaker.admit():
             self._count("breaker_open", 0.0)
             raise UpstreamUnavailable(
@@ -215,6 +252,10 @@ class ServiceClient:
             problem = self._problem(failure.error, method)
             self._count(problem.slug, time.monotonic() - started)
             raise problem from None
+        except _NotSent as exc:  # the upstream was not asked: nothing to hold against it
+            self.breaker.abandoned()
+            self._count(exc.outcome, time.monotonic() - started)
+            raise exc.problem(self.name) from None
         except DestinationRefused as exc:
             self.breaker.abandoned()
             self._count("refused", time.monotonic() - started)
@@ -288,7 +329,8 @@ class ServiceClient:
         if deadline is not None:
             timeout = min(timeout, deadline - time.monotonic())
             if timeout <= 0:
-                raise _Failure(httpx.TimeoutException("the call's deadline has passed"), False)
+                raise _OutOfTime()
+        ends = time.monotonic() + timeout
         idempotent = method in IDEMPOTENT_METHODS
         request = self._client.build_request(
             method, url, json=body, params=params, headers=headers, timeout=timeout
@@ -301,18 +343,24 @@ class ServiceClient:
                     raise _Failure(
                         UpstreamError(f"service {self.name!r} answered {status}"), idempotent
                     )
-                content = self._read(response)
+                content = self._read(response, ends)
             finally:
                 response.close()
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Failure(exc, True) from None  # not sent: safe to try again
-        except httpx.TooManyRedirects as exc:
+        except httpx.LocalProtocolError:
+            # Our request is not valid HTTP (a header value with a newline, say): never
+            # the upstream's fault, and the message may quote a secret header.
+            raise _NotSent() from None
+        except (httpx.TooManyRedirects, httpx.DecodingError) as exc:
             raise _Failure(exc, False) from None
         except httpx.TransportError as exc:  # read/write timeouts, broken connections
             raise _Failure(exc, idempotent) from None
         return UpstreamResponse(status, content, dict(response.headers), self.name)
 
-    def _read(self, response: httpx.Response) -> bytes:
+    def _read(self, response: httpx.Response, ends: float) -> bytes:
+        """The body, up to the size cap; a body still arriving at ``ends`` is a timeout
+        (httpx's timeouts bound each read, not the whole answer)."""
         limit = self.settings.max_response_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -322,6 +370,8 @@ class ServiceClient:
             size += len(chunk)
             if size > limit:
                 raise _TooLarge()
+            if time.monotonic() > ends:
+                raise httpx.ReadTimeout("the answer took longer than the timeout")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -334,7 +384,9 @@ class ServiceClient:
             if self._read_secret is None:
                 raise UpstreamUnavailable(f"service {self.name!r}: no secrets to read {name} from")
             path, _, field = value.secret.partition("#")
-            headers[name] = value.prefix + str(self._read_secret(path, field))
+            # A trailing newline (secret files often end with one) would make the header
+            # invalid; surrounding whitespace is never part of a token.
+            headers[name] = value.prefix + str(self._read_secret(path, field)).strip()
         return headers
 
     def _problem(
@@ -345,9 +397,12 @@ class ServiceClient:
         if isinstance(error, httpx.TimeoutException):
             return UpstreamTimeout(f"service {self.name!r} did not answer in time")
         if isinstance(error, httpx.ConnectError):
-            log.warning("service %s: cannot connect: %s", self.name, error)
+            log.warning("service %s: cannot connect (%s)", self.name, type(error).__name__)
             return UpstreamUnavailable(f"service {self.name!r} cannot be reached")
         if isinstance(error, httpx.TooManyRedirects):
             return UpstreamError(f"service {self.name!r} redirected too many times")
-        log.warning("service %s: %s %s failed: %s", self.name, method, type(error).__name__, error)
+        if isinstance(error, httpx.DecodingError):
+            return UpstreamError(f"service {self.name!r} answered a body that cannot be decoded")
+        # Only the type: an exception's text may quote what was sent, headers included.
+        log.warning("service %s: %s failed: %s", self.name, method, type(error).__name__)
         return UpstreamError(f"service {self.name!r}: the connection failed during the call")

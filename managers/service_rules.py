@@ -6,6 +6,7 @@ may be reached, the circuit breaker, and a service's settings.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,11 +33,34 @@ class DestinationRefused(Exception):
         self.address = address
 
 
-def _address(text: str) -> Address:
+def _addresses(text: str) -> list[Address]:
+    """The address, and the IPv4 address it carries when it is an IPv6 form of one
+    (IPv4-mapped, 6to4, Teredo): each must be allowed."""
     address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    found: list[Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return [address.ipv4_mapped]
+        if address.sixtofour is not None:
+            found.append(address.sixtofour)
+        if address.teredo is not None:
+            found.extend(address.teredo)
+    return found
+
+
+def literal_address(host: str) -> str | None:
+    """``host`` as an IP address when it is one, in any form a resolver takes as a number
+    (``127.1``, ``2130706433``, ``0x7f.0.0.1``), else None (a name)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def address_kind(address: Address) -> str | None:
@@ -62,18 +86,22 @@ class AddressPolicy:
 
     def refusal(self, text: str) -> str | None:
         """Why ``text`` (an IP address) may not be reached, or None."""
-        address = _address(text)
-        if any(address in network for network in self.allowed):
-            return None
-        return address_kind(address)
+        for address in _addresses(text):
+            if any(address in network for network in self.allowed):
+                continue
+            kind = address_kind(address)
+            if kind is not None:
+                return kind
+        return None
 
     def literal_refusal(self, url: str) -> str | None:
-        """For a URL whose host is an IP address: why it may not be reached, or None."""
-        host = urlsplit(url).hostname or ""
-        try:
-            return self.refusal(host)
-        except ValueError:
-            return None  # a name: checked when it is resolved, at call time
+        """For a URL whose host is an IP address: why it may not be reached, or None
+        (a name is checked when it is resolved, at call time). ``ValueError`` when the
+        URL cannot be read."""
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+        address = literal_address(parts.hostname or "")
+        return None if address is None else self.refusal(address)
 
 
 def parse_networks(texts: Sequence[str]) -> tuple[list[Network], list[str]]:
@@ -147,6 +175,8 @@ class Breaker:
 
     def failed(self) -> None:
         with self._lock:
+            if self._state == "open":
+                return  # a call admitted before it opened: the reset time stands
             self._count += 1
             if self._state == "half_open" or self._count >= self.failures:
                 self._opened_at = self._clock()

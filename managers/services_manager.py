@@ -315,7 +315,11 @@ class ServicesManager(Manager):
         if errors:
             return None
         settings = self._settings(name, merged)
-        refusal = self._policy.literal_refusal(settings.base_url)
+        try:
+            refusal = self._policy.literal_refusal(settings.base_url)
+        except ValueError as exc:
+            problem(f"base_url is not a usable URL: {exc}", f"services.{name}.base_url")
+            return None
         if refusal is not None:
             problem(
                 f"base_url {settings.base_url!r} is a {refusal} address; list its network in "
@@ -338,7 +342,11 @@ class ServicesManager(Manager):
                     f"({', '.join(manifest.secrets) or 'none declared'})",
                     f"services.{name}.headers.{header}",
                 )
-        return self._client(settings, manifest.name)
+        try:
+            return self._client(settings, manifest.name)
+        except Exception as exc:  # a URL the HTTP client cannot use
+            problem(f"base_url is not a usable URL: {exc}", f"services.{name}.base_url")
+            return None
 
     def _config(self) -> Config:
         if self._app is None:
@@ -417,7 +425,10 @@ class ServicesManager(Manager):
     ) -> Service:
         if not _SEED_URL.match(url):
             raise ValueError(f"url {url!r} must be an http:// or https:// URL without user info")
-        refusal = self._policy.literal_refusal(url)
+        try:
+            refusal = self._policy.literal_refusal(url)
+        except ValueError as exc:
+            raise ValueError(f"url {url!r} is not a usable URL: {exc}") from None
         if refusal is not None:
             raise ValueError(
                 f"url {url!r} is a {refusal} address; list its network in "
@@ -437,7 +448,11 @@ class ServicesManager(Manager):
             redirects=int(self._defaults["redirects"]),
             max_response_bytes=self._max_bytes,
         )
-        client = self._endpoints[action] = self._client(settings, None)
+        try:
+            client = self._client(settings, None)
+        except Exception as exc:  # a URL the HTTP client cannot use
+            raise ValueError(f"url {url!r} is not usable: {exc}") from None
+        self._endpoints[action] = client
         return client
 
     def facade_for(self, module: str) -> ModuleServices:

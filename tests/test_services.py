@@ -344,6 +344,11 @@ P_X = "params: {x: {type: string}}"
         ("type: external_api, url: 'http://127.0.0.1:9/x'", "url", "services.allow_networks"),
         ("type: external_api, url: 'http://169.254.169.254/latest'", "url", "link-local"),
         ("type: external_api, url: 'ftp://example.com/x'", "url", "http:// or https://"),
+        ("type: external_api, url: 'http://127.1/x'", "url", "loopback"),
+        ("type: external_api, url: 'http://0x7f.0.0.1/x'", "url", "loopback"),
+        ("type: external_api, url: 'http://[2002:a9fe:a9fe::1]/x'", "url", "link-local"),
+        ("type: external_api, url: 'http://[::1'", "url", "not a usable URL"),
+        ("type: http, service: s, method: GET, path: '//evil.example/x'", "path", "does not match"),
     ],
 )
 def test_declaration_mistakes_are_load_errors(
@@ -524,10 +529,19 @@ def test_redirects_are_off_and_a_redirect_to_loopback_is_refused(
         client = shop()
         body = problem(call(client, "shop.price", {"sku": "a"}), 502, "upstream-error")
         assert "redirect" in body["detail"]
-        following = shop(SERVICE + "    redirects: 3\n")
+        following = shop(SERVICE + "    redirects: 3\n    headers: {X-Api-Key: k-0123456789}\n")
         body = problem(call(following, "shop.price", {"sku": "a"}), 502, "upstream-error")
-        assert "not an allowed destination" in body["detail"]
+        assert "another origin" in body["detail"]
         assert hidden.count() == 0
+        # Another origin is refused even where the address is allowed: the service's
+        # headers never leave it.
+        elsewhere = Upstream()
+        try:
+            upstream.script = lambda seen: Answer(302, b"", {"Location": f"{elsewhere.url}/x"})
+            problem(call(following, "shop.price", {"sku": "a"}), 502, "upstream-error")
+            assert elsewhere.count() == 0
+        finally:
+            elsewhere.close()
         # A redirect that stays on allowed ground is followed.
         upstream.script = lambda seen: (
             Answer(302, b"", {"Location": "/v2/moved"})
@@ -557,6 +571,72 @@ def test_retries_only_idempotent_methods_on_5xx(
     upstream.seen.clear()
     problem(call(client, "shop.price", {"sku": "a"}), 502, "upstream-error")
     assert upstream.count() == 3  # the first try and two retries
+
+
+def test_an_answer_that_trickles_in_is_cut_at_the_timeout(
+    shop: Callable[..., FlaskClient], upstream: Upstream
+) -> None:
+    client = shop(
+        SERVICE.replace("retries: 2", "retries: 0").replace("timeout: 1s", "timeout: 0.5s")
+    )
+    upstream.script = lambda seen: Answer(body=b'"' + b"x" * 30 + b'"', drip=0.1)
+    started = time.monotonic()
+    problem(call(client, "shop.price", {"sku": "a"}), 504, "upstream-timeout")
+    assert time.monotonic() - started < 1.2
+
+
+def test_a_body_that_cannot_be_decoded_is_a_502(
+    shop: Callable[..., FlaskClient], upstream: Upstream
+) -> None:
+    client = shop()
+    upstream.script = lambda seen: Answer(
+        body=b"not gzip at all", headers={"Content-Encoding": "gzip"}
+    )
+    body = problem(call(client, "shop.price", {"sku": "a"}), 502, "upstream-error")
+    assert "cannot be decoded" in body["detail"]
+
+
+def test_calls_past_their_deadline_send_nothing_and_do_not_open_the_breaker(
+    boot: Boot, upstream: Upstream
+) -> None:
+    handlers = (
+        HANDLERS
+        + """
+
+import time
+from core.errors import UpstreamTimeout
+
+
+def late(ctx):
+    for _ in range(5):
+        try:
+            ctx.services.supplier.get("/late", deadline=time.monotonic() - 1)
+        except UpstreamTimeout:
+            pass
+    return ctx.services.supplier.get("/on-time").json()
+"""
+    )
+    actions = HTTP_ACTIONS + "  late:\n    handler: handlers:late\n    auth: public\n"
+    files = {"module.yaml": SERVICE, "actions.yaml": actions, "handlers.py": handlers}
+    client = boot(files, ALLOW, upstream=upstream).test_client()
+    assert data(call(client, "shop.late"))["path"] == "/v2/on-time"
+    assert upstream.count() == 1
+
+
+def test_a_breaker_that_opened_keeps_its_reset_time() -> None:
+    from managers.service_rules import Breaker
+
+    now = [0.0]
+    breaker = Breaker(failures=1, reset=10.0, clock=lambda: now[0])
+    assert breaker.admit() and breaker.admit()  # two calls in flight
+    breaker.failed()  # the first fails: open at 0
+    now[0] = 5.0
+    breaker.failed()  # the second, admitted before, does not push the reset to 15
+    now[0] = 10.5
+    assert breaker.state == "half_open" and breaker.admit() and not breaker.admit()
+    breaker.succeeded()
+    states = {breaker.state}
+    assert states == {"closed"}
 
 
 def test_a_slow_upstream_is_a_504(shop: Callable[..., FlaskClient], upstream: Upstream) -> None:
@@ -667,7 +747,8 @@ def test_a_secret_header_comes_from_vault_and_never_reaches_the_logs(
     vault = VaultDouble().start()
     try:
         token = vault.issue_token()
-        vault.put("switchboard/modules/shop/supplier", {"token": "sk_live_0123456789"})
+        # A trailing newline, as secret files often have: the header is sent without it.
+        vault.put("switchboard/modules/shop/supplier", {"token": "sk_live_0123456789\n"})
         service = (
             SERVICE
             + "    headers:\n"

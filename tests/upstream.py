@@ -32,6 +32,7 @@ class Answer:
     body: Any = field(default_factory=dict)  # bytes are sent as they are, the rest as JSON
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    drip: float = 0.0  # seconds between the body's bytes, sent one at a time
 
 
 Script = Callable[[Seen], Answer]
@@ -80,7 +81,12 @@ class Upstream:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)
+                    if not answer.drip:
+                        self.wfile.write(body)
+                    for index in range(len(body) if answer.drip else 0):
+                        self.wfile.write(body[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(answer.drip)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

@@ -198,14 +198,23 @@ class SqlBackend(ABC):
         transaction; False (nothing done) unless ``old`` exists and ``new`` does not."""
         old_table, new_table = f"doc_{collection_name(old)}", f"doc_{collection_name(new)}"
         prefix = f"ix_{old}_"
-        with self._translated(), self._begin() as session:
-            tables = self._list_tables(session)
-            if old_table not in tables or new_table in tables:
+        try:
+            with self._translated(), self._begin() as session:
+                tables = self._list_tables(session)
+                if old_table not in tables or new_table in tables:
+                    return False
+                session.cursor().execute(f'ALTER TABLE "{old_table}" RENAME TO "{new_table}"')
+                for index in self._index_names(session, new_table):
+                    if index.startswith(prefix):
+                        self._rename_index(session, index, f"ix_{new}_{index[len(prefix) :]}")
+        except Exception:
+            # Workers starting together: another one renamed it between our look at the
+            # catalog and the ALTER (PostgreSQL's DDL lock lets ours fail only then).
+            with self._translated(), self._connect(write=False) as session:
+                tables = self._list_tables(session)
+            if old_table not in tables and new_table in tables:
                 return False
-            session.cursor().execute(f'ALTER TABLE "{old_table}" RENAME TO "{new_table}"')
-            for index in self._index_names(session, new_table):
-                if index.startswith(prefix):
-                    self._rename_index(session, index, f"ix_{new}_{index[len(prefix) :]}")
+            raise
         with self._known_lock:
             self._known.discard(old_table)
             self._known.add(new_table)
