@@ -96,6 +96,8 @@ def _operation(action: Action) -> dict[str, Any]:
         "rate_limit": [limit.text for limit in spec.rate_limit],
         "idempotent": spec.idempotent,
     }
+    if spec.cache is not None:
+        operation["x-switchboard"]["cache"] = spec.cache
     return operation
 
 
@@ -111,6 +113,8 @@ def _access(action: Action) -> str:
         parts.append("**rate limit:** " + ", ".join(limit.text for limit in spec.rate_limit))
     if spec.idempotent:
         parts.append("**idempotent:** send `Idempotency-Key`")
+    if spec.cache is not None:
+        parts.append(f"**cached:** {spec.cache:g}s")
     return " · ".join(parts)
 
 
@@ -126,6 +130,10 @@ def _problem_statuses(action: Action) -> list[int]:
         statuses.append(422)
     if spec.idempotent:
         statuses.append(409)
+    if spec.handler.startswith(("http:", "external_api:")):  # code-free upstream calls
+        statuses.extend((404, 502, 504))
+    elif spec.handler.startswith(("database:find_one", "database:update", "database:delete")):
+        statuses.append(404)
     return sorted(statuses)
 
 

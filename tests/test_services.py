@@ -796,6 +796,13 @@ def test_cache_hits_and_expiry(boot: Boot, upstream: Upstream) -> None:
     assert upstream.count() == 1
     data(call(client, "shop.price", {"sku": "b"}))
     assert upstream.count() == 2
+    operation = client.get("/openapi.json").get_json()["paths"]["/api/v1/actions/shop.price"][
+        "post"
+    ]
+    assert (
+        operation["x-switchboard"]["cache"] == 1.0 and "**cached:** 1s" in operation["description"]
+    )
+    assert {"404", "502", "504"} <= set(operation["responses"])
     data(call(client, "shop.order", {"sku": "a", "count": 1}))
     data(call(client, "shop.order", {"sku": "a", "count": 1}))
     assert upstream.count() == 4  # writes are never cached
