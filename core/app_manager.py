@@ -3,6 +3,7 @@ in reverse, and aggregates their health."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
 from graphlib import CycleError, TopologicalSorter
@@ -13,7 +14,7 @@ from core.context import ModuleScope
 from core.errors import BootError, ManagerStopError, ModuleError, Problem, RegistryFrozen
 from core.hooks import BUILTIN_EVENTS
 from core.manager import AsgiMount, Health, Manager, Route
-from core.module import ModuleCatalog
+from core.module import ModuleCatalog, ModuleManifest
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -25,6 +26,13 @@ log = logging.getLogger("switchboard.app")
 
 M = TypeVar("M", bound=Manager)
 T = TypeVar("T")
+
+
+def _with_line(problem: Problem, manifest: ModuleManifest | None) -> Problem:
+    """``problem`` with the line of its field in the module.yaml it names, when known."""
+    if manifest is None or problem.line is not None:
+        return problem
+    return dataclasses.replace(problem, line=manifest.line_of(problem.field))
 
 
 class AppManager:
@@ -47,6 +55,7 @@ class AppManager:
         self._started: list[Manager] = []
         self._scopes: dict[str, ModuleScope] = {}
         self._frozen = False
+        self.warnings: list[Problem] = []  # what boots but is probably a mistake
         self.register(ConfigManager(config))
         for manager in managers:
             self.register(manager)
@@ -83,6 +92,12 @@ class AppManager:
             self._providers[kind] = manager
         if manager.facade is not None:
             self._facades[manager.facade] = manager
+
+    def warn(self, problem: Problem) -> None:
+        """Something that loads but is likely a mistake: listed by ``check`` (and logged at
+        INFO, which ``check``'s quiet logging leaves out, so it is printed once)."""
+        self.warnings.append(problem)
+        log.info("warning: %s", problem)
 
     def has(self, name: str) -> bool:
         return name in self._managers
@@ -195,7 +210,8 @@ class AppManager:
         for manager in self._started:
             problems.extend(manager.modules_loaded(catalog))
         if problems:
-            raise ModuleError(problems)
+            manifests = {loaded.manifest.file: loaded.manifest for loaded in catalog}
+            raise ModuleError([_with_line(p, manifests.get(p.file or "")) for p in problems])
 
     # --- lifecycle --------------------------------------------------------------------
 

@@ -128,12 +128,17 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(_args: argparse.Namespace, runtime: Runtime) -> int:
+    """Boot and report; warnings (likely mistakes that still load) do not fail it."""
     with runtime.booted() as app:
         current = state(app)
         actions = current.pipeline.registry.actions()
         catalog = current.app_manager.capability(ModuleCatalog)
         modules = catalog.names() if catalog is not None else []
-    print(f"ok: {len(modules)} module(s), {len(actions)} action(s)")
+        warnings = list(current.app_manager.warnings)
+    for warning in warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
+    counted = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"ok: {len(modules)} module(s), {len(actions)} action(s){counted}")
     return 0
 
 

@@ -147,6 +147,12 @@ def _secret_files(directories: Sequence[Path], keys: Sequence[str]) -> dict[str,
 def _unknown(key: str, where: str, known: Mapping[str, Setting]) -> Problem:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    section = key.split(".", 1)[0]
+    if not close and not any(k.startswith(section + ".") for k in known):
+        hint = (
+            f" (nothing has settings under {section!r}: no such module, or a module without "
+            "that config: key in its module.yaml)"
+        )
     return Problem(f"unknown setting {key!r}{hint}", file=where, field=key)
 
 

@@ -8,9 +8,10 @@ module, action and field.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
@@ -19,6 +20,7 @@ import jsonschema_rs
 from core.actions import Action, ActionSpec, Invoker
 from core.codefree import CodeFree, CodeFreeError, build_database, build_http, cached
 from core.declaration_schema import (
+    JSON_TYPES,
     SEED_ACTION,
     SEED_DATABASE,
     SEED_EXTERNAL_API,
@@ -31,7 +33,7 @@ from core.declaration_schema import (
 from core.durations import parse_duration
 from core.errors import DeclarationError, Problem
 from core.limits import Limit, parse_limit
-from core.module import BaseModule, RefError, resolve_ref
+from core.module import BaseModule, ImportFailed, RefError, resolve_ref
 from core.params import (
     ParamSpec,
     ParamsValidator,
@@ -75,25 +77,103 @@ class Where:
     file: str
     module: str
     action: str | None = None
+    # The declaration as loaded, the lines of its keys (core.yamlfile), and its own line:
+    # a problem at a field names the line of the deepest key of that field found.
+    tree: Any = field(default=None, compare=False)
+    lines: Mapping[int, Mapping[Any, int]] | None = field(default=None, compare=False)
+    line: int | None = None
+
+    def line_of(self, at: str | None) -> int | None:
+        node, line = self.tree, self.line
+        if self.lines is None or not at:
+            return line
+        for part in at.split("."):
+            if isinstance(node, dict) and part in node:
+                line = self.lines.get(id(node), {}).get(part, line)
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                break
+        return line
 
     def problem(self, message: str, field: str | None = None) -> Problem:
-        return Problem(message, file=self.file, module=self.module, action=self.action, field=field)
+        return Problem(
+            message,
+            file=self.file,
+            module=self.module,
+            action=self.action,
+            field=field,
+            line=self.line_of(field),
+        )
 
     def fail(self, message: str, field: str | None = None) -> DeclarationError:
         return DeclarationError([self.problem(message, field)])
 
 
+_TYPE_ALIASES = {
+    "int": "integer",
+    "str": "string",
+    "float": "number",
+    "bool": "boolean",
+    "dict": "object",
+    "list": "array",
+}
+
+
+def did_you_mean(word: Any, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` when ``word`` is close to one of ``choices``, else ``""``."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _message(error: jsonschema.ValidationError, path: str) -> str:
+    """A meta-schema error in the words of the file's author."""
+    instance, last = error.instance, (str(error.path[-1]) if error.path else "")
+    if error.validator == "type" and instance is None:
+        return (
+            f"{last or 'the declaration'} is empty: write its entries indented under it, "
+            "or remove the key"
+        )
+    if last == "type" and isinstance(instance, str) and instance not in JSON_TYPES:
+        alias = _TYPE_ALIASES.get(instance)
+        hint = f" (did you mean {alias!r}?)" if alias else did_you_mean(instance, JSON_TYPES)
+        return f"type {instance!r} is not a JSON Schema type{hint}; allowed: " + ", ".join(
+            JSON_TYPES
+        )
+    if path.startswith("rate_limit") and error.validator == "pattern":
+        return (
+            f"{instance!r} is not a rate: write N/second, N/minute, N/hour or N/day "
+            "(also N/5minutes; e.g. 10/minute)"
+        )
+    if error.validator == "enum" and isinstance(instance, str):
+        values = error.validator_value if isinstance(error.validator_value, list) else []
+        allowed = [str(v) for v in values]
+        hint = did_you_mean(instance, allowed)
+        return f"{instance!r} is not one of {', '.join(allowed)}{hint}"
+    return error.message
+
+
 def schema_problems(
     validator: jsonschema.Draft202012Validator, data: Any, where: Where
 ) -> list[Problem]:
-    """Every meta-schema violation of ``data``; unknown keys are named one by one."""
+    """Every meta-schema violation of ``data``; unknown keys are named one by one, with the
+    allowed ones and the likely intended one."""
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
         path = ".".join(str(p) for p in error.path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = set(error.schema.get("properties", {}))
-            for key in sorted(set(error.instance) - allowed):
-                problems.append(where.problem(f"unknown key {key!r}", f"{path}.{key}".strip(".")))
+            allowed = sorted(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(allowed), key=str):
+                problems.append(
+                    where.problem(
+                        f"unknown key {key!r}{did_you_mean(key, allowed)}; allowed: "
+                        + ", ".join(allowed),
+                        f"{path}.{key}".strip("."),
+                    )
+                )
         elif error.validator == "propertyNames":
             problems.append(
                 where.problem(
@@ -108,7 +188,7 @@ def schema_problems(
                 field = f"{path}.{name}".strip(".")
                 problems.append(where.problem(f"{name!r} is a required property", field))
         else:
-            problems.append(where.problem(error.message, path or None))
+            problems.append(where.problem(_message(error, path), path or None))
     return problems
 
 
@@ -148,6 +228,8 @@ def build_action(
         handler_ref = decl["handler"]
         try:
             function = resolve_ref(where.module, handler_ref)
+        except ImportFailed as exc:
+            raise DeclarationError([exc.problem]) from exc
         except RefError as exc:
             raise where.fail(str(exc), "handler") from exc
         check_signature(where, function, handler_ref, params)

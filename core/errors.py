@@ -29,12 +29,13 @@ class Problem:
     module: str | None = None
     action: str | None = None
     field: str | None = None
+    line: int | None = None  # in ``file``, when known
 
     def __str__(self) -> str:
         where = [
             f"{label}={value}"
             for label, value in (
-                ("file", self.file),
+                ("file", f"{self.file}:{self.line}" if self.file and self.line else self.file),
                 ("module", self.module),
                 ("action", self.action),
                 ("field", self.field),
@@ -50,7 +51,8 @@ class BootError(SwitchboardError):
     def __init__(self, problems: Sequence[Problem] | str) -> None:
         if isinstance(problems, str):
             problems = [Problem(problems)]
-        self.problems: tuple[Problem, ...] = tuple(problems)
+        # One problem once: a file that does not import is named by every reference to it.
+        self.problems: tuple[Problem, ...] = tuple(dict.fromkeys(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -3,13 +3,17 @@ catalog of loaded modules that managers read in the modules-loaded phase."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
+import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core.errors import Problem
 from core.manager import Health
 
 if TYPE_CHECKING:
@@ -59,6 +63,18 @@ class ModuleManifest:
     config: Mapping[str, Any] = field(default_factory=dict)
     config_schema: Mapping[str, Any] | None = None
     file: str = ""  # its module.yaml as problems name it (relative to the project)
+    document: Any = field(default=None, compare=False, repr=False)  # module.yaml as loaded
+    lines: Mapping[int, Mapping[Any, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, at: str | None) -> int | None:
+        """The line in module.yaml of the deepest key of the dotted ``at`` found."""
+        node, line = self.document, None
+        for part in (at or "").split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            line = self.lines.get(id(node), {}).get(part, line)
+            node = node[part]
+        return line
 
 
 class BaseModule:
@@ -137,23 +153,66 @@ class RefError(ValueError):
     """A ``"python_module:function"`` reference cannot be resolved; says why."""
 
 
+def _label(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def failure_place(exc: BaseException, folder: Path | None) -> tuple[str, int | None]:
+    """Where an import failed: the file and line of a SyntaxError, else the innermost
+    frame inside ``folder`` (the module's own code), else the folder."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return _label(Path(exc.filename)), exc.lineno
+    if folder is not None:
+        inside = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if Path(frame.filename).resolve().is_relative_to(folder.resolve())
+        ]
+        if inside:
+            return _label(Path(inside[-1].filename)), inside[-1].lineno
+        return _label(folder), None
+    return "", None
+
+
+class ImportFailed(RefError):
+    """A file of the module does not import. Every reference to it (actions, guards, hooks)
+    reports the same ``problem``, which names the file and line once."""
+
+    def __init__(self, module: str, exc: BaseException, folder: Path | None) -> None:
+        file, line = failure_place(exc, folder)
+        detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        self.text = f"{type(exc).__name__}: {detail}"
+        where = f"{file}:{line}" if line else file
+        self.problem = Problem(f"cannot import: {self.text}", file=where or None, module=module)
+        super().__init__(f"{where}: {self.text}")
+
+
 def resolve_ref(module: str, ref: str) -> Callable[..., Any]:
     """``"handlers:transfer"`` -> ``switchboard_modules.<module>.handlers.transfer``."""
     module_path, _, attr = ref.partition(":")
     if not module_path or not attr:
         raise RefError(f"{ref!r}: write it as 'python_module:function'")
     qualified = f"{MODULE_PACKAGE}.{module}.{module_path}"
+    package = sys.modules.get(f"{MODULE_PACKAGE}.{module}")
+    paths = getattr(package, "__path__", None) or []
+    folder = Path(next(iter(paths))) if paths else None
     try:
         python_module = importlib.import_module(qualified)
     except ModuleNotFoundError as exc:
         if exc.name is not None and qualified.startswith(exc.name):
             raise RefError(f"{module_path}.py not found in module {module!r}") from exc
-        raise RefError(f"importing {module_path!r} failed: {exc}") from exc
+        raise ImportFailed(module, exc, folder) from exc
     except Exception as exc:  # a handler file that does not import is the module's problem
-        raise RefError(f"importing {module_path!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise ImportFailed(module, exc, folder) from exc
     function = getattr(python_module, attr, None)
     if function is None:
-        raise RefError(f"{module_path}.py has no function {attr!r}")
+        names = [n for n, v in vars(python_module).items() if callable(v) and not n.startswith("_")]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RefError(f"{module_path}.py has no function {attr!r}{hint}")
     if not callable(function):
         raise RefError(f"{ref} is not callable")
     return function  # type: ignore[no-any-return]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.errors import Problem
+from core.module import ImportFailed
 
 Guard = Callable[[Mapping[str, Any], str, Mapping[str, Any]], bool]
 _KEYS = {"initial", "states", "transitions", "guards", "description"}
@@ -42,7 +43,7 @@ class Machine:
 
 
 def parse_machine(
-    kind: str, spec: Any, resolve: Callable[[str], Guard], where: dict[str, str | None]
+    kind: str, spec: Any, resolve: Callable[[str], Guard], where: dict[str, Any]
 ) -> tuple[Machine | None, list[Problem]]:
     """The machine for ``spec``, or the problems that stop it (each naming its field)."""
     field_prefix = f"state_machines.{kind.split('.', 1)[-1]}"
@@ -87,6 +88,8 @@ def parse_machine(
             continue
         try:
             guards[target] = resolve(ref)
+        except ImportFailed as exc:  # named once, at the file that does not import
+            problems.append(exc.problem)
         except (ImportError, AttributeError, TypeError, ValueError) as exc:
             problems.append(problem(f"guard {ref!r}: {exc}", f".guards.{target}"))
     if problems:

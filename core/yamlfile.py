@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,21 +10,74 @@ import yaml
 
 # libyaml's parser when PyYAML was built with it (the wheels are): same documents, same
 # error marks, about ten times faster than the pure-Python one on module declarations.
-_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 class YamlFileError(ValueError):
     """A file is unreadable or is not valid YAML."""
 
 
-def load_yaml_file(path: Path) -> Any:
-    """Parse ``path`` with ``yaml.safe_load``; raise ``YamlFileError`` saying where it broke."""
+Lines = dict[int, dict[Any, int]]  # id(mapping) -> {key: line (1-based)}
+
+
+class _Loader(_BASE):  # type: ignore[valid-type,misc]
+    """The safe loader, refusing a key written twice in one mapping (YAML says keys are
+    unique; PyYAML would keep the last one silently, so a second ``add:`` action would
+    replace the first), and noting the line of every key when asked to."""
+
+    lines: Lines | None = None
+    _keys: dict[Any, int]
+
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
+        data: dict[Any, Any] = {}
+        yield data
+        data.update(self.construct_mapping(node))
+        if self.lines is not None:
+            self.lines[id(data)] = self._keys
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self._keys = {}
+        first: dict[Any, tuple[int, int]] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            mark = (key_node.start_mark.line, key_node.start_mark.column)
+            try:
+                seen = first.setdefault(key, mark)
+            except TypeError:
+                continue  # an unhashable key: the constructor reports it
+            self._keys[key] = mark[0] + 1
+            if seen != mark:
+                raise YamlFileError(
+                    f"duplicate key {key!r} at line {mark[0] + 1} (first at line "
+                    f"{seen[0] + 1}); the second would silently replace the first"
+                )
+        keys = self._keys
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        self._keys = keys
+        return result
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
+
+
+def load_yaml_file(path: Path, lines: Lines | None = None) -> Any:
+    """Parse ``path`` with a safe loader; raise ``YamlFileError`` saying where it broke.
+    With ``lines``, the line of every mapping key is noted there (``id(mapping)`` ->
+    ``{key: line}``) while the returned document is alive."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise YamlFileError(f"cannot read file: {exc}") from exc
     try:
-        return yaml.load(text, Loader=_LOADER)  # a safe loader
+        loader = _Loader(text)  # a safe loader
+        loader.lines = lines
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

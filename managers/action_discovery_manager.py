@@ -43,9 +43,21 @@ class DeclarationFile:
     instance: BaseModule | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     declarations: Mapping[Any, Any] = field(default_factory=dict)
+    lines: dict[int, dict[Any, int]] = field(default_factory=dict)  # of every key, by mapping
+    data: Any = None  # the document (keeps the mappings that ``lines`` names alive)
 
-    def where(self, action: str | None = None) -> Where:
-        return Where(self.label, self.module, action)
+    def where(self, action: str | None = None, key: Any = None) -> Where:
+        """Where problems of the file (or of the declaration at ``key``) are reported."""
+        if key is None:
+            return Where(self.label, self.module, action)
+        return Where(
+            self.label,
+            self.module,
+            action,
+            tree=self.declarations.get(key),
+            lines=self.lines,
+            line=self.lines.get(id(self.declarations), {}).get(key),
+        )
 
 
 def with_settings(where: Where, declaration: Any, settings: Mapping[str, Any]) -> Any:
@@ -117,7 +129,7 @@ class ActionDiscoveryManager(Manager):
         services = app.capability(ServiceDirectory)
         for file in self._files(app.config.root, catalog, problems):
             for key, declaration in file.declarations.items():
-                where = file.where(f"{file.module}.{key}")
+                where = file.where(f"{file.module}.{key}", key)
                 if not isinstance(key, str) or not _ACTION_KEY.match(key):
                     problems.append(where.problem(f"action name {key!r} must match {ACTION_KEY}"))
                     continue
@@ -164,7 +176,7 @@ class ActionDiscoveryManager(Manager):
         """Read the file's top level into ``file``; false when nothing in it can load."""
         where = file.where()
         try:
-            data = load_yaml_file(path)
+            data = file.data = load_yaml_file(path, file.lines)
         except YamlFileError as exc:
             problems.append(where.problem(str(exc)))
             return False
@@ -200,4 +212,6 @@ class ActionDiscoveryManager(Manager):
             )
             return False
         file.declarations = actions
+        if not actions and self._app is not None:
+            self._app.warn(where.problem("declares no actions (is the file empty?)"))
         return True

@@ -32,7 +32,7 @@ from core.hooks import (
 from core.logging import request_id_var
 from core.manager import Health, Manager
 from core.metrics import Instruments
-from core.module import EVENT_NAME, ModuleCatalog, RefError, resolve_ref
+from core.module import EVENT_NAME, ImportFailed, ModuleCatalog, RefError, resolve_ref
 from core.steps import elapsed_ms, masked
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class HooksManager(Manager):
         """Declare every module's own events, then register the callbacks of its manifest."""
         problems: list[Problem] = []
         for loaded in modules:
-            where = {"file": loaded.manifest.file, "module": loaded.name}
+            where: dict[str, Any] = {"file": loaded.manifest.file, "module": loaded.name}
             for event in loaded.manifest.events:
                 if not EVENT_NAME.match(event):
                     problems.append(
@@ -198,6 +198,9 @@ class HooksManager(Manager):
                         continue
                     try:
                         function = resolve_ref(loaded.name, ref)
+                    except ImportFailed as exc:
+                        problems.append(exc.problem)
+                        continue
                     except RefError as exc:
                         problems.append(Problem(str(exc), field=field, **where))
                         continue

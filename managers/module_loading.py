@@ -5,6 +5,7 @@ Problems are collected, not raised, so one boot error can name every broken modu
 
 from __future__ import annotations
 
+import difflib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -62,22 +63,26 @@ def read_manifest(folder: Path, root: Path, problems: list[Problem]) -> ModuleMa
     path = folder / "module.yaml"
     label = _rel(path, root)
     data: Any = {}
+    lines: dict[int, dict[Any, int]] = {}
     if path.is_file():
         try:
-            data = load_yaml_file(path) or {}
+            data = load_yaml_file(path, lines) or {}
         except YamlFileError as exc:
             problems.append(Problem(str(exc), file=label, module=folder.name))
             data = {}
         if not isinstance(data, dict):
             problems.append(Problem("module.yaml must be a mapping", file=label))
             data = {}
-    for key in sorted(set(data) - MANIFEST_KEYS):
+    for key in sorted(set(data) - MANIFEST_KEYS, key=str):
+        close = difflib.get_close_matches(str(key), sorted(MANIFEST_KEYS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(
             Problem(
-                f"unknown key {key!r}; allowed: {', '.join(sorted(MANIFEST_KEYS))}",
+                f"unknown key {key!r}{hint}; allowed: {', '.join(sorted(MANIFEST_KEYS))}",
                 file=label,
                 module=folder.name,
-                field=key,
+                field=str(key),
+                line=lines.get(id(data), {}).get(key),
             )
         )
     name = data.get("name", folder.name)
@@ -112,6 +117,8 @@ def read_manifest(folder: Path, root: Path, problems: list[Problem]) -> ModuleMa
         config=_config(data.get("config"), label, name, problems),
         config_schema=_config_schema(data.get("config_schema"), label, name, problems),
         file=label,
+        document=data,
+        lines=lines,
     )
 
 

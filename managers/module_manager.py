@@ -20,7 +20,7 @@ from core.context import SYSTEM, Context
 from core.errors import ManagerStopError, ModuleError, Problem
 from core.hooks import MODULE_LOADED, HookBus
 from core.manager import Health, Manager
-from core.module import LoadedModule, ModuleCatalog
+from core.module import ImportFailed, LoadedModule, ModuleCatalog
 from core.settings import Setting
 from managers.module_loading import (
     _import_package,
@@ -86,18 +86,21 @@ class ModuleManager(Manager):
         if problems:
             raise ModuleError(problems)
         for manifest in found.values():
-            label = _rel(manifest.path, root)
+            if manifest.name != manifest.path.name:
+                app.warn(
+                    Problem(
+                        f"module.yaml names the module {manifest.name!r} but its folder is "
+                        f"{manifest.path.name!r}; it loads as {manifest.name!r}",
+                        file=manifest.file,
+                        module=manifest.name,
+                        field="name",
+                    )
+                )
             try:
                 package = _import_package(manifest)
                 instance = _module_class(package)()
             except Exception as exc:  # a module that does not import is its own problem
-                problems.append(
-                    Problem(
-                        f"import failed: {type(exc).__name__}: {exc}",
-                        file=label,
-                        module=manifest.name,
-                    )
-                )
+                problems.append(ImportFailed(manifest.name, exc, manifest.path).problem)
                 continue
             instance.module_name = manifest.name
             instance.manifest = manifest

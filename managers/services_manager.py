@@ -20,6 +20,7 @@ import jsonschema
 
 from core.config import Config
 from core.declaration_schema import DURATION
+from core.declarations import did_you_mean
 from core.durations import parse_duration
 from core.errors import Problem
 from core.facades import Secrets
@@ -126,9 +127,17 @@ def _schema_problems(
         path = ".".join([base, *(str(p) for p in error.path)])
         message = error.message
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = ", ".join(sorted(error.schema.get("properties", {})))
-            message = f"{message}; allowed: {allowed}"
-        elif error.validator == "pattern" and "description" in error.schema:
+            allowed = sorted(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(allowed), key=str):
+                found.append(
+                    (
+                        f"{path}.{key}",
+                        f"unknown key {key!r}{did_you_mean(key, allowed)}; allowed: "
+                        + ", ".join(allowed),
+                    )
+                )
+            continue
+        if error.validator == "pattern" and "description" in error.schema:
             message = f"{error.instance!r} is not {error.schema['description']}"
         found.append((path, message))
     return sorted(found)

@@ -101,7 +101,7 @@ class StateManager(Manager):
         initializes."""
         problems: list[Problem] = []
         for loaded in modules:
-            where: dict[str, str | None] = {"file": loaded.manifest.file, "module": loaded.name}
+            where: dict[str, Any] = {"file": loaded.manifest.file, "module": loaded.name}
             for name, spec in loaded.manifest.state_machines.items():
                 machine, found = parse_machine(
                     f"{loaded.name}.{name}",

@@ -727,7 +727,8 @@ def test_reserved_and_duplicate_service_names(
     with pytest.raises(BootError) as failed:
         boot({"module.yaml": "services:\n  s:\n    base_url: https://example.com\n    retry: 3\n"})
     [found] = failed.value.problems
-    assert found.field == "services.s" and "retry" in found.message and "retries" in found.message
+    assert found.field == "services.s.retry" and "did you mean 'retries'?" in found.message
+    assert found.line == 4
     twice = "services:\n  s:\n    base_url: https://example.com\n"
     write_module("one", {"module.yaml": twice}, parent="both")
     parent = write_module("two", {"module.yaml": twice}, parent="both")
