@@ -28,6 +28,7 @@ from core.cli import main as run_cli
 from core.config import Config
 from core.config_loader import ConfigSpec, SourceSpec, load_config
 from core.config_policy import kernel_problems
+from core.http import state
 from core.logging import LogFile, configure_logging
 from core.manager import Manager
 from core.runtime import build_app
@@ -146,9 +147,10 @@ def asgi() -> AsgiApp:
 
 def _users_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="users_command", required=True)
-    promote = sub.add_parser("promote", help="give a user a role")
-    promote.add_argument("email")
-    promote.add_argument("role")
+    for name, text in (("promote", "give a user a role"), ("demote", "take a role away")):
+        change = sub.add_parser(name, help=text)
+        change.add_argument("email")
+        change.add_argument("role")
     for name, text in USER_SWITCHES.items():
         sub.add_parser(name, help=text).add_argument("email")
 
@@ -161,8 +163,15 @@ USER_SWITCHES = {
 
 
 def _users(args: argparse.Namespace, runtime: Runtime) -> int:
-    if args.users_command == "promote":
-        code, body = runtime.call("auth.users.promote", {"email": args.email, "role": args.role})
+    if args.users_command in ("promote", "demote"):
+        if args.users_command == "promote":
+            with runtime.booted() as app:
+                actions = state(app).pipeline.registry.actions()
+            if not any(args.role in action.spec.roles for action in actions):
+                print(f"warning: no action asks for role {args.role!r} (a typo?)", file=sys.stderr)
+        code, body = runtime.call(
+            f"auth.users.{args.users_command}", {"email": args.email, "role": args.role}
+        )
         return report(
             code,
             body,

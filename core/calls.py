@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,4 +109,30 @@ def encode_envelope(
     try:
         return json.dumps(envelope, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{spec.name} returned a value that is not JSON: {exc}") from exc
+        where = not_json(value)
+        at = f" at {where}" if where else ""
+        raise TypeError(f"{spec.name} returned a value that is not JSON{at}: {exc}") from exc
+
+
+def not_json(value: Any, path: str = "") -> str | None:
+    """The JSON pointer and type of the first part of ``value`` that is not JSON
+    (``/due_date: date``), or None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path}/{key!r}: a {type(key).__name__} key"
+            found = not_json(item, f"{path}/{key}")
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = not_json(item, f"{path}/{index}")
+            if found:
+                return found
+        return None
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path or '/'}: {value!r}"
+    return f"{path or '/'}: {type(value).__name__}"

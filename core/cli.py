@@ -20,7 +20,7 @@ from flask import Flask
 
 from core.calls import CallRequest
 from core.config import Config
-from core.context import SYSTEM
+from core.context import SYSTEM, Caller
 from core.errors import ActionError, BootError
 from core.http import state
 from core.http_actions import new_request_id
@@ -69,21 +69,48 @@ class Runtime:
         finally:
             shutdown_app(app)
 
-    def call(self, action: str, params: Any) -> tuple[int, dict[str, Any]]:
-        """Run one action in-process as the system caller: (exit code, envelope or problem);
-        ``params`` as given (anything but a JSON object is the pipeline's 400)."""
-        request = CallRequest(
-            action=action,
-            params=params,
-            request_id=new_request_id(),
-            transport="cli",
-            caller=SYSTEM,
-        )
+    def call(
+        self,
+        action: str,
+        params: Any,
+        *,
+        caller: Caller | None = SYSTEM,
+        headers: Mapping[str, str] | None = None,
+        as_user: str | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Run one action in-process: (exit code, envelope or problem); ``params`` as
+        given (anything but a JSON object is the pipeline's 400). The caller is ``caller``
+        (default: system); None identifies ``headers`` (a token, an API key) as HTTP
+        would; ``as_user`` is the user with that email, with their roles."""
         with self.booted() as app:
-            try:
-                return 0, state(app).pipeline.invoke(request).envelope
-            except ActionError as error:
-                return 1, error.problem(request.request_id)
+            if as_user is not None:
+                code, found = _invoke(app, USER_LOOKUP, {"email": as_user}, SYSTEM, {})
+                if code:
+                    return code, found
+                user = found["data"]
+                caller = Caller("user", id=user["id"], roles=frozenset(user["roles"]))
+            return _invoke(app, action, params, caller, headers or {})
+
+
+# The action --as looks a user up with (the shipped auth module's; without it, --as is a 404).
+USER_LOOKUP = "auth.users.show"
+
+
+def _invoke(
+    app: Flask, action: str, params: Any, caller: Caller | None, headers: Mapping[str, str]
+) -> tuple[int, dict[str, Any]]:
+    request = CallRequest(
+        action=action,
+        params=params,
+        request_id=new_request_id(),
+        transport="cli",
+        headers=headers,
+        caller=caller,
+    )
+    try:
+        return 0, state(app).pipeline.invoke(request).envelope
+    except ActionError as error:
+        return 1, error.problem(request.request_id)
 
 
 def report(code: int, body: Mapping[str, Any], show: Callable[[Any], None]) -> int:
@@ -162,7 +189,18 @@ def _call(args: argparse.Namespace, runtime: Runtime) -> int:
     except ValueError as exc:
         print(f"--json is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    code, body = runtime.call(args.action, params)
+    caller: Caller | None = SYSTEM
+    headers: dict[str, str] = {}
+    if args.token:
+        caller, headers = None, {"Authorization": f"Bearer {args.token}"}
+    elif args.api_key:
+        caller, headers = None, {"X-API-Key": args.api_key}
+    elif args.scopes is not None:
+        scopes = frozenset(s.strip() for s in args.scopes.split(",") if s.strip())
+        caller = Caller("api_key", id="cli", scopes=scopes)
+    code, body = runtime.call(
+        args.action, params, caller=caller, headers=headers, as_user=args.as_user
+    )
     print(json.dumps(body, indent=2), file=sys.stderr if code else sys.stdout)
     return code
 
@@ -170,6 +208,17 @@ def _call(args: argparse.Namespace, runtime: Runtime) -> int:
 def _call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action")
     parser.add_argument("--json", default="{}", help="params as a JSON object, or - for stdin")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument(
+        "--as", dest="as_user", metavar="EMAIL", help="call as this user, with their roles"
+    )
+    who.add_argument("--token", help="call with this access token (as HTTP would)")
+    who.add_argument("--api-key", help="call with this API key (as HTTP would)")
+    who.add_argument(
+        "--scopes",
+        metavar="A,B",
+        help="call as an API key that has these scopes (none: an empty list)",
+    )
 
 
 def _actions_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +256,12 @@ KERNEL_COMMANDS = (
     Command("serve", "serve HTTP (the default command)", _serve, _serve_arguments),
     Command("check", "load config, modules and actions; report problems", _check),
     Command("actions", "list every action", _actions, _actions_arguments),
-    Command("call", "run one action in-process (as the system caller)", _call, _call_arguments),
+    Command(
+        "call",
+        "run one action in-process (as the system caller, or --as/--token/--api-key/--scopes)",
+        _call,
+        _call_arguments,
+    ),
     Command("config", "print the effective settings and their sources", _config),
     Command("new-module", "scaffold a module folder", _new_module, _new_module_arguments),
 )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from core.calls import Call, CallRequest, CallResult
 from core.chain import Handle, arrange, compose
 from core.context import Caller
-from core.errors import ActionError, BootError
+from core.errors import ActionError, BootError, InternalError
 from core.gate import Gate, GateRequest, StoreGate
 from core.idempotency import Idempotency
 from core.identity import Identify, KeyVerifier, TokenVerifier, credential_identifier
@@ -89,6 +89,10 @@ class Pipeline:
         try:
             return self._chain(call)
         except ActionError as error:
+            if self._opaque and error.status == InternalError.status:
+                # Already logged with its traceback: only the words change.
+                detail = f"an unexpected error occurred; quote request id {request.request_id}"
+                raise dataclasses.replace(error, detail=detail, errors=()) from None
             if self._opaque and error.status > 500:
                 raise self._opaque_error(error, request) from None
             raise

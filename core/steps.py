@@ -73,7 +73,12 @@ def unexpected(call: Call, exc: BaseException) -> InternalError:
         request.request_id,
         exc_info=exc,
     )
-    return InternalError(f"an unexpected error occurred; quote request id {request.request_id}")
+    # What went wrong, for the module's author; production's pipeline replaces the detail
+    # of every 5xx with words that name nothing of the deployment.
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return InternalError(
+        f"an unexpected error occurred ({what[:500]}); quote request id {request.request_id}"
+    )
 
 
 def elapsed_ms(call: Call) -> float:
@@ -180,21 +185,31 @@ class LookupStep:
         return next(call)
 
 
+def refusal(caller: Caller, spec: ActionSpec) -> str | None:
+    """What ``caller`` lacks to call the action (its ``auth``, ``roles``, ``scopes``), or
+    None when it may."""
+    if caller.kind == "system" or spec.auth == "public":
+        return None
+    if caller.kind == "anonymous":
+        return f"needs credentials (auth: {spec.auth})"
+    if spec.auth == "user" and caller.kind != "user":
+        return "needs a user's token (auth: user), not an API key"
+    if spec.auth == "api_key" and caller.kind != "api_key":
+        return "needs an API key (auth: api_key), not a user's token"
+    if spec.roles and not (spec.roles & caller.roles):
+        roles = sorted(spec.roles)
+        if len(roles) == 1:
+            return f"needs role {roles[0]}"
+        return f"needs one of roles {', '.join(roles)}"
+    if caller.kind == "api_key" and not spec.scopes <= caller.scopes:
+        missing = sorted(spec.scopes - caller.scopes)
+        return f"needs scope{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    return None
+
+
 def may_call(caller: Caller, spec: ActionSpec) -> bool:
     """Whether ``caller`` passes the action's ``auth``, ``roles`` and ``scopes``."""
-    if caller.kind == "system":
-        return True
-    if spec.auth == "public":
-        return True
-    if caller.kind == "anonymous":
-        return False
-    if spec.auth == "user" and caller.kind != "user":
-        return False
-    if spec.auth == "api_key" and caller.kind != "api_key":
-        return False
-    if spec.roles and not (spec.roles & caller.roles):
-        return False
-    return not (caller.kind == "api_key" and not spec.scopes <= caller.scopes)
+    return refusal(caller, spec) is None
 
 
 def authorize(call: Call, next: Next) -> CallResult:
@@ -204,7 +219,7 @@ def authorize(call: Call, next: Next) -> CallResult:
                 f"action {call.spec.name} requires credentials (auth: {call.spec.auth})",
                 reason="missing",
             )
-        raise Forbidden(f"this caller may not call {call.spec.name}")
+        raise Forbidden(f"{call.spec.name} {refusal(call.caller, call.spec)}")
     return next(call)
 
 

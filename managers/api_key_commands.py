@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 
 from core.cli import Command, Runtime
 from core.durations import parse_duration
@@ -35,6 +36,10 @@ def _keys_arguments(parser: argparse.ArgumentParser) -> None:
 def _keys_command(args: argparse.Namespace, runtime: Runtime) -> int:
     with runtime.booted() as app:
         keys = state(app).app_manager.get(ApiKeyManager)
+        if args.keys_command == "create":
+            used = {s for a in state(app).pipeline.registry.actions() for s in a.spec.scopes}
+            for scope in sorted(set(args.scopes or []) - used):
+                print(f"warning: no action asks for scope {scope!r} (a typo?)", file=sys.stderr)
         try:
             return _run_keys(args, keys)
         except (ActionError, ValueError) as error:
@@ -53,7 +58,13 @@ def _run_keys(args: argparse.Namespace, keys: ApiKeyManager) -> int:
         )
         print(f"id:      {record['id']}")
         print(f"scopes:  {', '.join(record['scopes']) or '(none)'}")
-        print(f"expires: {record['expires_at'] or 'never'}")
+        expires = record["expires_at"]
+        when = (
+            datetime.fromtimestamp(float(expires), UTC).isoformat(timespec="seconds")
+            if isinstance(expires, int | float)
+            else expires or "never"
+        )
+        print(f"expires: {when}")
         print(f"key:     {raw}")
         print("Store the key now: it is shown only once and cannot be recovered.", file=sys.stderr)
         return 0

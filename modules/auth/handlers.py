@@ -182,6 +182,23 @@ def users_promote(ctx: Any, *, email: str, role: str) -> dict[str, Any]:
     }
 
 
+def users_demote(ctx: Any, *, email: str, role: str) -> dict[str, Any]:
+    user = _user_by_email(ctx, email)
+    if role not in user.get("roles", []):
+        raise NotFound(f"{email} does not have role {role!r}")
+    roles = sorted(set(user["roles"]) - {role})
+    _users(ctx).update_one({"_id": user["_id"]}, {"$set": {"roles": roles}})
+    return {
+        **_public({**user, "roles": roles}),
+        "note": "tokens issued before keep the role until they expire or are refreshed",
+    }
+
+
+def users_show(ctx: Any, *, email: str) -> dict[str, Any]:
+    user = _user_by_email(ctx, email)
+    return {**_public(user), "disabled": bool(user.get("disabled", False))}
+
+
 def _user_by_email(ctx: Any, email: str) -> dict[str, Any]:
     user: dict[str, Any] | None = _users(ctx).find_one({"email": email.strip().lower()})
     if user is None:
