@@ -95,14 +95,14 @@ def config_spec(
 def load(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    root: Path | None = None,
+    root: str | Path | None = None,
     *,
     managers: Sequence[type[Manager]] = MANAGERS,
     quiet: bool = False,
 ) -> Config:
     """Resolve the config and set up logging (``quiet``: warnings and worse only)."""
     config = load_config(
-        root or ROOT,
+        ROOT if root is None else Path(root),
         os.environ if environ is None else environ,
         overrides,
         spec=config_spec(managers),
@@ -127,7 +127,7 @@ def load(
 def create_app(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    root: Path | None = None,
+    root: str | Path | None = None,
     *,
     managers: ManagerFactory = default_managers,
 ) -> Flask:

@@ -140,6 +140,31 @@ def _serve(args: argparse.Namespace, runtime: Runtime) -> int:
         if value is not None
     }
     config = runtime.config(overrides, quiet=False)
+    if args.reload:
+        if config.is_production:
+            print(
+                "serve --reload is for development; production serves fixed code", file=sys.stderr
+            )
+            return 2
+        from core.reload import supervise
+
+        passed = [
+            part
+            for flag, value in (
+                ("--host", args.host),
+                ("--port", args.port),
+                ("--workers", args.workers),
+            )
+            if value is not None
+            for part in (flag, str(value))
+        ]
+        folders = [
+            runtime.root / "modules",
+            *(config.path(p) for p in config["modules.path"]),
+            runtime.root / "actions",
+            runtime.root / "config",
+        ]
+        return supervise(passed, folders, runtime.root)
     with metrics_directory():
         # Boot once here so a broken module or declaration stops `serve` with the problem
         # list instead of a crash loop of workers.
@@ -152,6 +177,11 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--workers", type=int)
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart when modules, actions or config change and still load",
+    )
 
 
 def _check(_args: argparse.Namespace, runtime: Runtime) -> int:

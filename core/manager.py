@@ -131,6 +131,11 @@ class Manager:
     def health(self) -> Health:
         return Health()
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Tests: read the time from ``clock`` from now on where this manager keeps time in
+        the process (the memory:// store's TTLs, the in-process rate limiters); a real
+        Redis keeps its own clock."""
+
     # --- contributed once started -----------------------------------------------------
 
     def capability(self, kind: type[T]) -> T:

@@ -142,6 +142,12 @@ class RateLimiterManager(Manager):
 
     # --- lifecycle --------------------------------------------------------------------
 
+    def use_clock(self, clock: Clock) -> None:
+        self._clock = clock
+        for backend in (self._backend, self._fallback):
+            if isinstance(backend, MemoryLimiter):
+                backend.use_clock(clock)
+
     def start(self, app: AppManager) -> None:
         config = app.config
         problems: list[Problem] = []

@@ -8,6 +8,7 @@ data in ``manager.store``, so whatever must be shared between worker processes i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 from core.cache import Cache
@@ -16,6 +17,7 @@ from core.manager import Health, Manager
 from core.settings import Setting, duration, integer, text
 from core.store import KeyValueStore
 from managers.cache_backends import SETTING, Backend, StoreOptions, open_store, scheme_of
+from managers.cache_backends.memory import MemoryStore
 
 if TYPE_CHECKING:
     from core.app_manager import AppManager
@@ -82,6 +84,10 @@ class RedisManager(Manager):
     def __init__(self) -> None:
         self._backend: Backend | None = None
         self._cache: Cache | None = None
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        if isinstance(self._backend, MemoryStore):
+            self._backend.use_clock(clock)
 
     def start(self, app: AppManager) -> None:
         config = app.config

@@ -190,6 +190,7 @@ class WebSocketManager(Manager):
         self._external: socketio.RedisManager | None = None  # emits with no loop here
         self._app: AppManager | None = None
         self._metrics: Instruments | None = None
+        self._watchers: tuple[Callable[[str, Any, str], None], ...] = ()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -303,7 +304,14 @@ class WebSocketManager(Manager):
         target = room if room is not None else f"user:{user}"
         self._db.after_commit(lambda: self._deliver(event, data, target))
 
+    def watch(self, callback: Callable[[str, Any, str], None]) -> None:
+        """Tests: call ``callback(event, data, target)`` for every push as it is delivered
+        (after its transaction committed); ``target`` is a room or ``user:<id>``."""
+        self._watchers = (*self._watchers, callback)
+
     def _deliver(self, event: str, data: Any, target: str) -> None:
+        for watcher in self._watchers:
+            watcher(event, data, target)
         loop, sio = self._loop, self.sio
         if loop is not None and sio is not None and not loop.is_closed():
             sent = asyncio.run_coroutine_threadsafe(sio.emit(event, data, room=target), loop)

@@ -32,7 +32,7 @@ _JOIN_SECONDS = 5.0
 @dataclass(slots=True)
 class _Entry:
     value: bytes
-    expires: float | None  # time.monotonic() deadline
+    expires: float | None  # self.clock() deadline
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -90,6 +90,8 @@ class MemoryStore:
 
     def __init__(self, prefix: str = "sb:") -> None:
         self._prefix = prefix
+        self.clock: Callable[[], float] = time.monotonic  # TTLs
+        self.wall: Callable[[], float] = time.time  # time()
         self._lock = threading.Lock()
         self._items: dict[str, _Entry] = {}
         self._channels: dict[str, list[_QueueSubscription]] = {}
@@ -117,7 +119,7 @@ class MemoryStore:
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
-            entry = self._live(self._prefix + key, time.monotonic())
+            entry = self._live(self._prefix + key, self.clock())
             return None if entry is None else entry.value
 
     def set(
@@ -126,7 +128,7 @@ class MemoryStore:
         milliseconds = ttl_milliseconds(ttl)
         data = _as_bytes(value)
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             full = self._prefix + key
             if nx and self._live(full, now) is not None:
                 return False
@@ -137,7 +139,7 @@ class MemoryStore:
 
     def delete(self, *keys: str) -> int:
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             removed = 0
             for key in keys:
                 full = self._prefix + key
@@ -149,7 +151,7 @@ class MemoryStore:
     def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         milliseconds = ttl_milliseconds(ttl)
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             full = self._prefix + key
             entry = self._live(full, now)
             current = b"0" if entry is None else entry.value
@@ -169,7 +171,7 @@ class MemoryStore:
 
     def ttl(self, key: str) -> float | None:
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             entry = self._live(self._prefix + key, now)
             if entry is None or entry.expires is None:
                 return None
@@ -178,7 +180,7 @@ class MemoryStore:
     def scan(self, prefix: str) -> Iterator[str]:
         start = self._prefix + prefix
         with self._lock:
-            self._sweep(time.monotonic())
+            self._sweep(self.clock())
             # A snapshot, so callers may delete while iterating (as they may with SCAN).
             found = [k[len(self._prefix) :] for k in self._items if k.startswith(start)]
         return iter(found)
@@ -215,7 +217,11 @@ class MemoryStore:
         return True
 
     def time(self) -> float:
-        return time.time()
+        return self.wall()
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Read time from ``clock`` from now on, for TTLs and ``time()`` (tests freeze it)."""
+        self.clock = self.wall = clock
 
     def close(self) -> None:
         with self._lock:

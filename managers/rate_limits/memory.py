@@ -43,6 +43,10 @@ class MemoryLimiter:
         self._bans: dict[str, BanRecord] = {}  # subject -> ban
         self._checks = 0
 
+    def use_clock(self, clock: Clock) -> None:
+        """Time from ``clock`` from now on (tests freeze it)."""
+        self._clock = clock
+
     def now(self) -> int:
         return round(self._clock() * MICROS)
 
