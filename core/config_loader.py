@@ -148,10 +148,10 @@ def _unknown(key: str, where: str, known: Mapping[str, Setting]) -> Problem:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     section = key.split(".", 1)[0]
-    if not close and not any(k.startswith(section + ".") for k in known):
+    if not any(k.startswith(section + ".") for k in known):
         hint = (
-            f" (nothing has settings under {section!r}: no such module, or a module without "
-            "that config: key in its module.yaml)"
+            f"; nothing has settings under {section!r} (no such module, or a module without "
+            f"a config: block in its module.yaml){hint}"
         )
     return Problem(f"unknown setting {key!r}{hint}", file=where, field=key)
 

@@ -162,7 +162,18 @@ def schema_problems(
     """Every meta-schema violation of ``data``; unknown keys are named one by one, with the
     allowed ones and the likely intended one."""
     problems = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path)))
+    # A required key that an unknown key is a likely misspelling of: the unknown key's
+    # problem ("did you mean 'handler'?") says it all.
+    meant = {
+        (".".join(map(str, e.path)), close)
+        for e in errors
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict)
+        for key in e.instance
+        for close in difflib.get_close_matches(str(key), list(e.schema.get("properties", {})), n=1)
+        if key not in e.schema.get("properties", {})
+    }
+    for error in errors:
         path = ".".join(str(p) for p in error.path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = sorted(error.schema.get("properties", {}))
@@ -183,7 +194,11 @@ def schema_problems(
                 )
             )
         elif error.validator == "required" and isinstance(error.instance, dict):
-            missing = [name for name in error.validator_value if name not in error.instance]
+            missing = [
+                name
+                for name in error.validator_value
+                if name not in error.instance and (path, name) not in meant
+            ]
             for name in missing:
                 field = f"{path}.{name}".strip(".")
                 problems.append(where.problem(f"{name!r} is a required property", field))

@@ -117,6 +117,9 @@ class Harness:
             "APP_ENV": "test",
             "DATABASE_URL": f"sqlite:///{Path(tmp_path).resolve()}/app.db",
             "REDIS_URL": "memory://",
+            # The action's own limits are part of what a module test checks (the runtime's
+            # own suite turns limits off in config/test.yaml).
+            "SB_RATELIMIT__ENABLED": "true",
         }
         project_modules = (folder.parent.parent / "app.py").is_file() and (
             folder.parent.name == "modules"

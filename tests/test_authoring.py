@@ -1,0 +1,172 @@
+"""What module authors use besides the loader: the CLI's callers, the words of 403s and
+500s, the users and keys commands, and the core.testing harness."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from app import create_app
+from core.testing import SYSTEM, Harness, api_key, user
+from tests.conftest import MakeApp, WriteModule
+from tests.test_cli import run, stderr_json, stdout_json
+
+SHELF = {
+    "module.yaml": """\
+        events: [shelved]
+        rooms:
+          shelves: {join: user}
+        config:
+          page_size: 20
+        """,
+    "actions.yaml": """\
+        actions:
+          shelve:
+            handler: handlers:shelve
+            roles: [librarian]
+            rate_limit: [2/minute]
+            params: {title: {type: string, required: true}}
+          export:
+            handler: handlers:export
+            auth: any
+            scopes: [books:export]
+          remember:
+            handler: handlers:remember
+            auth: public
+            params: {title: {type: string, required: true}}
+          boom:
+            handler: handlers:boom
+            auth: public
+        """,
+    "handlers.py": """\
+        def shelve(ctx, *, title):
+            book = ctx.db.collection("books").insert_one({"title": title, "by": ctx.caller.id})
+            ctx.hooks.emit("bookshelf.shelved", {"id": book})
+            ctx.realtime.emit("shelved", {"title": title}, room="bookshelf.shelves")
+            return {"id": book}
+
+
+        def export(ctx):
+            return {"count": ctx.db.collection("books").count()}
+
+
+        def remember(ctx, *, title):
+            ctx.cache.set_json("last", title, ttl=60)
+            return {"ok": True}
+
+
+        def boom(ctx):
+            raise KeyError("the-missing-key")
+        """,
+}
+
+
+def test_the_harness_calls_as_any_caller_and_reads_what_the_module_did(
+    write_module: WriteModule, tmp_path: Path
+) -> None:
+    folder = write_module("bookshelf", SHELF) / "bookshelf"
+    with Harness.boot(create_app, str(folder), tmp_path=tmp_path, frozen=True) as harness:
+        assert harness.call("bookshelf.shelve", {"title": "Dune"}).status == 401
+        refused = harness.call("bookshelf.shelve", {"title": "Dune"}, as_=user("u1"))
+        assert refused.problem == "forbidden" and "needs role librarian" in refused.body["detail"]
+        librarian = user("u1", "librarian")
+        shelved = harness.call("bookshelf.shelve", {"title": "Dune"}, as_=librarian).data
+        assert harness.db.collection("books").find_one({"_id": shelved["id"]})["by"] == "u1"
+        assert [e.data for e in harness.events("bookshelf.shelved")] == [{"id": shelved["id"]}]
+        assert harness.pushes == [("shelved", {"title": "Dune"}, "bookshelf.shelves")]
+
+        # Frozen time: the limit of 2 a minute holds until the clock is moved on.
+        harness.call("bookshelf.shelve", {"title": "Emma"}, as_=librarian)
+        assert harness.call("bookshelf.shelve", {"title": "X"}, as_=librarian).status == 429
+        harness.advance(61)
+        assert harness.call("bookshelf.shelve", {"title": "X"}, as_=librarian).ok
+
+        missing = harness.call("bookshelf.export", as_=api_key("books:read"))
+        assert missing.status == 403 and "needs scope books:export" in missing.body["detail"]
+        assert harness.call("bookshelf.export", as_=api_key("books:export")).data == {"count": 3}
+        assert harness.call("bookshelf.export", as_=SYSTEM).ok
+
+        # TTLs on memory:// follow the frozen clock too.
+        assert harness.call("bookshelf.remember", {"title": "Dune"}).ok
+        assert harness.cache.get_json("last") == "Dune"
+        harness.advance(61)
+        assert harness.cache.get_json("last") is None
+
+
+def test_a_500_says_what_went_wrong_outside_production_only(
+    make_app: MakeApp, write_module: WriteModule, tmp_path: Path
+) -> None:
+    parent = write_module("bookshelf", SHELF)
+    body = (
+        make_app({"MODULES_PATH": str(parent)}).test_client().post("/api/v1/actions/bookshelf.boom")
+    )
+    assert body.status_code == 500
+    assert "KeyError: 'the-missing-key'" in body.get_json()["detail"]
+
+    from tests.served import production_secrets
+
+    production = make_app(
+        {"MODULES_PATH": str(parent), "SB_HTTP__WORKERS": "1", **production_secrets(tmp_path)}
+    )
+    hidden = production.test_client().post("/api/v1/actions/bookshelf.boom")
+    assert hidden.status_code == 500 and "the-missing-key" not in hidden.get_data(as_text=True)
+    assert "KeyError" not in hidden.get_data(as_text=True)
+
+
+def test_call_as_a_user_an_api_key_or_scopes() -> None:
+    database = f"sqlite:///{tempfile.mkdtemp(prefix='sbtest')}/app.db"
+    env = {"DATABASE_URL": database}
+    credentials = '{"email": "ann@example.com", "password": "correct horse battery"}'
+    assert run("call", "auth.register", "--json", credentials, env=env).returncode == 0
+
+    denied = run(
+        "call",
+        "auth.users.show",
+        "--as",
+        "ann@example.com",
+        "--json",
+        '{"email": "ann@example.com"}',
+        env=env,
+    )
+    assert (
+        denied.returncode == 1
+        and stderr_json(denied)["detail"] == "auth.users.show needs role admin"
+    )
+
+    promoted = run("users", "promote", "ann@example.com", "librarain", env=env)
+    assert promoted.returncode == 0 and "no action asks for role 'librarain'" in promoted.stderr
+    assert run("users", "promote", "ann@example.com", "admin", env=env).returncode == 0
+    shown = stdout_json(
+        run(
+            "call",
+            "auth.users.show",
+            "--as",
+            "ann@example.com",
+            "--json",
+            '{"email": "ann@example.com"}',
+            env=env,
+        )
+    )
+    assert shown["data"]["roles"] == ["admin", "librarain"]
+    demoted = run("users", "demote", "ann@example.com", "librarain", env=env)
+    assert demoted.returncode == 0 and "now has roles: admin" in demoted.stdout
+    nobody = run("call", "system.ping", "--as", "nobody@example.com", env=env)
+    assert nobody.returncode == 1 and stderr_json(nobody)["status"] == 404
+
+    scoped = run("call", "auth.keys.list", "--scopes", "credits:read", env=env)
+    assert scoped.returncode == 1 and "auth.keys.list" in stderr_json(scoped)["detail"]
+
+    created = run(
+        "keys", "create", "--name", "ci", "--scopes", "credits:reed", "--expires", "30d", env=env
+    )
+    assert created.returncode == 0 and "no action asks for scope 'credits:reed'" in created.stderr
+    assert re.search(
+        r"^expires: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$", created.stdout, re.MULTILINE
+    )
+    key = re.search(r"^key: +(\S+)$", created.stdout, re.MULTILINE)
+    assert key is not None
+    with_key = run("call", "system.ping", "--api-key", key.group(1), env=env)
+    assert with_key.returncode == 0, with_key.stderr
+    bad_key = run("call", "auth.me", "--api-key", "sb_not_a_key", env=env)
+    assert bad_key.returncode == 1 and stderr_json(bad_key)["status"] == 401
