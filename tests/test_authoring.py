@@ -72,7 +72,8 @@ def test_the_harness_calls_as_any_caller_and_reads_what_the_module_did(
         assert refused.problem == "forbidden" and "needs role librarian" in refused.body["detail"]
         librarian = user("u1", "librarian")
         shelved = harness.call("bookshelf.shelve", {"title": "Dune"}, as_=librarian).data
-        assert harness.db.collection("books").find_one({"_id": shelved["id"]})["by"] == "u1"
+        stored = harness.db.collection("books").find_one({"_id": shelved["id"]})
+        assert stored is not None and stored["by"] == "u1"
         assert [e.data for e in harness.events("bookshelf.shelved")] == [{"id": shelved["id"]}]
         assert harness.pushes == [("shelved", {"title": "Dune"}, "bookshelf.shelves")]
 
