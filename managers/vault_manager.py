@@ -8,6 +8,7 @@ declares under ``secrets:``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -187,11 +188,13 @@ class Secrets:
         globs: Sequence[str],
         client: VaultClient | None,
         base_path: str,
+        local: Path | None = None,
     ) -> None:
         self.module = module
         self.globs = tuple(globs)
         self._client = client
         self._base = base_path.strip("/")
+        self._local = local  # development without Vault: <secrets.dir>/<name>.json
 
     def allows(self, name: str) -> bool:
         return _valid_name(name) and any(fnmatchcase(name, glob) for glob in self.globs)
@@ -208,20 +211,39 @@ class Secrets:
                 f"module {self.module!r} may not read secret {name!r}; "
                 "declare it in module.yaml secrets"
             )
-        if self._client is None:
+        if self._client is not None:
+            try:
+                data = self._client.read(f"{self._base}/{name}" if self._base else name)
+            except KeyError:
+                raise NotFound(f"secret {name!r} not found") from None
+            except PermissionError:
+                raise Forbidden(f"Vault's policy denies reading secret {name!r}") from None
+        elif self._local is not None:
+            data = _read_local_secret(self._local, name)
+        else:
             raise DependencyUnavailable("Vault is not configured (vault.addr is unset)")
-        try:
-            data = self._client.read(f"{self._base}/{name}" if self._base else name)
-        except KeyError:
-            raise NotFound(f"secret {name!r} not found") from None
-        except PermissionError:
-            raise Forbidden(f"Vault's policy denies reading secret {name!r}") from None
         remember_secret(data)  # whatever a handler does with it, logs show ***
         if field is None:
             return data
         if field not in data:
             raise NotFound(f"secret {name!r} has no field {field!r}")
         return data[field]
+
+
+def _read_local_secret(directory: Path, name: str) -> dict[str, Any]:
+    path = directory / f"{name}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(
+            f"secret {name!r} not found: Vault is not configured, and {path} does not exist "
+            '(in development, write the secret\'s fields there as JSON: {"token": "…"})'
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DependencyUnavailable(f"secret file {path} cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise DependencyUnavailable(f"secret file {path} must hold a JSON object of fields")
+    return data
 
 
 def _valid_name(name: str) -> bool:
@@ -253,6 +275,7 @@ class VaultManager(Manager):
         self._client: VaultClient | None = None
         self._secrets_path = DEFAULT_SECRETS_PATH
         self._globs: dict[str, tuple[str, ...]] = {}
+        self._local: Path | None = None
         self.refresh_interval = 60.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -267,6 +290,9 @@ class VaultManager(Manager):
         self._secrets_path = str(settings["vault.secrets_path"])
         self.refresh_interval = float(settings["vault.cache_ttl"])
         if not settings["vault.addr"]:
+            # Development without Vault reads secrets from files; production never does.
+            if not app.config.is_production:
+                self._local = app.config.path(str(app.config["secrets.dir"]))
             return
         from managers.vault_client import VaultClient  # hvac only when Vault is configured
 
@@ -318,4 +344,6 @@ class VaultManager(Manager):
 
     def facade_for(self, module: str) -> Secrets:
         """``ctx.secrets`` of ``module``: reads limited to its manifest's ``secrets`` globs."""
-        return Secrets(module, self._globs.get(module, ()), self._client, self._secrets_path)
+        return Secrets(
+            module, self._globs.get(module, ()), self._client, self._secrets_path, self._local
+        )

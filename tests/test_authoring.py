@@ -171,3 +171,40 @@ def test_call_as_a_user_an_api_key_or_scopes() -> None:
     assert with_key.returncode == 0, with_key.stderr
     bad_key = run("call", "auth.me", "--api-key", "sb_not_a_key", env=env)
     assert bad_key.returncode == 1 and stderr_json(bad_key)["status"] == 401
+
+
+def test_secrets_come_from_files_in_development_without_vault(
+    make_app: MakeApp, write_module: WriteModule, tmp_path: Path
+) -> None:
+    parent = write_module(
+        "pay",
+        {
+            "module.yaml": "secrets: [pay/*]\n",
+            "actions.yaml": """\
+                actions:
+                  peek:
+                    handler: handlers:peek
+                    auth: public
+                    params: {name: {type: string, required: true}}
+                """,
+            "handlers.py": """\
+                def peek(ctx, *, name):
+                    return {"length": len(ctx.secrets.get(name, "token"))}
+                """,
+        },
+    )
+    secrets = tmp_path / "local-secrets"
+    (secrets / "pay").mkdir(parents=True)
+    (secrets / "pay" / "gateway.json").write_text('{"token": "tok_dev_0123"}')
+    (secrets / "other.json").write_text('{"token": "not-for-pay"}')
+    client = make_app({"MODULES_PATH": str(parent), "SECRETS_DIR": str(secrets)}).test_client()
+
+    def peek(name: str) -> tuple[int, dict[str, object]]:
+        answer = client.post("/api/v1/actions/pay.peek", json={"name": name})
+        return answer.status_code, answer.get_json()
+
+    assert peek("pay/gateway")[1]["data"] == {"length": 12}
+    status, body = peek("pay/missing")
+    assert status == 404 and "pay/missing.json" in str(body["detail"])
+    assert peek("other")[0] == 403  # outside the module's globs, file or not
+    assert peek("pay/../other")[0] == 403
