@@ -23,12 +23,11 @@ from typing import Any
 from flask import Flask
 
 from core.asgi import AsgiApp
-from core.cli import Command, Runtime, report
+from core.cli import Command, Runtime, names_in_use, report
 from core.cli import main as run_cli
 from core.config import Config
 from core.config_loader import ConfigSpec, SourceSpec, load_config
 from core.config_policy import kernel_problems
-from core.http import state
 from core.logging import LogFile, configure_logging
 from core.manager import Manager
 from core.runtime import build_app
@@ -166,9 +165,12 @@ def _users(args: argparse.Namespace, runtime: Runtime) -> int:
     if args.users_command in ("promote", "demote"):
         if args.users_command == "promote":
             with runtime.booted() as app:
-                actions = state(app).pipeline.registry.actions()
-            if not any(args.role in action.spec.roles for action in actions):
-                print(f"warning: no action asks for role {args.role!r} (a typo?)", file=sys.stderr)
+                used = names_in_use(app, "roles")
+            if args.role not in used:
+                print(
+                    f"warning: no action or room asks for role {args.role!r} (a typo?)",
+                    file=sys.stderr,
+                )
         code, body = runtime.call(
             f"auth.users.{args.users_command}", {"email": args.email, "role": args.role}
         )

@@ -21,7 +21,7 @@ from flask import Flask
 from core.calls import CallRequest
 from core.config import Config
 from core.context import SYSTEM, Caller
-from core.errors import ActionError, BootError
+from core.errors import ActionError, BootError, Forbidden, ManagerStopError
 from core.http import state
 from core.http_actions import new_request_id
 from core.manager import Manager
@@ -88,6 +88,9 @@ class Runtime:
                 if code:
                     return code, found
                 user = found["data"]
+                if user.get("disabled"):  # HTTP would refuse their tokens too
+                    refused = Forbidden(f"user {as_user} is disabled")
+                    return 1, refused.problem(new_request_id())
                 caller = Caller("user", id=user["id"], roles=frozenset(user["roles"]))
             return _invoke(app, action, params, caller, headers or {})
 
@@ -111,6 +114,20 @@ def _invoke(
         return 0, state(app).pipeline.invoke(request).envelope
     except ActionError as error:
         return 1, error.problem(request.request_id)
+
+
+def names_in_use(app: Flask, kind: str) -> set[str]:
+    """The roles (``kind="roles"``) or scopes some action, or some realtime room, asks for."""
+    current = state(app)
+    found = {
+        name
+        for action in current.pipeline.registry.actions()
+        for name in getattr(action.spec, kind)
+    }
+    for manager in current.app_manager.managers():
+        for room in getattr(manager, "rooms", {}).values():
+            found.update(getattr(room, kind, ()))
+    return found
 
 
 def report(code: int, body: Mapping[str, Any], show: Callable[[Any], None]) -> int:
@@ -330,4 +347,9 @@ def main(argv: Sequence[str], runtime: Runtime, extra: Sequence[Command] = ()) -
         print(f"{len(error.problems)} problem(s):", file=sys.stderr)
         for problem in error.problems:
             print(f"  - {problem}", file=sys.stderr)
+        return 1
+    except ManagerStopError as error:  # a module's dispose() (or a manager's stop) raised
+        print("problem(s) while stopping:", file=sys.stderr)
+        for name, exc in error.errors.items():
+            print(f"  - {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ from core.params import (
     compile_schema,
 )
 from core.services import ServiceDirectory
+from core.yamlfile import key_line
 
 
 class MetaSchema:
@@ -84,18 +85,9 @@ class Where:
     line: int | None = None
 
     def line_of(self, at: str | None) -> int | None:
-        node, line = self.tree, self.line
-        if self.lines is None or not at:
-            return line
-        for part in at.split("."):
-            if isinstance(node, dict) and part in node:
-                line = self.lines.get(id(node), {}).get(part, line)
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                break
-        return line
+        if self.lines is None:
+            return self.line
+        return key_line(self.tree, self.lines, at, self.line)
 
     def problem(self, message: str, field: str | None = None) -> Problem:
         return Problem(

@@ -53,6 +53,10 @@ class HookBus(Protocol):
 
     def has_listeners(self, event: str) -> bool: ...
 
+    def declared(self) -> frozenset[str]:
+        """Every event that may be emitted (the kernel's, managers' and modules')."""
+        ...
+
     def register(
         self, event: str, callback: HookCallback, *, priority: int = 100, owner: str | None = None
     ) -> None: ...

@@ -77,6 +77,22 @@ def remember_secret(value: Any) -> None:
         _runtime_secrets.update(t for t in texts if len(t) >= 4)
 
 
+# The configured secrets of the app that set logging up (settings marked secret, values
+# from secret files and Vault), for ``redact``: one list per process, as logging is.
+_configured_secrets: list[str] = []
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret the logs would mask replaced by ``***`` (for what a
+    caller may read: the detail of a development 500)."""
+    with _runtime_lock:
+        known = {*_configured_secrets, *secret_params_var.get(), *_runtime_secrets}
+    for secret in sorted(known, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
 class RedactingFilter(logging.Filter):
     """Replaces known secret values (settings marked secret, values from secret files and
     Vault, and the current call's secret params) in the message and string extras."""
@@ -305,6 +321,7 @@ def configure_logging(
     )
     writer.set_name(_HANDLER_NAME)
     writer.addFilter(RequestIdFilter())
+    _configured_secrets[:] = secrets
     writer.addFilter(RedactingFilter(secrets))
     _WRITER.replace(writer)
     root.addHandler(writer)

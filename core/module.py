@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import Problem
 from core.manager import Health
+from core.yamlfile import key_line
 
 if TYPE_CHECKING:
     import types
@@ -68,13 +69,7 @@ class ModuleManifest:
 
     def line_of(self, at: str | None) -> int | None:
         """The line in module.yaml of the deepest key of the dotted ``at`` found."""
-        node, line = self.document, None
-        for part in (at or "").split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            line = self.lines.get(id(node), {}).get(part, line)
-            node = node[part]
-        return line
+        return key_line(self.document, self.lines, at)
 
 
 class BaseModule:
@@ -177,6 +172,14 @@ def failure_place(exc: BaseException, folder: Path | None) -> tuple[str, int | N
     return "", None
 
 
+def failure_problem(module: str, stage: str, exc: BaseException, folder: Path) -> Problem:
+    """A module's lifecycle method that raised, at the line of its own code that did."""
+    file, line = failure_place(exc, folder)
+    return Problem(
+        f"{stage} failed: {type(exc).__name__}: {exc}", file=file or None, module=module, line=line
+    )
+
+
 class ImportFailed(RefError):
     """A file of the module does not import. Every reference to it (actions, guards, hooks)
     reports the same ``problem``, which names the file and line once."""
@@ -186,7 +189,9 @@ class ImportFailed(RefError):
         detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
         self.text = f"{type(exc).__name__}: {detail}"
         where = f"{file}:{line}" if line else file
-        self.problem = Problem(f"cannot import: {self.text}", file=where or None, module=module)
+        self.problem = Problem(
+            f"cannot import: {self.text}", file=file or None, module=module, line=line
+        )
         super().__init__(f"{where}: {self.text}")
 
 
@@ -202,10 +207,10 @@ def resolve_ref(module: str, ref: str) -> Callable[..., Any]:
     try:
         python_module = importlib.import_module(qualified)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and qualified.startswith(exc.name):
+        if exc.name == qualified:
             raise RefError(f"{module_path}.py not found in module {module!r}") from exc
         raise ImportFailed(module, exc, folder) from exc
-    except Exception as exc:  # a handler file that does not import is the module's problem
+    except (Exception, SystemExit) as exc:  # a file that does not import: the module's problem
         raise ImportFailed(module, exc, folder) from exc
     function = getattr(python_module, attr, None)
     if function is None:

@@ -89,15 +89,14 @@ class Pipeline:
         try:
             return self._chain(call)
         except ActionError as error:
-            if self._opaque and error.status == InternalError.status:
-                # Already logged with its traceback: only the words change.
-                detail = f"an unexpected error occurred; quote request id {request.request_id}"
-                raise dataclasses.replace(error, detail=detail, errors=()) from None
-            if self._opaque and error.status > 500:
-                raise self._opaque_error(error, request) from None
-            raise
+            if not self._opaque or error.status < InternalError.status:
+                raise
+            raise self._opaque_error(error, request) from None
         except Exception as exc:  # a middleware's own bug: still one clean 500
-            raise unexpected(call, exc) from exc
+            failure = unexpected(call, exc)
+            if self._opaque:
+                raise self._opaque_error(failure, request) from exc
+            raise failure from exc
         finally:
             secret_params_var.reset(secrets_token)
             call_var.reset(call_token)
@@ -106,7 +105,11 @@ class Pipeline:
     def _opaque_error(self, error: ActionError, request: CallRequest) -> ActionError:
         """The same problem (status, slug, headers) with a detail that names nothing of the
         deployment. The original detail is logged, once a minute for each action and
-        detail (an outage fails every call alike; the audit record has each request id)."""
+        detail (an outage fails every call alike; the audit record has each request id);
+        a 500 was logged with its traceback already: only its words change."""
+        if error.status == InternalError.status:
+            detail = f"an unexpected error occurred; quote request id {request.request_id}"
+            return dataclasses.replace(error, detail=detail, errors=())
         key = f"{request.action} {error.status} {error.detail}"
         now = time.monotonic()
         if now - self._opaque_logged.get(key, -OPAQUE_LOG_EVERY) >= OPAQUE_LOG_EVERY:

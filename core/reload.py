@@ -64,6 +64,9 @@ class Supervisor:
     def checks_out(self) -> bool:
         done = subprocess.run(self.check, capture_output=True, text=True, check=False)
         if done.returncode == 0:
+            for line in done.stderr.splitlines():
+                if "warning:" in line:
+                    print(line, file=sys.stderr, flush=True)
             return True
         _say("the change does not load; the running server keeps the previous code:")
         print(done.stderr.rstrip(), file=sys.stderr, flush=True)

@@ -8,10 +8,11 @@ from flask import Flask
 
 from core.app_manager import AppManager
 from core.config import Config
+from core.errors import ModuleError
 from core.hooks import APP_STARTED, APP_STOPPING, HookBus
 from core.http import init_http, state
 from core.manager import Manager
-from core.module import ModuleCatalog
+from core.module import ModuleCatalog, failure_problem
 from core.pipeline import build_pipeline
 
 
@@ -27,8 +28,15 @@ def build_app(config: Config, managers: Sequence[Manager]) -> Flask:
     init_http(flask_app, app_manager, pipeline)
     catalog = app_manager.capability(ModuleCatalog)
     for loaded in catalog or ():
-        if loaded.status == "ok":
+        if loaded.status != "ok":
+            continue
+        try:
             loaded.instance.register_routes()
+        except Exception as exc:  # the module's own code: a problem, not a traceback
+            app_manager.shutdown()
+            raise ModuleError(
+                [failure_problem(loaded.name, "register_routes", exc, loaded.manifest.path)]
+            ) from exc
     hooks = app_manager.capability(HookBus)
     if hooks is not None:
         hooks.emit(APP_STARTED, app=app_manager)

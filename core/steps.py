@@ -36,7 +36,7 @@ from core.gate import ClaimRequest, Gate, LimitRequest
 from core.idempotency import REPLAYED, Idempotency
 from core.identity import Identify
 from core.limits import rate_limit_headers
-from core.logging import call_var, secret_params_var
+from core.logging import call_var, redact, secret_params_var
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -75,7 +75,7 @@ def unexpected(call: Call, exc: BaseException) -> InternalError:
     )
     # What went wrong, for the module's author; production's pipeline replaces the detail
     # of every 5xx with words that name nothing of the deployment.
-    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    what = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     return InternalError(
         f"an unexpected error occurred ({what[:500]}); quote request id {request.request_id}"
     )

@@ -20,6 +20,7 @@ The kernel never imports ``app.py``: the test hands ``create_app`` over.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,10 +122,10 @@ class Harness:
             # own suite turns limits off in config/test.yaml).
             "SB_RATELIMIT__ENABLED": "true",
         }
-        project_modules = (folder.parent.parent / "app.py").is_file() and (
-            folder.parent.name == "modules"
-        )
-        if not project_modules:  # a folder elsewhere: its parent goes on MODULES_PATH
+        factory = sys.modules.get(create_app.__module__)
+        project = Path(factory.__file__).resolve().parent if factory and factory.__file__ else None
+        if project is None or folder.parent != project / "modules":
+            # Not in the project's own modules/ (loaded anyway): its parent is a module path.
             environ["MODULES_PATH"] = str(folder.parent)
         app = create_app({**environ, **(env or {})}, overrides=overrides)
         harness = cls(app)
@@ -138,13 +139,10 @@ class Harness:
         app_manager = state(self.app).app_manager
         bus = app_manager.capability(HookBus)
         if bus is not None:
-            emit = bus.emit
-
-            def recording(event: str, data: Mapping[str, Any] | None = None, **fields: Any) -> None:
-                self.emitted.append(HookEvent(event, {**(data or {}), **fields}))
-                emit(event, data, **fields)
-
-            bus.emit = recording  # type: ignore[method-assign]
+            # A listener on every event, run after the others: what was really emitted
+            # (an undeclared event never gets here), and action.* fire since one listens.
+            for event in sorted(bus.declared()):
+                bus.register(event, self.emitted.append, priority=10_000, owner="core.testing")
         if app_manager.has("realtime"):
             realtime = cast(Any, app_manager.get("realtime"))
             realtime.watch(lambda event, data, target: self.pushes.append((event, data, target)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,30 @@ class _Loader(_BASE):  # type: ignore[valid-type,misc]
 
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map)
+
+
+def key_line(
+    tree: Any, lines: Mapping[int, Mapping[Any, int]], path: str | None, line: int | None = None
+) -> int | None:
+    """The line of the deepest key of the dotted ``path`` found in ``tree`` (a key may hold
+    dots itself, as hook event names do: the longest match wins), else ``line``."""
+    parts = path.split(".") if path else []
+    node, index = tree, 0
+    while index < len(parts):
+        if isinstance(node, dict):
+            for end in range(len(parts), index, -1):
+                key = ".".join(parts[index:end])
+                if key in node:
+                    break
+            else:
+                return line
+            line = lines.get(id(node), {}).get(key, line)
+            node, index = node[key], end
+        elif isinstance(node, list) and parts[index].isdigit() and int(parts[index]) < len(node):
+            node, index = node[int(parts[index])], index + 1
+        else:
+            return line
+    return line
 
 
 def load_yaml_file(path: Path, lines: Lines | None = None) -> Any:

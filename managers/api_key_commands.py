@@ -6,7 +6,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from core.cli import Command, Runtime
+from core.cli import Command, Runtime, names_in_use
 from core.durations import parse_duration
 from core.errors import ActionError
 from core.http import state
@@ -37,9 +37,12 @@ def _keys_command(args: argparse.Namespace, runtime: Runtime) -> int:
     with runtime.booted() as app:
         keys = state(app).app_manager.get(ApiKeyManager)
         if args.keys_command == "create":
-            used = {s for a in state(app).pipeline.registry.actions() for s in a.spec.scopes}
+            used = names_in_use(app, "scopes")
             for scope in sorted(set(args.scopes or []) - used):
-                print(f"warning: no action asks for scope {scope!r} (a typo?)", file=sys.stderr)
+                print(
+                    f"warning: no action or room asks for scope {scope!r} (a typo?)",
+                    file=sys.stderr,
+                )
         try:
             return _run_keys(args, keys)
         except (ActionError, ValueError) as error:

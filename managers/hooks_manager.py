@@ -108,6 +108,9 @@ class HooksManager(Manager):
         with self._lock:
             self._declared.update(events)
 
+    def declared(self) -> frozenset[str]:
+        return frozenset(self._declared)
+
     def _check(self, event: str) -> None:
         if event not in self._declared:
             raise UndeclaredEvent(

@@ -20,7 +20,7 @@ from core.context import SYSTEM, Context
 from core.errors import ManagerStopError, ModuleError, Problem
 from core.hooks import MODULE_LOADED, HookBus
 from core.manager import Health, Manager
-from core.module import ImportFailed, LoadedModule, ModuleCatalog
+from core.module import ImportFailed, LoadedModule, ModuleCatalog, failure_problem
 from core.settings import Setting
 from managers.module_loading import (
     _import_package,
@@ -99,7 +99,7 @@ class ModuleManager(Manager):
             try:
                 package = _import_package(manifest)
                 instance = _module_class(package)()
-            except Exception as exc:  # a module that does not import is its own problem
+            except (Exception, SystemExit) as exc:  # a module that does not import: its problem
                 problems.append(ImportFailed(manifest.name, exc, manifest.path).problem)
                 continue
             instance.module_name = manifest.name
@@ -171,22 +171,18 @@ class ModuleManager(Manager):
                     f"depends on failed {', '.join(failed_deps)}",
                 )
                 continue
+            stage = "initialize"
             try:
                 loaded.instance.initialize(app)
+                stage = "configure"
                 loaded.instance.configure()
             except Exception as exc:  # strict: the boot fails; else the module answers 503
                 if strict:
                     raise ModuleError(
-                        [
-                            Problem(
-                                f"initialize failed: {type(exc).__name__}: {exc}",
-                                file=_rel(loaded.manifest.path, app.config.root),
-                                module=name,
-                            )
-                        ]
+                        [failure_problem(name, stage, exc, loaded.manifest.path)]
                     ) from exc
-                log.exception("module %s failed to initialize; its actions will answer 503", name)
-                loaded.status, loaded.error = "failed", f"initialize failed: {type(exc).__name__}"
+                log.exception("module %s: %s failed; its actions will answer 503", name, stage)
+                loaded.status, loaded.error = "failed", f"{stage} failed: {type(exc).__name__}"
                 continue
             loaded.status = "ok"
             if hooks is not None:

@@ -7,7 +7,10 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from app import create_app
+from core.errors import BootError
 from core.testing import SYSTEM, Harness, api_key, user
 from tests.conftest import MakeApp, WriteModule
 from tests.test_cli import run, stderr_json, stdout_json
@@ -136,7 +139,10 @@ def test_call_as_a_user_an_api_key_or_scopes() -> None:
     )
 
     promoted = run("users", "promote", "ann@example.com", "librarain", env=env)
-    assert promoted.returncode == 0 and "no action asks for role 'librarain'" in promoted.stderr
+    assert (
+        promoted.returncode == 0
+        and "no action or room asks for role 'librarain'" in promoted.stderr
+    )
     assert run("users", "promote", "ann@example.com", "admin", env=env).returncode == 0
     shown = stdout_json(
         run(
@@ -152,6 +158,9 @@ def test_call_as_a_user_an_api_key_or_scopes() -> None:
     assert shown["data"]["roles"] == ["admin", "librarain"]
     demoted = run("users", "demote", "ann@example.com", "librarain", env=env)
     assert demoted.returncode == 0 and "now has roles: admin" in demoted.stdout
+    assert run("users", "disable", "ann@example.com", env=env).returncode == 0
+    disabled = run("call", "system.ping", "--as", "ann@example.com", env=env)
+    assert disabled.returncode == 1 and "is disabled" in stderr_json(disabled)["detail"]
     nobody = run("call", "system.ping", "--as", "nobody@example.com", env=env)
     assert nobody.returncode == 1 and stderr_json(nobody)["status"] == 404
 
@@ -161,7 +170,10 @@ def test_call_as_a_user_an_api_key_or_scopes() -> None:
     created = run(
         "keys", "create", "--name", "ci", "--scopes", "credits:reed", "--expires", "30d", env=env
     )
-    assert created.returncode == 0 and "no action asks for scope 'credits:reed'" in created.stderr
+    assert (
+        created.returncode == 0
+        and "no action or room asks for scope 'credits:reed'" in created.stderr
+    )
     assert re.search(
         r"^expires: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$", created.stdout, re.MULTILINE
     )
@@ -208,3 +220,93 @@ def test_secrets_come_from_files_in_development_without_vault(
     assert status == 404 and "pay/missing.json" in str(body["detail"])
     assert peek("other")[0] == 403  # outside the module's globs, file or not
     assert peek("pay/../other")[0] == 403
+
+
+def test_a_development_500_masks_secrets_and_production_hides_a_steps_failure(
+    make_app: MakeApp,
+    write_module: WriteModule,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parent = write_module(
+        "vault",
+        {
+            "actions.yaml": """\
+                actions:
+                  open:
+                    handler: handlers:open_it
+                    auth: public
+                    params: {pin: {type: string, secret: true, required: true}}
+                """,
+            "handlers.py": """\
+                def open_it(ctx, *, pin):
+                    return {"code": int(pin)}
+                """,
+        },
+    )
+    client = make_app({"MODULES_PATH": str(parent)}).test_client()
+    answer = client.post("/api/v1/actions/vault.open", json={"pin": "12ab-SECRETPIN"})
+    assert answer.status_code == 500
+    detail = answer.get_json()["detail"]
+    assert "ValueError" in detail and "SECRETPIN" not in detail and "***" in detail
+
+    import core.steps
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("redis://:hunter2@10.0.0.5 refused")
+
+    monkeypatch.setattr(core.steps, "refusal", broken)
+    env = {"MODULES_PATH": str(parent), "SB_HTTP__WORKERS": "1"}
+    from tests.served import production_secrets
+
+    production = make_app({**env, **production_secrets(tmp_path)}).test_client()
+    hidden = production.post("/api/v1/actions/vault.open", json={"pin": "1"})
+    assert hidden.status_code == 500
+    assert "hunter2" not in hidden.get_data(as_text=True)
+    assert "RuntimeError" not in hidden.get_data(as_text=True)
+
+
+def test_lifecycle_and_room_failures_are_problems_with_their_place(
+    make_app: MakeApp, write_module: WriteModule
+) -> None:
+    init = """\
+        from core.module import BaseModule
+
+
+        class Shop(BaseModule):
+            def register_routes(self):
+                raise RuntimeError("no routes today")
+        """
+    parent = write_module("shop", {"__init__.py": init, "actions.yaml": "actions: {}\n"})
+    with pytest.raises(BootError) as failed:
+        make_app({"MODULES_PATH": str(parent)})
+    [problem] = failed.value.problems
+    assert "register_routes failed: RuntimeError: no routes today" in problem.message
+    assert problem.file is not None and problem.file.endswith("shop/__init__.py")
+    assert problem.line == 6
+
+    rooms = """\
+        rooms:
+          one: {join: {handler: "handlers:may_join"}}
+          two: {join: {handler: "handlers:may_join"}}
+        hooks:
+          chat.said.loud: handlers:heard
+        events: [said.loud]
+        """
+    parent = write_module("chat", {"module.yaml": rooms, "handlers.py": "1 / 0\n"}, parent="other")
+    with pytest.raises(BootError) as failed:
+        make_app({"MODULES_PATH": str(parent)})
+    [problem] = failed.value.problems  # once, however many places name the file
+    assert problem.line == 1 and "ZeroDivisionError" in problem.message
+    assert problem.file is not None and problem.file.endswith("chat/handlers.py")
+
+
+def test_the_harness_records_what_was_emitted_only(
+    write_module: WriteModule, tmp_path: Path
+) -> None:
+    folder = write_module("bookshelf", SHELF) / "bookshelf"
+    with Harness.boot(create_app, folder, tmp_path=tmp_path) as harness:
+        assert harness.call("bookshelf.boom").status == 500
+        failed = harness.events("action.failed")
+        assert [e.data["action"] for e in failed] == ["bookshelf.boom"]
+        assert harness.events("bookshelf.shelved") == []

@@ -21,7 +21,7 @@ from typing import Any
 
 from core.context import Caller
 from core.errors import Problem
-from core.module import LoadedModule, RefError, resolve_ref
+from core.module import ImportFailed, LoadedModule, RefError, resolve_ref
 
 ROOM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 KINDS: Mapping[str, frozenset[str]] = {
@@ -102,6 +102,9 @@ def parse_rooms(
                     room = _with(
                         room, handler=handler_check(value, resolve_ref(manifest.name, value))
                     )
+                except ImportFailed as exc:  # named once, at the file that does not import
+                    problems.append(exc.problem)
+                    continue
                 except RefError as exc:
                     problem(str(exc), f"{key}.join.handler")
                     continue
