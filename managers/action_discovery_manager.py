@@ -181,6 +181,7 @@ class ActionDiscoveryManager(Manager):
             problems.append(where.problem(str(exc)))
             return False
         data = {} if data is None else data
+        where = Where(file.label, file.module, tree=data, lines=file.lines, line=1)
         if not isinstance(data, dict):
             problems.append(where.problem("the top level must be a mapping with 'actions:'"))
             return False
@@ -213,5 +214,5 @@ class ActionDiscoveryManager(Manager):
             return False
         file.declarations = actions
         if not actions and self._app is not None:
-            self._app.warn(where.problem("declares no actions (is the file empty?)"))
+            self._app.warn(where.problem("declares no actions (is the file empty?)", "actions"))
         return True

@@ -5,6 +5,7 @@ Problems are collected, not raised, so one boot error can name every broken modu
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.machinery
 import importlib.util
@@ -314,7 +315,14 @@ def discover(folders: list[Path], root: Path, problems: list[Problem]) -> dict[s
                 continue
             if not any((child / marker).is_file() for marker in _MARKERS):
                 continue
+            before = len(problems)
             manifest = read_manifest(child, root, problems)
+            problems[before:] = [
+                dataclasses.replace(p, line=manifest.line_of(p.field) or 1)
+                if p.line is None and p.file == manifest.file
+                else p
+                for p in problems[before:]
+            ]
             if manifest.name in found:
                 problems.append(
                     Problem(

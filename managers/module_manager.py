@@ -94,6 +94,7 @@ class ModuleManager(Manager):
                         file=manifest.file,
                         module=manifest.name,
                         field="name",
+                        line=manifest.line_of("name"),
                     )
                 )
             try:
