@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from core.actions import Invoker
+from core.cache import call_key
 from core.calls import WithMeta
-from core.documents import COLLECTION, parse_changes, parse_filter, parse_sort
+from core.documents import COLLECTION, RESERVED_PREFIX, parse_changes, parse_filter, parse_sort
 from core.errors import (
     FieldError,
     NotFound,
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.actions")
 
 READS = frozenset({"find", "find_one", "count"})
-WRITES = frozenset({"insert", "update", "delete"})
-RESERVED_PREFIX = "sb_"  # the runtime's own collections (users, API keys, audit, states)
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -444,7 +443,7 @@ def cached(
     validated params (and the caller, when ``per_caller``). A cache outage is a miss."""
 
     def key(ctx: Context, values: Mapping[str, Any]) -> str:
-        text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = call_key((), values)
         if per_caller:
             text += f"|{ctx.caller.kind}:{ctx.caller.id}"
         digest = hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -43,7 +43,7 @@ _TYPE = {
         {"type": "array", "items": {"enum": JSON_TYPES}, "minItems": 1, "uniqueItems": True},
     ]
 }
-_DURATION_VALUE = {
+DURATION_VALUE = {
     "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": DURATION}]
 }
 
@@ -91,12 +91,12 @@ _COMMON: dict[str, Any] = {
     },
     "rate_limit_failure": {"enum": ["open", "closed"]},
     "idempotent": {"type": "boolean"},
-    "timeout": _DURATION_VALUE,
+    "timeout": DURATION_VALUE,
     "returns": {"$ref": "#/$defs/schema"},
     "deprecated": {"type": "boolean"},
     "examples": {"type": "array"},
     "url_pattern": {"type": "string"},
-    "cache": _DURATION_VALUE,  # read-only actions: keep results this long
+    "cache": DURATION_VALUE,  # read-only actions: keep results this long
 }
 
 _DEFS: dict[str, Any] = {
@@ -224,7 +224,7 @@ FILE_KEYS = frozenset({"actions", "config", "module"})
 SEED_FILE_CONFIG: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "default_timeout": _DURATION_VALUE,
+        "default_timeout": DURATION_VALUE,
         "max_retries": {"type": "integer", "minimum": 0},
         "cache_enabled": {"type": "boolean"},
         "cache_ttl": {"type": "integer", "minimum": 0},

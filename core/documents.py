@@ -31,6 +31,7 @@ from core.errors import Conflict, FieldError, ValidationError, pointer
 
 FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 COLLECTION = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+RESERVED_PREFIX = "sb_"  # the runtime's own collections: users, API keys, audit, states
 ID_FIELD, VERSION_FIELD = "_id", "_version"
 META_FIELDS = frozenset({ID_FIELD, VERSION_FIELD})
 INT64 = (-(2**63), 2**63 - 1)

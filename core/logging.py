@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,12 @@ def redact(text: str) -> str:
     caller may read: the detail of a development 500)."""
     with _runtime_lock:
         known = {*_configured_secrets, *secret_params_var.get(), *_runtime_secrets}
-    for secret in sorted(known, key=len, reverse=True):
+    return _mask(text, sorted(known, key=len, reverse=True))
+
+
+def _mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` (longest first, so none is half masked) as ***."""
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
@@ -102,10 +108,7 @@ class RedactingFilter(logging.Filter):
         self._secrets = tuple(sorted(secrets, key=len, reverse=True))
 
     def _redact(self, text: str, extra: frozenset[str]) -> str:
-        for secret in (*self._secrets, *extra):
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return _mask(text, (*self._secrets, *extra))
 
     def filter(self, record: logging.LogRecord) -> bool:
         extra = secret_params_var.get()

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from core.errors import UpstreamError
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # Names under ``services.`` that are settings of the manager, never service names.
 RESERVED_NAMES = frozenset({"allow_networks", "max_response_bytes", "defaults"})
 

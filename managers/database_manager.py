@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from core.config import Config
-from core.documents import Collection
+from core.documents import RESERVED_PREFIX, Collection
 from core.errors import ConfigError, DependencyUnavailable, Problem, TransactionConflict
 from core.facades import Documents
 from core.manager import Health, Manager
@@ -205,9 +205,6 @@ class Database:
                 return work()
 
         return retrying(attempt, on=TransactionConflict, retries=retries)
-
-
-RESERVED_PREFIX = "sb_"  # the runtime's own collections: users, API keys, audit, states
 
 
 class ModuleDatabase:

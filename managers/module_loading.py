@@ -6,7 +6,6 @@ Problems are collected, not raised, so one boot error can name every broken modu
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -20,6 +19,7 @@ from typing import Any
 
 from core import settings
 from core.config import Config
+from core.declarations import did_you_mean
 from core.errors import Problem
 from core.module import MANIFEST_KEYS, MODULE_NAME, MODULE_PACKAGE, BaseModule, ModuleManifest
 from core.params import SchemaCompileError, compile_schema
@@ -75,8 +75,7 @@ def read_manifest(folder: Path, root: Path, problems: list[Problem]) -> ModuleMa
             problems.append(Problem("module.yaml must be a mapping", file=label))
             data = {}
     for key in sorted(set(data) - MANIFEST_KEYS, key=str):
-        close = difflib.get_close_matches(str(key), sorted(MANIFEST_KEYS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(key), sorted(MANIFEST_KEYS))
         problems.append(
             Problem(
                 f"unknown key {key!r}{hint}; allowed: {', '.join(sorted(MANIFEST_KEYS))}",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import jsonschema
 
 from core.config import Config
-from core.declaration_schema import DURATION
+from core.declaration_schema import DURATION_VALUE
 from core.declarations import did_you_mean
 from core.durations import parse_duration
 from core.errors import Problem
@@ -46,17 +46,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.services")
 _OWNER = "manager services"
 
-_DURATION = {
-    "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": DURATION}]
-}
 _TUNING: dict[str, Any] = {
-    "timeout": _DURATION,
+    "timeout": DURATION_VALUE,
     "retries": {"type": "integer", "minimum": 0, "maximum": 10},
     "breaker": {
         "type": "object",
         "properties": {
             "failures": {"type": "integer", "minimum": 1, "maximum": 1000},
-            "reset": _DURATION,
+            "reset": DURATION_VALUE,
         },
         "additionalProperties": False,
     },
