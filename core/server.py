@@ -1,6 +1,7 @@
 """``serve``: the ASGI app (``core.asgi``) under uvicorn, chosen by ``make bench``.
 
-uvicorn (uvloop, httptools, websockets) owns sockets, workers and timeouts; each worker
+uvicorn (uvloop, httptools, websockets) owns sockets, workers and timeouts, its httptools
+protocol bounded in the header phase (``core.server_protocol``); each worker
 boots and stops its own app through the ASGI lifespan. SIGTERM stops accepting, lets
 in-flight requests finish for ``shutdown.grace``, then stops the app; a worker that dies is
 replaced.
@@ -22,6 +23,7 @@ import uvicorn
 
 from core.config import Config
 from core.metrics import process_running
+from core.server_protocol import HeadLimits, protocol
 
 
 def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
@@ -33,6 +35,13 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
     # uvicorn drains on SIGTERM, then raises the signal again under the handler it found:
     # this one, so a clean stop exits 0.
     signal.signal(signal.SIGTERM, _stopped)
+    limits = HeadLimits(
+        max_url_bytes=int(config["http.max_url_bytes"]),
+        max_header_bytes=int(config["http.max_header_bytes"]),
+        max_headers=int(config["http.max_headers"]),
+        header_timeout=float(config["http.header_timeout"]),
+        max_connections=int(config["http.max_connections"]),
+    )
     uvicorn.run(
         factory,
         factory=True,
@@ -40,7 +49,7 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
         port=int(config["http.port"]),
         workers=int(config["http.workers"]),
         loop="uvloop",
-        http="httptools",
+        http=protocol(limits),  # httptools, with the head of a request bounded as it arrives
         lifespan="on",
         ws="websockets-sansio",  # Socket.IO's WebSocket transport (the realtime manager)
         access_log=False,

@@ -243,6 +243,20 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
         minimum=8,
     ),
     Setting(
+        "http.header_timeout",
+        duration,
+        10.0,
+        "How long a request's line and headers may take to arrive, from their first byte "
+        "(408 after)",
+    ),
+    Setting(
+        "http.max_connections",
+        integer,
+        1000,
+        "Open connections one worker holds (WebSockets included); beyond it a fixed 503",
+        minimum=1,
+    ),
+    Setting(
         "http.max_json_depth",
         integer,
         64,
