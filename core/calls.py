@@ -40,6 +40,7 @@ class Call:
     gate: GateRequest = field(default_factory=GateRequest)  # what the gate step will ask
     decision: Decision | None = None  # the limits' decision, once the gate answered
     claimed: bool = False  # this call holds its idempotency key
+    admitted: bool = False  # the gate let it through (a 401 after it is not identification's)
 
     @property
     def action(self) -> Action:

@@ -13,11 +13,13 @@ call claims nothing), then the claim.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from core.errors import ActionError, DependencyUnavailable
+from core.errors import ActionError, Banned, DependencyUnavailable, RateLimited
 from core.limits import Decision, Limit
 from core.store import KeyValueStore
 
@@ -89,6 +91,22 @@ class Gate(Protocol):
     marker, or ``DependencyUnavailable`` when the store is needed and down."""
 
     def pass_gate(self, request: GateRequest) -> GateOutcome: ...
+
+
+def limit_refusal(decision: Decision, limited: str) -> ActionError:
+    """The answer to a call the limits did not allow: 403 ``banned`` with the ban's end, or
+    429 ``rate-limited`` saying ``limited``; both with ``Retry-After``."""
+    if decision.banned_until is not None:
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.banned_until))
+        wait = max(1, math.ceil(decision.banned_until - time.time()))
+        return Banned(
+            f"too many rejected requests: banned until {until}",
+            headers={"Retry-After": str(wait)},
+            extra={"banned_until": until},
+        )
+    return RateLimited(
+        limited, headers={"Retry-After": str(max(1, math.ceil(decision.retry_after)))}
+    )
 
 
 def check_absent(store: KeyValueStore, preconditions: Sequence[Precondition]) -> None:

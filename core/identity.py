@@ -17,9 +17,11 @@ from typing import Any, Protocol
 from core.calls import CallRequest
 from core.context import ANONYMOUS, Caller
 from core.errors import Unauthorized
-from core.gate import Precondition
+from core.gate import Gate, GateRequest, LimitRequest, Precondition, limit_refusal
+from core.limits import rate_limit_headers
 
 API_KEY_HEADER = "X-API-Key"
+AUTH_FAILURE = "auth_failure"  # the limiter's kind of failed identifications (per IP)
 
 Identify = Callable[[CallRequest], tuple[Caller, Sequence[Precondition]]]
 
@@ -54,6 +56,28 @@ class KeyVerifier(Protocol):
         ...
 
     def revocations(self, identity: KeyIdentity) -> Sequence[Precondition]: ...
+
+
+class FailedIdentification:
+    """Each failed identification takes one from its client IP's ``auth_failure`` limits
+    (``ratelimit.auth_failures``), in one round trip of the gate that also checks the IP's
+    ban: a banned IP gets 403 ``banned`` whatever it sent, and past the limit the answer is
+    429, which counts as a strike toward a ban like any other. Credentials cannot be
+    guessed faster than the limit from one address."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def __call__(self, request: CallRequest) -> None:
+        identity = f"ip:{request.client_ip}"
+        outcome = self.gate.pass_gate(
+            GateRequest(limits=LimitRequest(identity=identity, kind=AUTH_FAILURE))
+        )
+        decision = outcome.decision
+        if decision is not None and not decision.allowed:
+            error = limit_refusal(decision, "too many failed identifications from this address")
+            error.headers = {**rate_limit_headers(decision.states), **error.headers}
+            raise error
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

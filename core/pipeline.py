@@ -12,16 +12,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from core.calls import Call, CallRequest, CallResult
 from core.chain import Handle, arrange, compose
 from core.context import Caller
-from core.errors import ActionError, BootError, InternalError
+from core.errors import ActionError, BootError, InternalError, Unauthorized
 from core.gate import Gate, GateRequest, StoreGate
 from core.idempotency import Idempotency
-from core.identity import Identify, KeyVerifier, TokenVerifier, credential_identifier
+from core.identity import (
+    FailedIdentification,
+    Identify,
+    KeyVerifier,
+    TokenVerifier,
+    credential_identifier,
+)
 from core.limits import RateLimiter
 from core.logging import call_var, request_id_var, secret_params_var
 from core.module import ModuleCatalog
@@ -59,6 +65,7 @@ class Pipeline:
         registry: ActionRegistry,
         identify: Identify,
         gate: Gate | None,
+        failed: Callable[[CallRequest], None] | None = None,
         opaque_errors: bool = False,
     ) -> None:
         self.registry = registry
@@ -66,6 +73,7 @@ class Pipeline:
         self._opaque_logged: dict[str, float] = {}
         self._identify = identify
         self._gate = gate
+        self._failed = failed
         self.steps: tuple[str, ...] = (*(name for name, _ in middleware), "run")
         self._run = run
         self._chain = compose(middleware, run)
@@ -74,10 +82,16 @@ class Pipeline:
         self._run.close()
 
     def caller_of(self, request: CallRequest) -> Caller:
-        """Who ``request`` comes from, revocations checked (``Unauthorized`` otherwise)."""
-        caller, revocations = self._identify(request)
-        if revocations and self._gate is not None:
-            self._gate.pass_gate(GateRequest(absent=list(revocations)))
+        """Who ``request`` comes from, revocations checked (``Unauthorized`` otherwise; a
+        failure counts against the client IP as in a call, so 403 or 429 may answer)."""
+        try:
+            caller, revocations = self._identify(request)
+            if revocations and self._gate is not None:
+                self._gate.pass_gate(GateRequest(absent=list(revocations)))
+        except Unauthorized:
+            if self._failed is not None:
+                self._failed(request)
+            raise
         return caller
 
     def invoke(self, request: CallRequest) -> CallResult:
@@ -136,7 +150,10 @@ def build_pipeline(app: AppManager) -> Pipeline:
     identify = credential_identifier(app.capability(TokenVerifier), app.capability(KeyVerifier))
     limiter = app.capability(RateLimiter)
     store = app.capability(KeyValueStore)
-    gate = app.capability(Gate) or (StoreGate(store) if store is not None else None)
+    limiter_gate = app.capability(Gate)
+    gate = limiter_gate or (StoreGate(store) if store is not None else None)
+    # Failed identifications count per IP where a rate limiter runs the gate.
+    failed = FailedIdentification(limiter_gate) if limiter_gate is not None else None
     idempotency = (
         IdempotencyStep(
             Idempotency(store, float(app.config["idempotency.ttl"])),
@@ -147,7 +164,7 @@ def build_pipeline(app: AppManager) -> Pipeline:
     )
     builtins: list[tuple[str, Handle | None]] = [
         ("audit", AuditStep(app.capability(AuditSink))),
-        ("identify", IdentifyStep(identify)),
+        ("identify", IdentifyStep(identify, failed)),
         ("lookup", LookupStep(registry)),
         ("authorize", authorize),
         ("validate", validate),
@@ -168,5 +185,6 @@ def build_pipeline(app: AppManager) -> Pipeline:
         registry=registry,
         identify=identify,
         gate=gate,
+        failed=failed,
         opaque_errors=app.config.is_production,
     )

@@ -11,28 +11,25 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.actions import Action, ActionSpec
-from core.calls import Call, CallResult, WithMeta, encode_envelope
+from core.calls import Call, CallRequest, CallResult, WithMeta, encode_envelope
 from core.chain import Next
 from core.context import Caller, Context
 from core.errors import (
     ActionError,
-    Banned,
     DependencyUnavailable,
     Forbidden,
     InternalError,
     MalformedRequest,
     NotFound,
-    RateLimited,
     Timeout,
     Unauthorized,
 )
-from core.gate import ClaimRequest, Gate, LimitRequest
+from core.gate import ClaimRequest, Gate, LimitRequest, limit_refusal
 from core.idempotency import REPLAYED, Idempotency
 from core.identity import Identify
 from core.limits import rate_limit_headers
@@ -158,18 +155,39 @@ def problem_slug(body: str | bytes) -> str:
 
 class IdentifyStep:
     """Who is calling, from the credentials the transport passed on; whether they were
-    revoked is left to the gate (one round trip for everything the call needs)."""
+    revoked is left to the gate (one round trip for everything the call needs).
 
-    def __init__(self, identify: Identify) -> None:
+    A failed identification — a credential that is malformed, invalid, expired or revoked,
+    or none where the action needs one — is handed to ``failed`` (``FailedIdentification``)
+    before its 401 goes out, which may answer 403 ``banned`` or 429 instead. A 401 raised
+    after the gate admitted the call (a handler's) is not one.
+    """
+
+    def __init__(
+        self, identify: Identify, failed: Callable[[CallRequest], None] | None = None
+    ) -> None:
         self.identify = identify
+        self.failed = failed
 
     def __call__(self, call: Call, next: Next) -> CallResult:
-        call.caller, revocations = self.identify(call.request)
+        try:
+            call.caller, revocations = self.identify(call.request)
+        except Unauthorized:
+            if self.failed is not None:
+                self.failed(call.request)
+            raise
         caller = call.caller
         who = f"{caller.kind}:{caller.id}" if caller.id is not None else caller.kind
         call_var.set((call.request.action, who))
         call.gate.absent.extend(revocations)
-        return next(call)
+        if self.failed is None:
+            return next(call)
+        try:
+            return next(call)
+        except Unauthorized:
+            if not call.admitted:
+                self.failed(call.request)
+            raise
 
 
 class LookupStep:
@@ -376,22 +394,13 @@ class GateStep:
     def __call__(self, call: Call, next: Next) -> CallResult:
         request = call.gate
         if not request:
+            call.admitted = True
             return next(call)
         outcome = self.gate.pass_gate(request)
         decision = call.decision = outcome.decision
         if decision is not None and not decision.allowed:
-            if decision.banned_until is not None:
-                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.banned_until))
-                wait = max(1, math.ceil(decision.banned_until - time.time()))
-                raise Banned(
-                    f"too many rejected requests: banned until {until}",
-                    headers={"Retry-After": str(wait)},
-                    extra={"banned_until": until},
-                )
-            raise RateLimited(
-                f"rate limit exceeded for {call.spec.name}; retry later",
-                headers={"Retry-After": str(max(1, math.ceil(decision.retry_after)))},
-            )
+            raise limit_refusal(decision, f"rate limit exceeded for {call.spec.name}; retry later")
+        call.admitted = True
         if request.claim is not None:
             if outcome.taken is not None:
                 return request.claim.taken(outcome.taken)

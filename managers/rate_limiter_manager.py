@@ -31,6 +31,7 @@ from core.cli import Command, Runtime
 from core.errors import ActionError, ConfigError, DependencyUnavailable, Problem
 from core.gate import Gate, GateOutcome, GateRequest
 from core.http import state
+from core.identity import AUTH_FAILURE
 from core.limits import Decision, LimitState, RateLimiter
 from core.manager import Health, Manager
 from core.settings import Setting, boolean, duration, integer, strings
@@ -54,7 +55,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Decision", "Limit", "LimitState", "RateLimiterManager", "parse_limit"]
 
-KINDS = ("ip", "user", "api_key")  # kinds with global limits in the config
+# Kinds with global limits in the config, and their settings.
+KINDS = {
+    "ip": "ratelimit.ip",
+    "user": "ratelimit.user",
+    "api_key": "ratelimit.api_key",
+    AUTH_FAILURE: "ratelimit.auth_failures",
+}
+# Failed identifications count per IP apart from the IP's call limits, even when both are
+# the same text: their keys carry this scope (never an action name: it has no "!").
+AUTH_FAILURE_SCOPE = "!auth_failures"
 PLAN_CACHE_SIZE = 4096  # callers x actions whose limit keys a worker keeps
 FAILURES = ("open", "closed")
 _OWNER = "manager rate_limiter"
@@ -90,6 +100,14 @@ class RateLimiterManager(Manager):
             strings,
             ("3000/minute",),
             "Limits per API key (a key's own rate_limit replaces these)",
+            owner=_OWNER,
+        ),
+        Setting(
+            "ratelimit.auth_failures",
+            strings,
+            ("30/minute",),
+            "Failed identifications (a missing, malformed, invalid, expired or revoked "
+            "credential) allowed per client IP; beyond them 429, which counts as a strike",
             owner=_OWNER,
         ),
         Setting(
@@ -152,8 +170,7 @@ class RateLimiterManager(Manager):
         config = app.config
         problems: list[Problem] = []
         limits: dict[str, tuple[Limit, ...]] = {}
-        for kind in KINDS:
-            key = f"ratelimit.{kind}"
+        for kind, key in KINDS.items():
             try:
                 limits[kind] = tuple(parse_limit(text) for text in config[key])
             except ValueError as exc:
@@ -345,8 +362,9 @@ class RateLimiterManager(Manager):
         subject = subject_of(identity)
         kind_limits = self._globals.get(kind, ()) if own_limits is None else _parsed(own_limits)
         applied: dict[str, tuple[str, Limit]] = {}  # by key: a limit listed twice counts once
+        scope = AUTH_FAILURE_SCOPE if kind == AUTH_FAILURE else None
         for limit in kind_limits:
-            applied.setdefault(limit_key(subject, limit, None), (f"{kind}-{limit.text}", limit))
+            applied.setdefault(limit_key(subject, limit, scope), (f"{kind}-{limit.text}", limit))
         limits = [
             limit if isinstance(limit, Limit) else parse_limit(limit) for limit in action_limits
         ]
