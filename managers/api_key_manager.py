@@ -77,6 +77,10 @@ TOUCH_INTERVAL = 60.0  # last_used_at is written at most this often per key
 CACHE_SECONDS = 30.0  # how long a worker trusts its copy of a key record
 CACHE_SIZE = 4096  # key records a worker keeps
 REVOKED_MARKER = "apikey:revoked:"  # in the shared store: revoked since workers read it
+# In the shared store: bumped by every create, so each worker knows its index of key ids
+# is out of date before it answers a refusal from it.
+IDS_GENERATION = "apikey:ids:generation"
+IDS_MAX_AGE = 300.0  # a refusal reloads an index older than this even without a bump
 
 INVALID = "invalid API key"  # unknown id and wrong secret alike: no oracle
 MALFORMED = "malformed API key; expected sb_<id>_<secret>"
@@ -180,6 +184,7 @@ class ApiKeyManager(Manager):
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (fresh until, record)
         self._cache_lock = threading.Lock()
         self._cache_seconds = CACHE_SECONDS
+        self._index = _KeyIds()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -202,6 +207,10 @@ class ApiKeyManager(Manager):
         self._cache_seconds = CACHE_SECONDS if self._store.shared else 0.0
         self._keys().create_index(["owner"])
         self._pepper = pepper
+        # On a shared store an unknown key id is answered from the index, as fast as a
+        # wrong secret for a real one (no database read per guess); on memory:// every
+        # call reads the database, both alike.
+        self._index = _KeyIds(self._load_ids if self._store.shared else None)
 
     def stop(self) -> None:
         self._pepper = None
@@ -275,6 +284,8 @@ class ApiKeyManager(Manager):
         # 60 random bits: a clash is a one-in-10^12 event at a million keys; it would surface
         # as a 409 from the unique _id rather than overwrite anything.
         self._keys().insert_one(record)
+        self._index.add(key_id)
+        self._bump_ids()
         log.info("API key %s created (owner %s)", key_id, owner)
         return public(record), f"{PREFIX}{key_id}_{secret}"
 
@@ -288,7 +299,15 @@ class ApiKeyManager(Manager):
         """Like ``verify``, from a record this worker read at most ``CACHE_SECONDS`` ago:
         a revocation since then is the marker ``revocations`` hands the gate."""
         key_id, secret = parse_key(raw)
-        return self._identity(key_id, secret, self._record(key_id))
+        try:
+            return self._identity(key_id, secret, self._record(key_id))
+        except Unauthorized as failure:
+            # Every refusal for an unknown id or a wrong secret asks the store whether the
+            # index is current (the same work on both paths); a key created on another
+            # worker since then is looked up once more.
+            if failure.reason != "invalid" or not self._index.outdated(self._ids_generation):
+                raise
+            return self._identity(key_id, secret, self._record(key_id))
 
     def revocations(self, identity: KeyIdentity) -> tuple[Precondition, ...]:
         """The marker ``revoke`` sets; while the store is down the database decides."""
@@ -332,6 +351,8 @@ class ApiKeyManager(Manager):
         cached = None if fresh else self._cache.get(key_id)
         if cached is not None and cached[0] > now:
             return cached[1]
+        if not fresh and self._index.absent(key_id):
+            return None
         record = self._keys().find_one({"_id": key_id})
         with self._cache_lock:
             if record is None:
@@ -397,6 +418,29 @@ class ApiKeyManager(Manager):
         if self._db is None:
             raise self.not_started()
         return self._db.collection(COLLECTION)
+
+    def _load_ids(self) -> tuple[bytes | None, frozenset[str]]:
+        """(the store's generation, every key id): the generation first, so a key created
+        meanwhile moves it again."""
+        generation = self._ids_generation()
+        return generation, frozenset(str(r["_id"]) for r in self._keys().find({}))
+
+    def _ids_generation(self) -> bytes | None:
+        if self._store is None:
+            raise self.not_started()
+        return self._store.get(IDS_GENERATION)
+
+    def _bump_ids(self) -> None:
+        if self._store is None:
+            raise self.not_started()
+        try:
+            self._store.incr(IDS_GENERATION)
+        except DependencyUnavailable:
+            log.warning(
+                "a new API key was stored, but the store is unavailable: other workers "
+                "accept it within %ss",
+                int(IDS_MAX_AGE),
+            )
 
     def _hash(self, secret: str) -> str:
         if self._pepper is None:
@@ -471,3 +515,63 @@ def _expires_in(expires_in: object, errors: list[FieldError]) -> None:
         or expires_in <= 0
     ):
         errors.append(FieldError("/expires_in", "expires_in must be a positive number of seconds"))
+
+
+class _KeyIds:
+    """A worker's index of every key id, so that an unknown id is refused without a
+    database read. ``outdated`` asks the store's generation (bumped by every create) and
+    reloads the index when it moved, or when the index is older than ``IDS_MAX_AGE``."""
+
+    def __init__(
+        self, load: Callable[[], tuple[bytes | None, frozenset[str]]] | None = None
+    ) -> None:
+        self._load = load
+        self._ids: frozenset[str] | None = None
+        self._generation: bytes | None = None
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    def absent(self, key_id: str) -> bool:
+        """True when the index knows ``key_id`` does not exist (loaded on first use; False
+        when there is no index, or it cannot be loaded now)."""
+        if self._load is None:
+            return False
+        ids = self._ids
+        if ids is None:
+            try:
+                ids = self._reload()
+            except DependencyUnavailable:
+                return False
+        return key_id not in ids
+
+    def add(self, key_id: str) -> None:
+        with self._lock:
+            if self._ids is not None:
+                self._ids = self._ids | {key_id}
+
+    def outdated(self, generation: Callable[[], bytes | None]) -> bool:
+        """Whether the index missed a key created elsewhere (and is now reloaded); True
+        when the store cannot say, so the database decides."""
+        if self._load is None:
+            return False
+        try:
+            current = generation()
+        except DependencyUnavailable:
+            with self._lock:
+                self._ids = None  # read the database until the store answers again
+            return True
+        if current == self._generation and time.monotonic() - self._loaded_at < IDS_MAX_AGE:
+            return False
+        try:
+            self._reload()
+        except DependencyUnavailable:
+            return True
+        return True
+
+    def _reload(self) -> frozenset[str]:
+        assert self._load is not None
+        generation, ids = self._load()
+        with self._lock:
+            self._ids, self._generation = ids, generation
+            self._loaded_at = time.monotonic()
+        return ids
