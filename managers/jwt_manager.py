@@ -43,7 +43,9 @@ JWKS_PATH = "/.well-known/jwks.json"
 # Far above any token issued here; bounds the work an unauthenticated caller can cause.
 MAX_TOKEN_LENGTH = 16 * 1024
 VERIFIED_CACHE_SIZE = 4096  # tokens whose signature was checked, per worker
-REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]
+# "ep" too: a token without an epoch would escape revoke_epoch (every token issued here has
+# one).
+REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti", "ep"]
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _TOKEN_ID = re.compile(r"[0-9a-f]{32}")  # jti, fam and ep: uuid4().hex
@@ -174,11 +176,10 @@ class JWTManager(Manager):
         """
         if epoch is not None and not _is_token_id(epoch):
             raise ValueError("epoch must be 32 lower-case hex digits (uuid4().hex)")
-        return self._issue(subject, roles, uuid.uuid4().hex, epoch)
+        # Without an owner's epoch the pair gets one of its own: every token carries one.
+        return self._issue(subject, roles, uuid.uuid4().hex, epoch or uuid.uuid4().hex)
 
-    def _issue(
-        self, subject: str, roles: Iterable[str], family: str, epoch: str | None
-    ) -> dict[str, Any]:
+    def _issue(self, subject: str, roles: Iterable[str], family: str, epoch: str) -> dict[str, Any]:
         policy = self._ready_policy()
         if not isinstance(subject, str) or not subject:
             raise ValueError("subject must be a non-empty string")
@@ -195,9 +196,8 @@ class JWTManager(Manager):
             "iat": now,
             "nbf": now,
             "fam": family,
+            "ep": epoch,
         }
-        if epoch is not None:
-            common["ep"] = epoch
         access = self._sign(
             {
                 **common,
@@ -265,10 +265,7 @@ class JWTManager(Manager):
             Precondition(f"jwt:deny:{claims['jti']}", _token_revoked),
             Precondition(f"jwt:fam:{claims['fam']}", _session_revoked),
         )
-        epoch = claims.get("ep")
-        if epoch is None:
-            return found
-        return (*found, Precondition(f"jwt:ep:{epoch}", _account_revoked))
+        return (*found, Precondition(f"jwt:ep:{claims['ep']}", _account_revoked))
 
     def _decode(self, token: str, expected: TokenType) -> dict[str, Any]:
         policy = self._ready_policy()
@@ -317,7 +314,7 @@ class JWTManager(Manager):
             raise _unauthorized("wrong token type")
         if not (claims["sub"] and _is_token_id(claims["jti"]) and _is_token_id(claims.get("fam"))):
             raise _unauthorized("malformed token claims", "malformed")
-        if "ep" in claims and not _is_token_id(claims["ep"]):
+        if not _is_token_id(claims["ep"]):
             raise _unauthorized("malformed token claims", "malformed")
         if expected == "access":
             roles = claims.get("roles")
@@ -363,7 +360,7 @@ class JWTManager(Manager):
             )
             raise _unauthorized("refresh token reuse detected; session revoked", "revoked")
         return self._issue(
-            claims["sub"], roles if roles is not None else (), claims["fam"], claims.get("ep")
+            claims["sub"], roles if roles is not None else (), claims["fam"], claims["ep"]
         )
 
     def revoke_session(

@@ -101,6 +101,7 @@ def access_claims(**changes: Any) -> dict[str, Any]:
         "exp": now + 900,
         "jti": uuid.uuid4().hex,
         "fam": uuid.uuid4().hex,
+        "ep": uuid.uuid4().hex,
         "typ": "access",
         "roles": ["member"],
     }
@@ -401,6 +402,9 @@ def test_a_token_without_the_access_typ_is_rejected(
         ({"jti": None}, "missing claim jti"),
         ({"sub": None}, "missing claim sub"),
         ({"fam": None}, "malformed token claims"),
+        # Without an epoch a token would escape revoke_epoch (account-wide revocation).
+        ({"ep": None}, "missing claim ep"),
+        ({"ep": "not-an-epoch"}, "malformed token claims"),
         ({"jti": "../../other-key"}, "malformed token claims"),
         ({"roles": "admin"}, "malformed token claims"),
         ({"roles": [1]}, "malformed token claims"),
