@@ -41,6 +41,7 @@ class ActionSpec:
     examples: tuple[Any, ...] = ()
     url_pattern: str | None = None
     cache: float | None = None  # seconds a result is kept (read-only actions)
+    path_params: tuple[str, ...] = ()  # params that become a URL path segment (typed http)
 
     @cached_property
     def secret_params(self) -> frozenset[str]:
@@ -66,7 +67,7 @@ class ActionSpec:
             "auth": self.auth,
             "roles": sorted(self.roles),
             "scopes": sorted(self.scopes),
-            "params": object_schema(self.params),
+            "params": object_schema(self.params, self.path_params),
             "returns": self.returns,
             "idempotent": self.idempotent,
             "rate_limit": [limit.text for limit in self.rate_limit],

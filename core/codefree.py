@@ -57,6 +57,7 @@ class CodeFree:
     read_only: bool
     uses_caller: bool
     collection: str | None = None
+    path_params: tuple[str, ...] = ()  # each becomes one URL path segment
 
 
 def _template(value: Any, params: Mapping[str, ParamSpec], field: str) -> Template:
@@ -347,7 +348,13 @@ def build_http(
         query=query,
         body=body,
     )
-    return CodeFree(invoke, f"http:{method} {name}{path}", method == "GET", uses_caller)
+    return CodeFree(
+        invoke,
+        f"http:{method} {name}{path}",
+        method == "GET",
+        uses_caller,
+        path_params=tuple(dict.fromkeys(placeholders)),
+    )
 
 
 def _segment(name: str, value: Any) -> str:

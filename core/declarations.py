@@ -289,7 +289,9 @@ def _code_free_action(
             )
     except CodeFreeError as exc:
         raise where.fail(str(exc), exc.field) from None
-    spec = _spec(where, decl, defaults, built.handler, params)
+    spec = replace(
+        _spec(where, decl, defaults, built.handler, params), path_params=built.path_params
+    )
     ttl = spec.cache
     if ttl is not None and not built.read_only:
         raise where.fail(

@@ -58,7 +58,9 @@ def _operation(action: Action) -> dict[str, Any]:
         "requestBody": {
             # An empty body is {}: optional unless a param is required.
             "required": any(p.required for p in spec.params.values()),
-            "content": {"application/json": {"schema": object_schema(spec.params)}},
+            "content": {
+                "application/json": {"schema": object_schema(spec.params, spec.path_params)}
+            },
         },
         "responses": {
             "200": {

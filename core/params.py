@@ -16,7 +16,7 @@ import copy
 import functools
 import itertools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -73,11 +73,28 @@ def _validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
         raise SchemaCompileError(reason) from exc
 
 
-def object_schema(params: Mapping[str, ParamSpec]) -> dict[str, Any]:
-    """The params as one JSON Schema object (what the API listing and OpenAPI show)."""
+# What a param that becomes one URL path segment may not be (a typed http action refuses
+# these with a 422 of its own): said in the documents, so clients can see it.
+NOT_A_PATH_SEGMENT: Mapping[str, Any] = {"enum": ["", ".", ".."]}
+
+
+def object_schema(
+    params: Mapping[str, ParamSpec], path_segments: Collection[str] = ()
+) -> dict[str, Any]:
+    """The params as one JSON Schema object (what the API listing and OpenAPI show);
+    ``path_segments`` name the params that become a URL path segment."""
+    properties = {name: dict(spec.schema) for name, spec in params.items()}
+    for name in path_segments:
+        prop = properties[name]
+        if "not" in prop:  # the author's own `not` stays: both must hold
+            prop["allOf"] = [*prop.get("allOf", ()), {"not": dict(NOT_A_PATH_SEGMENT)}]
+        else:
+            prop["not"] = dict(NOT_A_PATH_SEGMENT)
+        if prop.get("type") == "string":
+            prop["minLength"] = max(int(prop.get("minLength", 0)), 1)
     schema: dict[str, Any] = {
         "type": "object",
-        "properties": {name: dict(spec.schema) for name, spec in params.items()},
+        "properties": properties,
         "additionalProperties": False,
     }
     required = [name for name, spec in params.items() if spec.required]

@@ -480,6 +480,35 @@ def test_typed_http_fills_the_path_encoded_and_keeps_the_host(
     assert data(call(client, "shop.quote", {"sku": "A1"}))["quote"]["query"] == {"sku": ["A1"]}
 
 
+def test_what_the_document_says_a_path_param_takes_is_what_it_takes(
+    shop: Callable[..., FlaskClient],
+) -> None:
+    """schemathesis's 'schema-valid request rejected' check over the typed http action: the
+    document says a path param cannot be empty, '.' or '..', so no valid case is a 422."""
+    import hypothesis
+    import schemathesis
+    from hypothesis import HealthCheck, given
+    from schemathesis import Case, GenerationMode
+    from schemathesis.checks import positive_data_acceptance
+
+    app = shop().application
+    listed = app.test_client().get("/api/v1/actions").get_json()["data"]
+    sku = next(a for a in listed if a["name"] == "shop.price")["params"]["properties"]["sku"]
+    assert sku == {"type": "string", "minLength": 1, "not": {"enum": ["", ".", ".."]}}
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    operation = schema["/api/v1/actions/shop.price"]["POST"]
+
+    @hypothesis.seed(7)
+    @hypothesis.settings(
+        max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def ask(case: Case[Any]) -> None:
+        case.call_and_validate(checks=[positive_data_acceptance])
+
+    ask()
+
+
 def test_an_upstream_not_json_404_and_4xx(
     shop: Callable[..., FlaskClient], upstream: Upstream
 ) -> None:
