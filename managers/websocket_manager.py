@@ -239,7 +239,27 @@ class WebSocketManager(Manager):
         self._external = None
 
     def health(self) -> Health:
-        return Health("ok", {"sockets": len(self._sockets), "rooms": len(self.rooms)})
+        details: dict[str, Any] = {"sockets": len(self._sockets), "rooms": len(self.rooms)}
+        if not self._listening():
+            return Health(
+                "degraded",
+                {**details, "error": "not subscribed to Redis: pushes of other workers wait"},
+            )
+        return Health("ok", details)
+
+    def _listening(self) -> bool:
+        """Whether the Socket.IO Redis listener is subscribed. python-socketio retries a
+        lost subscription with backoff (up to a minute) after Redis is back, and pushes of
+        other processes are missed meanwhile: readiness says so until it has resubscribed.
+        True before the listener first starts (with the first socket)."""
+        manager = getattr(self.sio, "manager", None)
+        if not isinstance(manager, socketio.AsyncRedisManager):
+            return True
+        pubsub = getattr(manager, "pubsub", None)
+        if pubsub is None:
+            return True
+        connection = pubsub.connection
+        return connection is not None and connection.is_connected and bool(pubsub.channels)
 
     def facade_for(self, module: str) -> ModuleRealtime:
         return ModuleRealtime(self)

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 import socketio
 
 from app import ROOT
 from tests.served import Server, cli, running
+from tests.servers import RedisServer
 
 PASSWORD = "correct horse battery staple"
 MODULES = str(ROOT / "tests" / "realtime_modules")
@@ -501,3 +503,46 @@ def test_two_processes_share_pushes_and_presence_through_redis(
         assert on_b.wait_for("chat.message")["text"] == "from A"  # held by process B
         on_b.client.disconnect()
         on_a.wait_for("presence", lambda d: d.get("left", {}).get("kind") == "user")
+
+
+def test_readiness_says_degraded_until_the_redis_listener_has_resubscribed(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    """python-socketio resubscribes with backoff after Redis is back: until it has,
+    pushes of other processes are missed, and readiness says ``realtime: degraded``."""
+    env = {"REDIS_URL": private_redis.url(), "SB_REDIS__SOCKET_TIMEOUT": "0.5s"}
+    channel = "sb:socketio"  # redis.prefix, then the channel
+
+    def realtime() -> str:
+        checks = requests.get(f"{built.server.base}/health/ready", timeout=WAIT).json()["checks"]
+        return str(checks["realtime"]["status"])
+
+    def subscribers() -> int:
+        client = redis.Redis.from_url(private_redis.url(), socket_timeout=2)
+        try:
+            return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
+        finally:
+            client.close()
+
+    with world(tmp_path, **env) as built:
+        built.user("l@example.com")
+        built.sock("l@example.com")  # the first socket starts the listener
+        deadline = time.monotonic() + WAIT
+        while subscribers() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert subscribers() == 1 and realtime() == "ok"
+        private_redis.stop()
+        time.sleep(3.5)  # the listener fails and backs off: 1 s, then 2 s, then 4 s
+        private_redis.start()
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, listening = realtime(), subscribers()
+            seen.append((status, listening))
+            if status == "ok":
+                break
+            time.sleep(0.1)
+        assert seen[0] == ("degraded", 0), seen[:3]
+        # Readiness says ok only once the listener is subscribed again.
+        assert seen[-1][0] == "ok" and seen[-1][1] == 1, seen[-3:]
+        assert all(listening == 0 for status, listening in seen if status == "degraded")
