@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -197,6 +199,61 @@ def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
         shutdown_app(app)
     missing = set(answered) - recorded
     assert not missing, f"{len(missing)} of {len(answered)} answered calls were not recorded"
+
+
+def _recorded(database: Path) -> set[str]:
+    from app import create_app
+    from core.runtime import shutdown_app
+
+    app = create_app({"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{database}"})
+    try:
+        db = state(app).app_manager.get(DatabaseManager).documents
+        return {r["request_id"] for r in db.collection("sb_audit").find({"action": "system.echo"})}
+    finally:
+        shutdown_app(app)
+
+
+def test_kill_9_under_load_loses_at_most_one_interval_and_one_batch(tmp_path: Path) -> None:
+    """A killed worker loses what its writer had not written yet: at most the records
+    answered within the last ``audit.flush_interval`` plus one ``audit.batch_size``."""
+    database = tmp_path / "app.db"
+    interval, batch = 0.5, 200
+    env = {
+        "DATABASE_URL": f"sqlite:///{database}",
+        "SB_AUDIT__FLUSH_INTERVAL": f"{interval}s",
+        "SB_AUDIT__BATCH_SIZE": str(batch),
+    }
+    answered: dict[str, float] = {}  # request id -> when its answer was read
+    stop = threading.Event()
+    with running(tmp_path, "serve", env=env) as server:
+
+        def load() -> None:
+            body = json.dumps({"message": "hi"}).encode()
+            while not stop.is_set():
+                try:
+                    response = server.post("/api/v1/actions/system.echo", body)
+                except OSError:
+                    return  # the server is gone
+                if response.status == 200:
+                    answered[response.headers["X-Request-ID"]] = time.monotonic()
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(2.0)
+        os.killpg(server.process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        stop.set()
+        for worker in workers:
+            worker.join()
+        server.process.wait(timeout=10)
+    assert len(answered) > 100
+    missing = set(answered) - _recorded(database)
+    # The rate of the last second: the load is faster at the end than at the start.
+    rate = sum(1 for at in answered.values() if at > killed - 1.0)
+    assert len(missing) <= rate * interval + batch, (len(missing), rate)
+    older = [m for m in missing if answered[m] < killed - interval]
+    assert len(older) <= batch, len(older)
 
 
 def test_a_record_the_store_refuses_does_not_hold_up_the_others(make_app: MakeApp) -> None:
