@@ -153,6 +153,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self._begun:  # a connection that never sent a request: no answer is due
             self.transport.close()
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head waits for the answer before it (reading is paused): its
+            # time starts when that answer is out.
+            self.head_started = self.loop.time()
+            return
         timeout = self.limits.header_timeout
         self._linger(
             problem_answer(

@@ -18,7 +18,7 @@ from core.http import state
 from managers.audit_manager import AuditManager
 from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp
-from tests.served import running
+from tests.served import Server, running
 from tests.test_auth import make_admin
 
 FAST = {"SB_AUDIT__FLUSH_INTERVAL": "50ms"}
@@ -160,44 +160,42 @@ def test_records_wait_out_a_database_outage(make_app: MakeApp) -> None:
     assert state(app).app_manager.get(AuditManager).health().status == "ok"
 
 
+def _echo_load(
+    server: Server, answered: dict[str, float], stop: threading.Event
+) -> list[threading.Thread]:
+    """Four clients calling ``system.echo`` until ``stop`` or the server is gone; each
+    answered request id with the time its answer was read."""
+
+    def load() -> None:
+        body = json.dumps({"message": "hi"}).encode()
+        while not stop.is_set():
+            try:
+                response = server.post("/api/v1/actions/system.echo", body)
+            except OSError:
+                return  # the server stopped listening
+            if response.status == 200:
+                answered[response.headers["X-Request-ID"]] = time.monotonic()
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
 def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
     database = tmp_path / "app.db"
-    answered: list[str] = []
+    answered: dict[str, float] = {}
     stop = threading.Event()
 
     with running(tmp_path, "serve", env={"DATABASE_URL": f"sqlite:///{database}"}) as server:
-
-        def load() -> None:
-            body = json.dumps({"message": "hi"}).encode()
-            while not stop.is_set():
-                try:
-                    response = server.post("/api/v1/actions/system.echo", body)
-                except OSError:
-                    return  # the server stopped listening
-                if response.status == 200:
-                    answered.append(response.headers["X-Request-ID"])
-
-        workers = [threading.Thread(target=load) for _ in range(4)]
-        for worker in workers:
-            worker.start()
+        workers = _echo_load(server, answered, stop)
         time.sleep(1.5)
         assert server.stop() == 0
         stop.set()
         for worker in workers:
             worker.join()
     assert len(answered) > 20
-    from app import create_app
-    from core.runtime import shutdown_app
-
-    app = create_app({"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{database}"})
-    try:
-        db = state(app).app_manager.get(DatabaseManager).documents
-        recorded = {
-            r["request_id"] for r in db.collection("sb_audit").find({"action": "system.echo"})
-        }
-    finally:
-        shutdown_app(app)
-    missing = set(answered) - recorded
+    missing = set(answered) - _recorded(database)
     assert not missing, f"{len(missing)} of {len(answered)} answered calls were not recorded"
 
 
@@ -226,20 +224,7 @@ def test_kill_9_under_load_loses_at_most_one_interval_and_one_batch(tmp_path: Pa
     answered: dict[str, float] = {}  # request id -> when its answer was read
     stop = threading.Event()
     with running(tmp_path, "serve", env=env) as server:
-
-        def load() -> None:
-            body = json.dumps({"message": "hi"}).encode()
-            while not stop.is_set():
-                try:
-                    response = server.post("/api/v1/actions/system.echo", body)
-                except OSError:
-                    return  # the server is gone
-                if response.status == 200:
-                    answered[response.headers["X-Request-ID"]] = time.monotonic()
-
-        workers = [threading.Thread(target=load) for _ in range(4)]
-        for worker in workers:
-            worker.start()
+        workers = _echo_load(server, answered, stop)
         time.sleep(2.0)
         os.killpg(server.process.pid, signal.SIGKILL)
         killed = time.monotonic()

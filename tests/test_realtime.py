@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -520,7 +520,8 @@ def test_readiness_says_degraded_until_the_redis_listener_has_resubscribed(
     def subscribers() -> int:
         client = redis.Redis.from_url(private_redis.url(), socket_timeout=2)
         try:
-            return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
+            counts = cast(list[tuple[bytes, int]], client.pubsub_numsub(channel))
+            return int(dict(counts).get(channel.encode(), 0))
         finally:
             client.close()
 
