@@ -52,6 +52,7 @@ class LimitRequest:
     action_subjects: Sequence[tuple[str, str]] = ()
     own_limits: Sequence[str] | None = None
     failure: str = "open"
+    ip: str | None = None  # the client's IP identity when ``identity`` is a user or key
 
 
 @dataclass(frozen=True)

@@ -68,11 +68,14 @@ class FailedIdentification:
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
 
-    def __call__(self, request: CallRequest) -> None:
-        identity = f"ip:{request.client_ip}"
-        outcome = self.gate.pass_gate(
-            GateRequest(limits=LimitRequest(identity=identity, kind=AUTH_FAILURE))
-        )
+    def __call__(self, request: CallRequest, declared: GateRequest | None = None) -> None:
+        """Count one failure of ``request``'s IP; ``declared`` (the call's gate request)
+        is left holding what was asked, so the call's metrics name the limits that
+        applied."""
+        limits = LimitRequest(identity=f"ip:{request.client_ip}", kind=AUTH_FAILURE)
+        if declared is not None:
+            declared.limits, declared.absent, declared.claim = limits, [], None
+        outcome = self.gate.pass_gate(GateRequest(limits=limits))
         decision = outcome.decision
         if decision is not None and not decision.allowed:
             error = limit_refusal(decision, "too many failed identifications from this address")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from core.calls import Call, CallRequest, CallResult
@@ -65,7 +65,7 @@ class Pipeline:
         registry: ActionRegistry,
         identify: Identify,
         gate: Gate | None,
-        failed: Callable[[CallRequest], None] | None = None,
+        failed: FailedIdentification | None = None,
         opaque_errors: bool = False,
     ) -> None:
         self.registry = registry
@@ -81,15 +81,17 @@ class Pipeline:
     def close(self) -> None:
         self._run.close()
 
-    def caller_of(self, request: CallRequest) -> Caller:
-        """Who ``request`` comes from, revocations checked (``Unauthorized`` otherwise; a
-        failure counts against the client IP as in a call, so 403 or 429 may answer)."""
+    def caller_of(self, request: CallRequest, *, count_failure: bool = True) -> Caller:
+        """Who ``request`` comes from, revocations checked (``Unauthorized`` otherwise).
+        A failure counts against the client IP as in a call, so 403 or 429 may answer;
+        ``count_failure=False`` for checks the server makes on its own (a socket's
+        credential checked again, which may simply have expired)."""
         try:
             caller, revocations = self._identify(request)
             if revocations and self._gate is not None:
                 self._gate.pass_gate(GateRequest(absent=list(revocations)))
         except Unauthorized:
-            if self._failed is not None:
+            if count_failure and self._failed is not None:
                 self._failed(request)
             raise
         return caller

@@ -35,13 +35,7 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
     # uvicorn drains on SIGTERM, then raises the signal again under the handler it found:
     # this one, so a clean stop exits 0.
     signal.signal(signal.SIGTERM, _stopped)
-    limits = HeadLimits(
-        max_url_bytes=int(config["http.max_url_bytes"]),
-        max_header_bytes=int(config["http.max_header_bytes"]),
-        max_headers=int(config["http.max_headers"]),
-        header_timeout=float(config["http.header_timeout"]),
-        max_connections=int(config["http.max_connections"]),
-    )
+    limits = HeadLimits.from_config(config)
     uvicorn.run(
         factory,
         factory=True,

@@ -34,10 +34,12 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from core.config import Config
 from core.errors import ActionError, HeadersTooLarge, RequestTimeout, UriTooLong
 from core.http_actions import PROBLEM_JSON, new_request_id, problem_body
 
 LINGER = 2.0  # seconds a refused connection is drained before it is closed
+MAX_LINGERING = 256  # refused connections drained at once; beyond, closed at once
 _LINE_OVERHEAD = 4  # ": " and CRLF around each header field
 _REQUEST_LINE_OVERHEAD = 64  # method, spaces, version and line breaks
 
@@ -56,11 +58,21 @@ class HeadLimits:
     """How large and how slow a request's head may be, and how many connections a worker
     holds (``http.*`` settings)."""
 
-    max_url_bytes: int = 2048
-    max_header_bytes: int = 16384
-    max_headers: int = 100
-    header_timeout: float = 10.0
-    max_connections: int = 1000
+    max_url_bytes: int
+    max_header_bytes: int
+    max_headers: int
+    header_timeout: float
+    max_connections: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> HeadLimits:
+        return cls(
+            max_url_bytes=int(config["http.max_url_bytes"]),
+            max_header_bytes=int(config["http.max_header_bytes"]),
+            max_headers=int(config["http.max_headers"]),
+            header_timeout=float(config["http.header_timeout"]),
+            max_connections=int(config["http.max_connections"]),
+        )
 
     @property
     def max_head_bytes(self) -> int:
@@ -71,6 +83,11 @@ class HeadLimits:
             + _LINE_OVERHEAD * self.max_headers
             + _REQUEST_LINE_OVERHEAD
         )
+
+
+def sweep_interval(timeout: float) -> float:
+    """How often the sweeper looks for heads older than ``timeout``."""
+    return max(0.05, min(1.0, timeout / 4))
 
 
 def protocol(limits: HeadLimits) -> Any:
@@ -104,26 +121,43 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_started: float | None = None  # loop time the current head began
         self._head_bytes = 0
         self._begun = False  # a byte of the current request has arrived
+        self._fresh = False  # the current request began in the chunk being parsed
         self._discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sweeper = _HeadSweeper.of(self.server_state, self.loop, self.limits.header_timeout)
         if len(self.connections) >= self.limits.max_connections:
             self.transport = transport
-            self._linger(REFUSED)
+            if sweeper.lingering < MAX_LINGERING:
+                self._linger(REFUSED, sweeper)
+            else:  # a flood: no time for goodbyes
+                transport.write(REFUSED)
+                transport.close()
             return
         super().connection_made(transport)
         self.head_started = self.loop.time()
-        _HeadSweeper.of(self.server_state, self.loop, self.limits.header_timeout).ensure()
+        sweeper.ensure()
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
+        self._fresh = False
         super().data_received(data)
         if self.head_started is None or self._discarding or self.transport.is_closing():
+            return
+        if self._fresh:
+            # The head began inside this chunk, after what came before it (the end of an
+            # earlier request): counted from the next chunk on, so at most one read more.
             return
         # The head is still incomplete after this chunk: every byte of it was head.
         self._head_bytes += len(data)
         if self._head_bytes > self.limits.max_head_bytes:
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A pipelined head overflows while the answer before it is being sent:
+                # parse no more, and close once that answer is out.
+                self._discarding = True
+                self.cycle.keep_alive = False
+                return
             if len(getattr(self, "url", b"")) > self.limits.max_url_bytes:
                 error: ActionError = UriTooLong(
                     f"the request target exceeds {self.limits.max_url_bytes} bytes"
@@ -136,7 +170,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._begun = True
+        self._begun = self._fresh = True
+        self._head_bytes = 0
         if self.head_started is None:
             self.head_started = self.loop.time()
 
@@ -165,7 +200,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
         )
 
-    def _linger(self, answer: bytes) -> None:
+    def _linger(self, answer: bytes, sweeper: _HeadSweeper | None = None) -> None:
         """Send ``answer``, read no more, and close once the client had time to read it."""
         self._discarding = True
         self.head_started = None
@@ -173,7 +208,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         transport.write(answer)
         if transport.can_write_eof():
             transport.write_eof()
-        self.loop.call_later(LINGER, transport.close)
+        if sweeper is None:
+            self.loop.call_later(LINGER, transport.close)
+            return
+        sweeper.lingering += 1  # refused connections: not among the server's connections
+
+        def close() -> None:
+            sweeper.lingering -= 1
+            transport.close()
+
+        self.loop.call_later(LINGER, close)
 
 
 class _HeadSweeper:
@@ -187,6 +231,7 @@ class _HeadSweeper:
         self.state = state
         self.loop = loop
         self.timeout = timeout
+        self.lingering = 0  # refused connections still being drained
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -203,7 +248,7 @@ class _HeadSweeper:
             self._task = self.loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        interval = min(1.0, self.timeout / 4)
+        interval = sweep_interval(self.timeout)
         while self.state.connections:
             await asyncio.sleep(interval)
             oldest = self.loop.time() - self.timeout

@@ -101,6 +101,14 @@ def duration(value: Any, from_text: bool) -> float:
     return parse_duration(value)
 
 
+def positive_duration(value: Any, from_text: bool) -> float:
+    """A duration above zero (a timeout of 0 would leave its sweeper spinning)."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0s, got {value!r}")
+    return seconds
+
+
 def anything(value: Any, from_text: bool) -> Any:
     return value
 
@@ -210,7 +218,7 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "http.read_timeout",
-        duration,
+        positive_duration,
         10.0,
         "How long a request body may take to arrive (408 after)",
     ),
@@ -244,7 +252,7 @@ KERNEL_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "http.header_timeout",
-        duration,
+        positive_duration,
         10.0,
         "How long a request's line and headers may take to arrive, from their first byte "
         "(408 after)",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.actions import Action, ActionSpec
-from core.calls import Call, CallRequest, CallResult, WithMeta, encode_envelope
+from core.calls import Call, CallResult, WithMeta, encode_envelope
 from core.chain import Next
 from core.context import Caller, Context
 from core.errors import (
@@ -31,7 +31,7 @@ from core.errors import (
 )
 from core.gate import ClaimRequest, Gate, LimitRequest, limit_refusal
 from core.idempotency import REPLAYED, Idempotency
-from core.identity import Identify
+from core.identity import FailedIdentification, Identify
 from core.limits import rate_limit_headers
 from core.logging import call_var, redact, secret_params_var
 
@@ -163,9 +163,7 @@ class IdentifyStep:
     after the gate admitted the call (a handler's) is not one.
     """
 
-    def __init__(
-        self, identify: Identify, failed: Callable[[CallRequest], None] | None = None
-    ) -> None:
+    def __init__(self, identify: Identify, failed: FailedIdentification | None = None) -> None:
         self.identify = identify
         self.failed = failed
 
@@ -174,7 +172,7 @@ class IdentifyStep:
             call.caller, revocations = self.identify(call.request)
         except Unauthorized:
             if self.failed is not None:
-                self.failed(call.request)
+                self.failed(call.request, call.gate)
             raise
         caller = call.caller
         who = f"{caller.kind}:{caller.id}" if caller.id is not None else caller.kind
@@ -186,7 +184,7 @@ class IdentifyStep:
             return next(call)
         except Unauthorized:
             if not call.admitted:
-                self.failed(call.request)
+                self.failed(call.request, call.gate)
             raise
 
 
@@ -304,6 +302,8 @@ class RateLimitStep:
             action_subjects=action_subjects(call, identity),
             own_limits=(call.caller.rate_limit or None) if kind == "api_key" else None,
             failure=call.spec.rate_limit_failure,
+            # A banned IP is refused whatever credential it presents.
+            ip=None if kind == "ip" else f"ip:{call.request.client_ip}",
         )
         try:
             result = next(call)

@@ -77,8 +77,9 @@ TOUCH_INTERVAL = 60.0  # last_used_at is written at most this often per key
 CACHE_SECONDS = 30.0  # how long a worker trusts its copy of a key record
 CACHE_SIZE = 4096  # key records a worker keeps
 REVOKED_MARKER = "apikey:revoked:"  # in the shared store: revoked since workers read it
-# In the shared store: bumped by every create, so each worker knows its index of key ids
-# is out of date before it answers a refusal from it.
+# In the shared store: a new random value at every create, so each worker knows its index
+# of key ids is out of date before it answers a refusal from it (random, not a counter: a
+# Redis that restarted empty would count again from 1).
 IDS_GENERATION = "apikey:ids:generation"
 IDS_MAX_AGE = 300.0  # a refusal reloads an index older than this even without a bump
 
@@ -421,9 +422,14 @@ class ApiKeyManager(Manager):
 
     def _load_ids(self) -> tuple[bytes | None, frozenset[str]]:
         """(the store's generation, every key id): the generation first, so a key created
-        meanwhile moves it again."""
+        meanwhile moves it again; read in a transaction, so from the primary, never from a
+        replica that may lag behind the create."""
         generation = self._ids_generation()
-        return generation, frozenset(str(r["_id"]) for r in self._keys().find({}))
+        if self._db is None:
+            raise self.not_started()
+        with self._db.transaction():
+            ids = frozenset(str(r["_id"]) for r in self._keys().find({}))
+        return generation, ids
 
     def _ids_generation(self) -> bytes | None:
         if self._store is None:
@@ -434,7 +440,7 @@ class ApiKeyManager(Manager):
         if self._store is None:
             raise self.not_started()
         try:
-            self._store.incr(IDS_GENERATION)
+            self._store.set(IDS_GENERATION, secrets.token_hex(8).encode())
         except DependencyUnavailable:
             log.warning(
                 "a new API key was stored, but the store is unavailable: other workers "
@@ -530,6 +536,7 @@ class _KeyIds:
         self._generation: bytes | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one reload at a time; the others wait for it
 
     def absent(self, key_id: str) -> bool:
         """True when the index knows ``key_id`` does not exist (loaded on first use; False
@@ -570,8 +577,12 @@ class _KeyIds:
 
     def _reload(self) -> frozenset[str]:
         assert self._load is not None
-        generation, ids = self._load()
-        with self._lock:
-            self._ids, self._generation = ids, generation
-            self._loaded_at = time.monotonic()
+        asked = time.monotonic()
+        with self._loading:
+            if self._ids is not None and self._loaded_at >= asked:
+                return self._ids  # another thread reloaded while this one waited
+            generation, ids = self._load()
+            with self._lock:
+                self._ids, self._generation = ids, generation
+                self._loaded_at = time.monotonic()
         return ids

@@ -40,7 +40,6 @@ from core.errors import (
     RateLimited,
     Unauthorized,
 )
-from core.identity import AUTH_FAILURE
 from core.manager import Health, Manager, Route
 from core.metrics import BREAKER_STATES, REALTIME_EVENTS, Instruments, process_running
 from core.settings import Setting, boolean, strings, text
@@ -338,16 +337,14 @@ class MetricsManager(Manager):
     ) -> None:
         instruments.call(self._action_label(call), outcome, time.perf_counter() - call.started)
         limits = call.gate.limits
-        refused = isinstance(error, Banned | RateLimited)
-        if limits is not None or refused:
+        if limits is not None:
             if isinstance(error, Banned):
                 decision = "banned"
             elif isinstance(error, RateLimited):
                 decision = "limited"
             else:
                 decision = "allowed"
-            # Refused before the limits were declared: a failed identification's.
-            instruments.decision(limits.kind if limits is not None else AUTH_FAILURE, decision)
+            instruments.decision(limits.kind, decision)
         if isinstance(error, Unauthorized):
             self.auth_failed(error.reason)
 

@@ -290,6 +290,7 @@ class RateLimiterManager(Manager):
             absent=tuple(p.key for p in request.absent),
             claim=Claim(claim.key, claim.value, max(1, round(claim.ttl * 1000))) if claim else None,
             limited=limits is not None,
+            ip=limits.ip if limits else None,
         )
         backend = self._started()
         degraded = False
@@ -330,6 +331,7 @@ class RateLimiterManager(Manager):
         absent: tuple[str, ...] = (),
         claim: Claim | None = None,
         limited: bool = True,
+        ip: str | None = None,
     ) -> Check:
         if action_limits and action is None:
             raise ValueError("action_limits need the action they belong to")
@@ -347,7 +349,19 @@ class RateLimiterManager(Manager):
                 None if own_limits is None else tuple(own_limits),
             )
         )
-        return Check(identity, subject, limits, keys, names, cost, self._ban, absent, claim)
+        ip_subject = _subject(ip) if ip is not None and ip != identity else ""
+        return Check(
+            identity,
+            subject,
+            limits,
+            keys,
+            names,
+            cost,
+            self._ban,
+            absent,
+            claim,
+            ip_subject=ip_subject,
+        )
 
     def _applied(
         self, key: tuple[Any, ...]
@@ -422,6 +436,11 @@ class RateLimiterManager(Manager):
         if self._backend is None:
             raise self.not_started()
         return self._backend
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject(identity: str) -> str:
+    return subject_of(identity)  # a client's IP repeats on every one of its calls
 
 
 def _parsed(texts: Sequence[str]) -> tuple[Limit, ...]:

@@ -223,9 +223,7 @@ class WebSocketManager(Manager):
         origins = list(config["http.cors_origins"])
         self.sio = socketio.AsyncServer(
             async_mode="asgi",
-            client_manager=socketio.AsyncRedisManager(redis_url, channel=channel)
-            if shared
-            else None,
+            client_manager=_RedisManager(redis_url, channel=channel) if shared else None,
             # A message must arrive whole to be answered 413 rather than dropped.
             max_http_buffer_size=self._max_body + 64 * 1024,
             cors_allowed_origins=origins or None,  # None: pages of this origin only
@@ -256,10 +254,7 @@ class WebSocketManager(Manager):
         if not isinstance(manager, socketio.AsyncRedisManager):
             return True
         pubsub = getattr(manager, "pubsub", None)
-        if pubsub is None:
-            return True
-        connection = pubsub.connection
-        return connection is not None and connection.is_connected and bool(pubsub.channels)
+        return pubsub is None or _subscribed(pubsub)
 
     def facade_for(self, module: str) -> ModuleRealtime:
         return ModuleRealtime(self)
@@ -565,7 +560,9 @@ class WebSocketManager(Manager):
                 continue
             request = CallRequest("", None, new_request_id(), state.client_ip, "sio", state.headers)
             try:
-                await self._in_pool(self._pipeline().caller_of, request)
+                await self._in_pool(
+                    functools.partial(self._pipeline().caller_of, count_failure=False), request
+                )
             except DependencyUnavailable:
                 continue  # the store is down: not a reason to end anyone's session
             except ActionError as error:
@@ -643,6 +640,25 @@ def _room_name(payload: Any) -> str:
     if not isinstance(name, str) or not name:
         raise MalformedRequest('name the room: {"room": "<module>.<room>"}')
     return name
+
+
+def _subscribed(pubsub: Any) -> bool:
+    """Whether a redis-py PubSub is connected and holds its subscription."""
+    connection = pubsub.connection
+    return connection is not None and bool(connection.is_connected) and bool(pubsub.channels)
+
+
+class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager, except that reconnecting the publisher (after a
+    failed publish) keeps the listener's live subscription: the library would replace it
+    with a new, unsubscribed PubSub, and readiness reads the one it holds."""
+
+    def _redis_connect(self) -> None:
+        pubsub = getattr(self, "pubsub", None)
+        keep = pubsub if pubsub is not None and _subscribed(pubsub) else None
+        super()._redis_connect()
+        if keep is not None:
+            self.pubsub = keep
 
 
 def _origin(host: str, port: int) -> str:

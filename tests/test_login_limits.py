@@ -93,9 +93,13 @@ def test_a_token_does_not_lift_an_ip_ban(tmp_path_factory: pytest.TempPathFactor
         )
         assert banned.status == 403
         assert banned.json()["type"] == "/problems/banned"
-        # the ban is the IP's on public actions; the user's own calls elsewhere still work
+        # A banned IP is refused whatever credential it presents, on every action; the
+        # user's own calls from another address still work.
         me = call(server, "auth.me", {}, attacker, Authorization=f"Bearer {token}")
-        assert me.status == 200
+        assert me.status == 403
+        assert me.json()["type"] == "/problems/banned"
+        elsewhere = call(server, "auth.me", {}, "203.0.113.10", Authorization=f"Bearer {token}")
+        assert elsewhere.status == 200
 
 
 def test_failed_logins_are_limited_per_address_from_any_ip(server: Server) -> None:

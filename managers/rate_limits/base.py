@@ -58,6 +58,9 @@ class Check:
     absent: tuple[str, ...] = ()  # store keys that must not exist (revocation markers)
     claim: Claim | None = None  # set only when the call is admitted
     limited: bool = True  # False: no ban and no limits apply (limits off, a system call)
+    # The client IP's subject when the limits count against a user or key: a ban of the IP
+    # refuses the call all the same ("" for none).
+    ip_subject: str = ""
 
     @property
     def ban_key(self) -> str:

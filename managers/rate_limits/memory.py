@@ -77,9 +77,10 @@ class MemoryLimiter:
                 self._sweep(now)
             if not check.limited:
                 return Outcome("allowed", now)
-            ban = self._bans.get(check.subject)
-            if ban is not None and now < ban.until:
-                return Outcome("banned", now, (), ban.until, ban.level)
+            for subject in (check.subject, check.ip_subject):
+                ban = self._bans.get(subject) if subject else None
+                if ban is not None and now < ban.until:
+                    return Outcome("banned", now, (), ban.until, ban.level)
             found = tuple(current(self._tats.get(key), now) for key in check.keys)
             if all(
                 admits(tat, now, limit, check.cost)

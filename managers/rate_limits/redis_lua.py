@@ -36,8 +36,9 @@ SCRIPT = """
 -- ARGV[1] cost, ARGV[2] ban threshold (0: never), ARGV[3] strike window, ARGV[4] first ban,
 -- ARGV[5] longest ban (microseconds), ARGV[6] identity, ARGV[7] limits n, ARGV[8] absent
 -- keys m, ARGV[9] claim ttl (ms, 0: no claim), ARGV[10] claim value, ARGV[11] 1: the ban
--- applies (0: limits are off for this call), then per limit: count, period (us), whole,
--- rest (period = whole * count + rest).
+-- applies (0: limits are off for this call), ARGV[12] 1: the last key is the client IP's
+-- ban, which refuses the call too, then per limit: count, period (us), whole, rest
+-- (period = whole * count + rest).
 -- Reply: {status, now, banned_until, level, revoked, taken, tat_us_1, tat_frac_1, ...}.
 -- Status 1 allowed (TATs after the request; taken: the record holding the claim's key, or
 -- false), 0 limited or 3 limited and banned now (TATs as found), 2 banned, 4 revoked
@@ -63,12 +64,16 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 if ARGV[11] == '1' then
   local ban_end, ban_level = pair(KEYS[1])
   if ban_end and now < ban_end then return {2, now, ban_end, ban_level, 0, false} end
+  if ARGV[12] == '1' then
+    ban_end, ban_level = pair(KEYS[#KEYS])
+    if ban_end and now < ban_end then return {2, now, ban_end, ban_level, 0, false} end
+  end
 end
 
 local cost = tonumber(ARGV[1])
 local found, after, ok = {}, {}, true
 for i = 1, n do
-  local at = 11 + 4 * (i - 1)
+  local at = 12 + 4 * (i - 1)
   local count, period = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local whole, rest = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
   local us, frac = pair(KEYS[3 + i])
@@ -193,11 +198,14 @@ class RedisLimiter:
             claim.ttl_ms if claim is not None else 0,
             claim.value if claim is not None else "",
             1 if check.limited else 0,
+            1 if check.ip_subject else 0,
         ]
         args += _limit_args(check.limits)
         keys = [check.ban_key, check.strike_key, check.level_key, *check.keys, *check.absent]
         if claim is not None:
             keys.append(claim.key)
+        if check.ip_subject:
+            keys.append(ban_key(check.ip_subject))
         reply = self._run(keys, args)
         code, now, until, level, revoked = (int(value) for value in reply[:5])
         taken = reply[5] if isinstance(reply[5], bytes) else None
