@@ -122,6 +122,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._begun = False  # a byte of the current request has arrived
         self._fresh = False  # the current request began in the chunk being parsed
+        self._completed = False  # a request ended in the chunk being parsed
         self._discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -141,13 +142,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
-        self._fresh = False
+        self._fresh = self._completed = False
         super().data_received(data)
         if self.head_started is None or self._discarding or self.transport.is_closing():
             return
-        if self._fresh:
-            # The head began inside this chunk, after what came before it (the end of an
-            # earlier request): counted from the next chunk on, so at most one read more.
+        if self._fresh and self._completed:
+            # The head began inside this chunk after an earlier request ended in it: how
+            # much of the chunk was that request's is not known, so this head is counted
+            # from the next chunk on (at most one read more). A head that begins a chunk
+            # on its own is counted whole.
             return
         # The head is still incomplete after this chunk: every byte of it was head.
         self._head_bytes += len(data)
@@ -174,6 +177,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         if self.head_started is None:
             self.head_started = self.loop.time()
+
+    def on_message_complete(self) -> None:
+        self._completed = True
+        super().on_message_complete()
 
     def on_headers_complete(self) -> None:
         self.head_started = None

@@ -465,6 +465,13 @@ def _bans_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bans_command(args: argparse.Namespace, runtime: Runtime) -> int:
+    if runtime.config()["redis.url"] == "memory://":
+        print(
+            "note: redis.url is memory://: a running server keeps its bans in its own "
+            "process, which this command cannot see (use ratelimit.bans over HTTP, or give "
+            "the server a Redis)",
+            file=sys.stderr,
+        )
     with runtime.booted() as app:
         limiter = state(app).app_manager.get(RateLimiterManager)
         try:

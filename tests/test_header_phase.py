@@ -87,7 +87,7 @@ def test_a_header_that_never_ends_is_431_and_probes_keep_answering(server: Serve
             sent = 0
             with contextlib.suppress(OSError):
                 sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ")
-                while time.monotonic() < stop and sent < 2**20:
+                while sent < 2**20:  # until refused (the stop only ends reconnecting)
                     sock.sendall(b"a" * 4096)
                     sent += 4096
             sent_per_connection.append(sent)
@@ -207,3 +207,24 @@ def test_keep_alive_and_pipelined_requests_are_not_cut_off(server: Server) -> No
     assert answers.count(b"HTTP/1.1 ") == 2, answers[:300]
     assert answers.startswith(b"HTTP/1.1 422")  # the padding is no declared param
     assert b"HTTP/1.1 200" in answers and b"431" not in answers.split(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /" + b"a" * 60_000, 414),
+        (b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000, 431),
+    ],
+)
+def test_an_unfinished_head_sent_in_one_read_is_refused_at_once(
+    server: Server, head: bytes, status: int
+) -> None:
+    """The first read of a connection counts whole: a large unfinished head is refused at
+    once, not held until the header timeout."""
+    sock = connect(server)
+    started = time.monotonic()
+    sock.sendall(head)
+    answer = read_all(sock, timeout=HEADER_TIMEOUT + 2)
+    sock.close()
+    assert problem_of(answer)[0] == status
+    assert time.monotonic() - started < HEADER_TIMEOUT / 2
