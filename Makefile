@@ -44,6 +44,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 
 pytest: $(VENV)/.dev servers browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

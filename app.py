@@ -22,16 +22,17 @@ from typing import Any
 
 from flask import Flask
 
-from core.asgi import AsgiApp
-from core.cli import Command, Runtime, names_in_use, report
-from core.cli import main as run_cli
-from core.config import Config
-from core.config_loader import ConfigSpec, SourceSpec, load_config
-from core.config_policy import kernel_problems
-from core.logging import LogFile, configure_logging
-from core.manager import Manager
-from core.runtime import build_app
-from core.settings import KERNEL_SETTINGS
+from core.base.logging import LogFile, configure_logging
+from core.config.config import Config
+from core.config.config_loader import ConfigSpec, SourceSpec, load_config
+from core.config.config_policy import kernel_problems
+from core.config.settings import KERNEL_SETTINGS
+from core.manager import Command
+from core.runtime.manager import Manager
+from core.transports.asgi import AsgiApp
+from core.transports.cli import Runtime, report
+from core.transports.cli import main as run_cli
+from core.transports.flask_app import build_app
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.api_key_manager import ApiKeyManager
 from managers.audit_manager import AuditManager
@@ -164,8 +165,8 @@ USER_SWITCHES = {
 def _users(args: argparse.Namespace, runtime: Runtime) -> int:
     if args.users_command in ("promote", "demote"):
         if args.users_command == "promote":
-            with runtime.booted() as app:
-                used = names_in_use(app, "roles")
+            with runtime.booted_managers() as managers:
+                used = managers.names_in_use("roles")
             if args.role not in used:
                 print(
                     f"warning: no action or room asks for role {args.role!r} (a typo?)",

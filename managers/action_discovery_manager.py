@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.actions import Action
-from core.declaration_schema import ACTION_KEY, FILE_KEYS, SEED_FILE_CONFIG
-from core.declarations import MetaSchema, Where, build_action
-from core.errors import DeclarationError, Problem
+from core.actions.actions import Action
+from core.actions.declaration_schema import ACTION_KEY, FILE_KEYS, SEED_FILE_CONFIG
+from core.actions.declarations import MetaSchema, Where, build_action
+from core.base.errors import DeclarationError, Problem
+from core.base.yamlfile import YamlFileError, load_yaml_file
+from core.contracts.module import MODULE_NAME, BaseModule, ModuleCatalog
+from core.contracts.services import ServiceDirectory
 from core.manager import Health, Manager
-from core.module import MODULE_NAME, BaseModule, ModuleCatalog
-from core.services import ServiceDirectory
-from core.steps import ActionRegistry
-from core.yamlfile import YamlFileError, load_yaml_file
+from core.pipeline.steps import ActionRegistry
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
 
 log = logging.getLogger("switchboard.actions")
 
@@ -98,7 +98,7 @@ class ActionDiscoveryManager(Manager):
 
     def __init__(self) -> None:
         self._actions: dict[str, Action] = {}
-        self._app: AppManager | None = None
+        self._app: App | None = None
 
     # --- registry ---------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ class ActionDiscoveryManager(Manager):
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         self._app = app
         catalog = self.require(ModuleCatalog)
         problems: list[Problem] = []

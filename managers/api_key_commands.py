@@ -6,10 +6,9 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from core.cli import Command, Runtime, names_in_use
-from core.durations import parse_duration
-from core.errors import ActionError
-from core.http import state
+from core.base.durations import parse_duration
+from core.base.errors import ActionError
+from core.manager import Command, CommandRuntime
 from managers.api_key_manager import ApiKeyManager
 
 
@@ -33,11 +32,11 @@ def _keys_arguments(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("id")
 
 
-def _keys_command(args: argparse.Namespace, runtime: Runtime) -> int:
-    with runtime.booted() as app:
-        keys = state(app).app_manager.get(ApiKeyManager)
+def _keys_command(args: argparse.Namespace, runtime: CommandRuntime) -> int:
+    with runtime.booted_managers() as app:
+        keys = app.get(ApiKeyManager)
         if args.keys_command == "create":
-            used = names_in_use(app, "scopes")
+            used = app.names_in_use("scopes")
             for scope in sorted(set(args.scopes or []) - used):
                 print(
                     f"warning: no action or room asks for scope {scope!r} (a typo?)",

@@ -31,9 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.declaration_schema import RATE
-from core.dev_secrets import dev_secret
-from core.errors import (
+from core.base.errors import (
     ConfigError,
     Conflict,
     DependencyUnavailable,
@@ -42,19 +40,20 @@ from core.errors import (
     Unauthorized,
     ValidationError,
 )
-from core.facades import Documents
-from core.gate import Precondition
-from core.identity import KeyIdentity, KeyVerifier
+from core.base.retry import retrying
+from core.base.store import KeyValueStore
+from core.config.dev_secrets import dev_secret
+from core.config.settings import Setting, text
+from core.contracts.facades import Documents
+from core.contracts.limits import RATE
 from core.manager import Health, Manager
-from core.retry import retrying
-from core.settings import Setting, text
-from core.store import KeyValueStore
+from core.pipeline.gate import Precondition
+from core.pipeline.identity import KeyIdentity, KeyVerifier
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
-    from core.cli import Command
-    from core.config import Config
-    from core.documents import Collection
+    from core.config.config import Config
+    from core.contracts.documents import Collection
+    from core.manager import App, Command
 
 log = logging.getLogger("switchboard.api_keys")
 
@@ -189,7 +188,7 @@ class ApiKeyManager(Manager):
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         pepper = dev_secret(app.config, "api_keys.pepper", "api_key_pepper", _generate_pepper)
         if len(pepper) < MIN_PEPPER_BYTES:
             raise ConfigError(

@@ -22,14 +22,14 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.errors import ActionError, ValidationError
-from core.facades import Documents
+from core.base.errors import ActionError, ValidationError
+from core.config.settings import Setting, boolean, duration, integer
+from core.contracts.facades import Documents
 from core.manager import Health, Manager
-from core.settings import Setting, boolean, duration, integer
-from core.steps import AuditSink
+from core.pipeline.steps import AuditSink
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
 
 log = logging.getLogger("switchboard.audit_store")
 
@@ -99,7 +99,7 @@ class AuditManager(Manager):
         self._logged = -LOG_EVERY
         self._pruned = -PRUNE_EVERY
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         config = app.config
         self._enabled = bool(config["audit.store"])
         if not self._enabled:

@@ -11,19 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
-from core.config import Config
-from core.documents import RESERVED_PREFIX, Collection
-from core.errors import ConfigError, DependencyUnavailable, Problem, TransactionConflict
-from core.facades import Documents
+from core.base.errors import ConfigError, DependencyUnavailable, Problem, TransactionConflict
+from core.base.metrics import Instruments
+from core.base.retry import retrying
+from core.config.config import Config
+from core.config.settings import Setting, duration, integer, text
+from core.contracts.documents import RESERVED_PREFIX, Collection
+from core.contracts.facades import Documents
 from core.manager import Health, Manager
-from core.metrics import Instruments
-from core.retry import retrying
-from core.settings import Setting, duration, integer, text
 from managers.db_backends.sql import SqlBackend
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
-    from core.module import ModuleCatalog
+    from core.contracts.module import ModuleCatalog
+    from core.manager import App
 
 log = logging.getLogger("switchboard.db")
 T = TypeVar("T")
@@ -309,7 +309,7 @@ class DatabaseManager(Manager):
         self.scheme = ""
         self._trusted: frozenset[str] = frozenset()
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         config = app.config
         url = config["database.url"]
         self.scheme = urlsplit(url).scheme

@@ -16,11 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.calls import Call, CallResult
-from core.chain import Middleware, Next
-from core.context import SYSTEM, Context
-from core.errors import ActionError, InternalError, Problem
-from core.hooks import (
+from core.base.errors import ActionError, InternalError, Problem
+from core.base.hooks import (
     ACTION_AFTER,
     ACTION_BEFORE,
     ACTION_FAILED,
@@ -29,14 +26,18 @@ from core.hooks import (
     HookEvent,
     UndeclaredEvent,
 )
-from core.logging import request_id_var
+from core.base.logging import request_id_var
+from core.base.metrics import Instruments
+from core.contracts.calls import CallResult
+from core.contracts.context import SYSTEM, Context
+from core.contracts.module import EVENT_NAME, ImportFailed, ModuleCatalog, RefError, resolve_ref
 from core.manager import Health, Manager
-from core.metrics import Instruments
-from core.module import EVENT_NAME, ImportFailed, ModuleCatalog, RefError, resolve_ref
-from core.steps import elapsed_ms, masked
+from core.pipeline.call import Call
+from core.pipeline.chain import Middleware, Next
+from core.pipeline.steps import elapsed_ms, masked
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
 
 log = logging.getLogger("switchboard.hooks")
 
@@ -92,11 +93,11 @@ class HooksManager(Manager):
         self._declared: set[str] = set()
         self._lock = threading.Lock()
         self._seq = itertools.count()
-        self._app: AppManager | None = None
+        self._app: App | None = None
         self.failures: Counter[str] = Counter()
         self._metrics: Instruments | None = None
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         self._app = app
         self._metrics = app.capability(Instruments)
         self.declare(*app.declared_events())

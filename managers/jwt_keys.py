@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from core.dev_secrets import dev_secret
-from core.errors import ConfigError, Problem
-from core.settings import Setting, duration, mapping, text
+from core.base.errors import ConfigError, Problem
+from core.config.dev_secrets import dev_secret
+from core.config.settings import Setting, duration, mapping, text
 
 if TYPE_CHECKING:
-    from core.config import Config
+    from core.config.config import Config
 
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey

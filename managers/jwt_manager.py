@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import jwt
 from flask import Response
 
-from core.errors import ConfigError, Problem, Unauthorized
-from core.gate import Precondition, check_absent
-from core.identity import TokenVerifier
+from core.base.errors import ConfigError, Problem, Unauthorized
+from core.base.store import KeyValueStore
+from core.config.settings import Setting
 from core.manager import Health, Manager, Route
-from core.settings import Setting
-from core.store import KeyValueStore
+from core.pipeline.gate import Precondition, check_absent
+from core.pipeline.identity import TokenVerifier
 from managers.jwt_keys import JWT_SETTINGS, PrivateKey, VerificationKey, jwk_set, load_keys
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
-    from core.config import Config
+    from core.config.config import Config
+    from core.manager import App
 
 log = logging.getLogger("switchboard.jwt")
 
@@ -146,7 +146,7 @@ class JWTManager(Manager):
             }
         )
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         config = app.config
         policy = TokenPolicy.from_config(config)
         signer, signing, keys = load_keys(config)

@@ -29,10 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from flask import Response, request
 
 import core
-from core.calls import Call, CallResult
-from core.chain import Middleware, Next
-from core.client_ip import Network, client_ip, in_networks, parse_networks
-from core.errors import (
+from core.base.client_ip import Network, client_ip, in_networks, parse_networks
+from core.base.errors import (
     AUTH_FAILURE_REASONS,
     ActionError,
     Banned,
@@ -40,18 +38,21 @@ from core.errors import (
     RateLimited,
     Unauthorized,
 )
+from core.base.metrics import BREAKER_STATES, REALTIME_EVENTS, Instruments, process_running
+from core.config.settings import Setting, boolean, strings, text
+from core.contracts.calls import CallResult
 from core.manager import Health, Manager, Route
-from core.metrics import BREAKER_STATES, REALTIME_EVENTS, Instruments, process_running
-from core.settings import Setting, boolean, strings, text
-from core.steps import ActionRegistry, problem_slug
+from core.pipeline.call import Call
+from core.pipeline.chain import Middleware, Next
+from core.pipeline.steps import ActionRegistry, problem_slug
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client.core import Metric
 
-    from core.app_manager import AppManager
-    from core.config import Config
-    from core.errors import Problem
+    from core.base.errors import Problem
+    from core.config.config import Config
+    from core.manager import App
 
 _OWNER = "manager metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -201,7 +202,7 @@ class MetricsManager(Manager):
     def __init__(self) -> None:
         self._instruments: _Instruments | None = None
         self._registry: CollectorRegistry | None = None
-        self._app: AppManager | None = None
+        self._app: App | None = None
         self._registry_of_actions: ActionRegistry | None = None
         self._multiproc: Path | None = None
         self._path = "/metrics"
@@ -212,14 +213,14 @@ class MetricsManager(Manager):
 
     @classmethod
     def production_problems(cls, config: Config) -> list[Problem]:
-        from core.errors import Problem
+        from core.base.errors import Problem
 
         token = config["metrics.token"]
         if token is not None and len(str(token)) < 16:
             return [Problem("metrics.token must be at least 16 characters", field="metrics.token")]
         return []
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         config = app.config
         self._app = app
         if not config["metrics.enabled"]:
@@ -368,14 +369,14 @@ class MetricsManager(Manager):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         if not self._may_scrape():
-            from core.errors import Forbidden
+            from core.base.errors import Forbidden
 
             raise Forbidden("metrics are served to metrics.allow clients or metrics.token")
         if self._multiproc is not None:
             self._drop_exited_workers(self._multiproc)
         registry = self._registry
         if registry is None:
-            from core.errors import DependencyUnavailable
+            from core.base.errors import DependencyUnavailable
 
             raise DependencyUnavailable("metrics are not started")
         return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

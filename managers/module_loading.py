@@ -5,6 +5,7 @@ Problems are collected, not raised, so one boot error can name every broken modu
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.machinery
 import importlib.util
@@ -17,14 +18,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core import settings
-from core.config import Config
-from core.declarations import did_you_mean
-from core.errors import Problem
-from core.module import MANIFEST_KEYS, MODULE_NAME, MODULE_PACKAGE, BaseModule, ModuleManifest
-from core.params import SchemaCompileError, compile_schema
-from core.settings import Parser, Setting
-from core.yamlfile import YamlFileError, load_yaml_file
+from core.actions.declarations import did_you_mean
+from core.actions.params import SchemaCompileError, compile_schema
+from core.base.errors import Problem
+from core.base.yamlfile import YamlFileError, load_yaml_file
+from core.config import settings
+from core.config.config import Config
+from core.config.settings import Parser, Setting
+from core.contracts.module import (
+    MANIFEST_KEYS,
+    MODULE_NAME,
+    MODULE_PACKAGE,
+    BaseModule,
+    ModuleManifest,
+)
 
 _MARKERS = ("__init__.py", "module.yaml", "actions.yaml")
 CONFIG_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -332,4 +339,44 @@ def discover(folders: list[Path], root: Path, problems: list[Problem]) -> dict[s
                 )
                 continue
             found[manifest.name] = manifest
+    return found
+
+
+# What a module may import of the kernel (README "Writing a module"): the rest may move.
+MODULE_API = ("core.errors", "core.module", "core.calls", "core.testing")
+
+
+def private_core_imports(manifest: ModuleManifest, root: Path) -> list[Problem]:
+    """A warning for each import of a kernel path outside the module API in the module's
+    own files (its tests may import what they like)."""
+    found: list[Problem] = []
+    for path in sorted(manifest.path.rglob("*.py")):
+        relative = path.relative_to(manifest.path).parts
+        if "tests" in relative[:-1] or "__pycache__" in relative:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, SyntaxError, ValueError):
+            continue  # an import of it fails with its own problem
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                base = node.module
+                names = [base] if base != "core" else [f"core.{a.name}" for a in node.names]
+            for name in names:
+                top = ".".join(name.split(".")[:2])
+                if (name == "core" or name.startswith("core.")) and top not in MODULE_API:
+                    found.append(
+                        Problem(
+                            f"imports {name}, a private path of the kernel that may move; "
+                            f"import only the module API ({', '.join(MODULE_API)})",
+                            file=_rel(path, root),
+                            module=manifest.name,
+                            line=node.lineno,
+                        )
+                    )
     return found

@@ -15,13 +15,13 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.config import Config
-from core.context import SYSTEM, Context
-from core.errors import ManagerStopError, ModuleError, Problem
-from core.hooks import MODULE_LOADED, HookBus
+from core.base.errors import ManagerStopError, ModuleError, Problem
+from core.base.hooks import MODULE_LOADED, HookBus
+from core.config.config import Config
+from core.config.settings import Setting
+from core.contracts.context import SYSTEM, Context
+from core.contracts.module import ImportFailed, LoadedModule, ModuleCatalog, failure_problem
 from core.manager import Health, Manager
-from core.module import ImportFailed, LoadedModule, ModuleCatalog, failure_problem
-from core.settings import Setting
 from managers.module_loading import (
     _import_package,
     _module_class,
@@ -29,10 +29,11 @@ from managers.module_loading import (
     declared_settings,
     discover,
     module_folders,
+    private_core_imports,
 )
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
 
 log = logging.getLogger("switchboard.modules")
 
@@ -79,7 +80,7 @@ class ModuleManager(Manager):
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         root = app.config.root
         problems: list[Problem] = []
         found = discover(module_folders(app.config), root, problems)
@@ -97,6 +98,8 @@ class ModuleManager(Manager):
                         line=manifest.line_of("name"),
                     )
                 )
+            for problem in private_core_imports(manifest, root):
+                app.warn(problem)
             try:
                 package = _import_package(manifest)
                 instance = _module_class(package)()
@@ -160,7 +163,7 @@ class ModuleManager(Manager):
                 ]
             ) from None
 
-    def _initialize_all(self, app: AppManager) -> None:
+    def _initialize_all(self, app: App) -> None:
         strict = bool(app.config["modules.strict"])
         hooks = app.capability(HookBus)
         for name in self._order:

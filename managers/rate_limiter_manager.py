@@ -27,15 +27,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.cli import Command, Runtime
-from core.errors import ActionError, ConfigError, DependencyUnavailable, Problem
-from core.gate import Gate, GateOutcome, GateRequest
-from core.http import state
-from core.identity import AUTH_FAILURE
-from core.limits import Decision, LimitState, RateLimiter
-from core.manager import Health, Manager
-from core.settings import Setting, boolean, duration, integer, strings
-from core.store import KeyValueStore
+from core.base.errors import ActionError, ConfigError, DependencyUnavailable, Problem
+from core.base.store import KeyValueStore
+from core.config.settings import Setting, boolean, duration, integer, strings
+from core.contracts.limits import Decision, LimitState, RateLimiter
+from core.manager import Command, CommandRuntime, Health, Manager
+from core.pipeline.gate import Gate, GateOutcome, GateRequest
+from core.pipeline.identity import AUTH_FAILURE
 from managers.rate_limits import open_limiter
 from managers.rate_limits.base import (
     BanPolicy,
@@ -51,7 +49,7 @@ from managers.rate_limits.gcra import MAX_COST, MAX_PERIOD, MICROS, Limit, parse
 from managers.rate_limits.memory import MemoryLimiter
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
 
 __all__ = ["Decision", "Limit", "LimitState", "RateLimiterManager", "parse_limit"]
 
@@ -166,7 +164,7 @@ class RateLimiterManager(Manager):
             if isinstance(backend, MemoryLimiter):
                 backend.use_clock(clock)
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         config = app.config
         problems: list[Problem] = []
         limits: dict[str, tuple[Limit, ...]] = {}
@@ -464,7 +462,7 @@ def _bans_arguments(parser: argparse.ArgumentParser) -> None:
     lift.add_argument("identity", help="as listed, e.g. ip:203.0.113.7 or user:<id>")
 
 
-def _bans_command(args: argparse.Namespace, runtime: Runtime) -> int:
+def _bans_command(args: argparse.Namespace, runtime: CommandRuntime) -> int:
     if runtime.config()["redis.url"] == "memory://":
         print(
             "note: redis.url is memory://: a running server keeps its bans in its own "
@@ -472,8 +470,8 @@ def _bans_command(args: argparse.Namespace, runtime: Runtime) -> int:
             "the server a Redis)",
             file=sys.stderr,
         )
-    with runtime.booted() as app:
-        limiter = state(app).app_manager.get(RateLimiterManager)
+    with runtime.booted_managers() as app:
+        limiter = app.get(RateLimiterManager)
         try:
             if args.bans_command == "lift":
                 if not limiter.unban(args.identity):

@@ -11,17 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
-from core.cache import Cache
-from core.errors import ConfigError, DependencyUnavailable, Problem
+from core.base.errors import ConfigError, DependencyUnavailable, Problem
+from core.base.store import KeyValueStore
+from core.config.settings import Setting, duration, integer, text
+from core.contracts.cache import Cache
 from core.manager import Health, Manager
-from core.settings import Setting, duration, integer, text
-from core.store import KeyValueStore
 from managers.cache_backends import SETTING, Backend, StoreOptions, open_store, scheme_of
 from managers.cache_backends.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
-    from core.config import Config
+    from core.config.config import Config
+    from core.manager import App
 
 T = TypeVar("T")
 _OWNER = "manager redis"
@@ -89,7 +89,7 @@ class RedisManager(Manager):
         if isinstance(self._backend, MemoryStore):
             self._backend.use_clock(clock)
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         config = app.config
         url = str(config["redis.url"])
         workers = int(config["http.workers"])

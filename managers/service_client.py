@@ -29,8 +29,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
-from core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from core.services import IDEMPOTENT_METHODS, UpstreamResponse
+from core.base.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from core.contracts.services import IDEMPOTENT_METHODS, UpstreamResponse
 from managers.service_rules import (
     AddressPolicy,
     Breaker,

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import jsonschema
 
-from core.config import Config
-from core.declaration_schema import DURATION_VALUE
-from core.declarations import did_you_mean
-from core.durations import parse_duration
-from core.errors import Problem
-from core.facades import Secrets
+from core.actions.declaration_schema import DURATION_VALUE
+from core.actions.declarations import did_you_mean
+from core.base.durations import parse_duration
+from core.base.errors import Problem
+from core.base.metrics import Instruments
+from core.config.config import Config
+from core.config.settings import Parser, Setting, duration, integer, mapping, strings, text
+from core.contracts.facades import Secrets
+from core.contracts.module import MODULE_NAME, ModuleCatalog, ModuleManifest
+from core.contracts.services import RESERVED_NAMES, Service, ServiceDirectory
 from core.manager import Health, Manager
-from core.metrics import Instruments
-from core.module import MODULE_NAME, ModuleCatalog, ModuleManifest
-from core.services import RESERVED_NAMES, Service, ServiceDirectory
-from core.settings import Parser, Setting, duration, integer, mapping, strings, text
 from managers.module_loading import discover, module_folders
 from managers.service_rules import (
     AddressPolicy,
@@ -40,7 +40,7 @@ from managers.service_rules import (
 )
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
     from managers.service_client import ServiceClient
 
 log = logging.getLogger("switchboard.services")
@@ -205,7 +205,7 @@ class ServicesManager(Manager):
     )
 
     def __init__(self) -> None:
-        self._app: AppManager | None = None
+        self._app: App | None = None
         self._policy = AddressPolicy()
         self._max_bytes = 5 * 1024 * 1024
         self._defaults: dict[str, Any] = dict(BUILT_IN_DEFAULTS)
@@ -239,7 +239,7 @@ class ServicesManager(Manager):
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         self._app = app
         config = app.config
         networks, problems = parse_networks(config["services.allow_networks"])
@@ -252,7 +252,7 @@ class ServicesManager(Manager):
             )
         )
         if problems_found:
-            from core.errors import ConfigError
+            from core.base.errors import ConfigError
 
             raise ConfigError(problems_found)
         self._policy = AddressPolicy(networks)

@@ -27,18 +27,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.documents import Collection, check_version
-from core.errors import Conflict, DependencyUnavailable, NotFound, Problem, ValidationError
-from core.facades import Documents, StateMachines
-from core.hooks import HookBus
+from core.base.errors import Conflict, DependencyUnavailable, NotFound, Problem, ValidationError
+from core.base.hooks import HookBus
+from core.base.store import KeyValueStore, Subscription
+from core.config.settings import Setting, duration
+from core.contracts.documents import Collection, check_version
+from core.contracts.facades import Documents, StateMachines
+from core.contracts.module import ModuleCatalog, resolve_ref
+from core.contracts.state import Machine, parse_machine
 from core.manager import Health, Manager
-from core.module import ModuleCatalog, resolve_ref
-from core.settings import Setting, duration
-from core.state import Machine, parse_machine
-from core.store import KeyValueStore, Subscription
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
 
 log = logging.getLogger("switchboard.state")
 
@@ -79,7 +79,7 @@ class StateManager(Manager):
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         self._db = self.require(Documents)
         self._store = self.require(KeyValueStore)
         self._hooks = self.require(HookBus)

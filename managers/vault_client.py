@@ -23,7 +23,7 @@ import hvac  # type: ignore[import-untyped]
 import requests
 from hvac import exceptions as hvac_errors
 
-from core.errors import ConfigError, DependencyUnavailable, Problem
+from core.base.errors import ConfigError, DependencyUnavailable, Problem
 
 log = logging.getLogger("switchboard.vault")
 

@@ -17,16 +17,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from core.config import ReferenceResolver
-from core.config_loader import SourceSpec
-from core.errors import DependencyUnavailable, Forbidden, NotFound, Problem
-from core.logging import remember_secret
+from core.base.errors import DependencyUnavailable, Forbidden, NotFound, Problem
+from core.base.logging import remember_secret
+from core.config.config import ReferenceResolver
+from core.config.config_loader import SourceSpec
+from core.config.settings import Setting, duration, text
+from core.contracts.module import ModuleCatalog
 from core.manager import Health, Manager
-from core.module import ModuleCatalog
-from core.settings import Setting, duration, text
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
+    from core.manager import App
     from managers.vault_client import Clock, VaultClient
 
 log = logging.getLogger("switchboard.vault")
@@ -285,7 +285,7 @@ class VaultManager(Manager):
         """The logged-in client, or None while Vault is disabled."""
         return self._client
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         settings = {key: app.config[key] for key in VAULT_KEYS}
         self._secrets_path = str(settings["vault.secrets_path"])
         self.refresh_interval = float(settings["vault.cache_ttl"])

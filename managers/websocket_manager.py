@@ -38,10 +38,8 @@ from urllib.parse import urlsplit
 
 import socketio
 
-from core.calls import CallRequest
-from core.client_ip import Network, client_ip, parse_networks
-from core.context import ANONYMOUS, Caller, Context
-from core.errors import (
+from core.base.client_ip import Network, client_ip, parse_networks
+from core.base.errors import (
     ActionError,
     DependencyUnavailable,
     Forbidden,
@@ -53,23 +51,25 @@ from core.errors import (
     RateLimited,
     Unauthorized,
 )
-from core.facades import Documents, Realtime
-from core.hooks import HookBus, HookEvent
-from core.http_actions import new_request_id
-from core.json_input import check_value
-from core.limits import parse_limit
+from core.base.hooks import HookBus, HookEvent
+from core.base.json_input import check_value
+from core.base.metrics import Instruments
+from core.base.request_ids import new_request_id
+from core.base.store import KeyValueStore
+from core.config.settings import Setting, boolean, duration, integer, strings, text
+from core.contracts.calls import CallRequest
+from core.contracts.context import ANONYMOUS, Caller, Context
+from core.contracts.facades import Documents, Realtime
+from core.contracts.limits import parse_limit
+from core.contracts.module import ModuleCatalog
 from core.manager import AsgiMount, Health, Manager
-from core.metrics import Instruments
-from core.module import ModuleCatalog
-from core.settings import Setting, boolean, duration, integer, strings, text
-from core.store import KeyValueStore
 from managers.rate_limits.gcra import MICROS, Limit, Tat, admits, advance, current, retry_seconds
 from managers.realtime.presence import HEARTBEAT, Presence
 from managers.realtime.rooms import STATE_CHANGED, Room, parse_rooms
 
 if TYPE_CHECKING:
-    from core.app_manager import AppManager
-    from core.pipeline import Pipeline
+    from core.manager import App
+    from core.pipeline.pipeline import Pipeline
 
 log = logging.getLogger("switchboard.realtime")
 T = TypeVar("T")
@@ -188,13 +188,13 @@ class WebSocketManager(Manager):
         self._tasks: list[asyncio.Task[None]] = []
         self._dropping: set[asyncio.Future[Any]] = set()
         self._external: socketio.RedisManager | None = None  # emits with no loop here
-        self._app: AppManager | None = None
+        self._app: App | None = None
         self._metrics: Instruments | None = None
         self._watchers: tuple[Callable[[str, Any, str], None], ...] = ()
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         config = app.config
         self._app = app
         self._store = self.require(KeyValueStore)

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from hypothesis import settings
 
 from app import ROOT, create_app
-from core.runtime import shutdown_app
+from core.transports.flask_app import shutdown_app
 from tests.servers import PostgresServer, RedisServer, ServerUnavailable
 
 # Slow CI machines: no per-example deadline.

@@ -9,9 +9,9 @@ from typing import Any
 from flask import Flask
 
 from app import config_spec
-from core import config_loader
-from core.config import Config
-from core.http import state
+from core.config import config_loader
+from core.config.config import Config
+from core.transports.http import state
 from managers.module_manager import ModuleManager
 from managers.vault_manager import Connect, vault_source
 
@@ -23,7 +23,7 @@ def load_config(
     *,
     vault_connect: Connect | None = None,
 ) -> Config:
-    """``core.config_loader.load_config`` with every setting this build declares; Vault is
+    """``core.config.config_loader.load_config`` with every setting this build declares; Vault is
     reached through ``vault_connect`` when given (a double)."""
     sources = None if vault_connect is None else [vault_source(vault_connect)]
     return config_loader.load_config(root, environ, overrides, spec=config_spec(sources=sources))

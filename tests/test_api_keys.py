@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import default_managers, load
-from core.app_manager import AppManager
-from core.config import Config
-from core.errors import ConfigError, Unauthorized, ValidationError
-from core.http import state
-from core.identity import KeyIdentity
-from core.manager import Manager
-from core.runtime import build_app, shutdown_app
+from core.base.errors import ConfigError, Unauthorized, ValidationError
+from core.config.config import Config
+from core.pipeline.identity import KeyIdentity
+from core.runtime.app_manager import AppManager
+from core.runtime.manager import Manager
+from core.transports.flask_app import build_app, shutdown_app
+from core.transports.http import state
 from managers.api_key_manager import (
     COLLECTION,
     EXPIRED,

@@ -9,12 +9,14 @@ import pytest
 from flask import Flask
 
 import app as app_module
-from core.app_manager import AppManager
-from core.config import Config, ConfigManager
-from core.errors import BootError, ManagerStopError, RegistryFrozen
-from core.http import state
-from core.manager import Health, Manager
-from core.runtime import build_app, shutdown_app
+from core.base.errors import BootError, ManagerStopError, RegistryFrozen
+from core.base.health import Health
+from core.config.config import Config
+from core.runtime.app_manager import AppManager
+from core.runtime.config_manager import ConfigManager
+from core.runtime.manager import App, Manager
+from core.transports.flask_app import build_app, shutdown_app
+from core.transports.http import state
 from managers.hooks_manager import HooksManager
 from managers.module_manager import ModuleManager
 from tests.conftest import MakeApp
@@ -32,9 +34,9 @@ class Recorder(Manager):
         self.log = log
         self.fail_start = fail_start
         self.fail_stop = fail_stop
-        self.app: AppManager | None = None
+        self.app: App | None = None
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         self.log.append(f"start:{self.name}")
         if self.fail_start:
             raise RuntimeError(f"{self.name} cannot start")

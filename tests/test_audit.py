@@ -13,8 +13,8 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.errors import DependencyUnavailable
-from core.http import state
+from core.base.errors import DependencyUnavailable
+from core.transports.http import state
 from managers.audit_manager import AuditManager
 from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp
@@ -201,7 +201,7 @@ def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
 
 def _recorded(database: Path) -> set[str]:
     from app import create_app
-    from core.runtime import shutdown_app
+    from core.transports.flask_app import shutdown_app
 
     app = create_app({"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{database}"})
     try:

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.http import state
+from core.transports.http import state
 from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import module_object
@@ -386,6 +386,6 @@ def test_cli_keys_and_users(tmp_path: Path) -> None:
         response = app.test_client().post("/api/v1/actions/system.ping", headers={"X-API-Key": raw})
         assert response.status_code == 401, json.dumps(response.get_json())
     finally:
-        from core.runtime import shutdown_app
+        from core.transports.flask_app import shutdown_app
 
         shutdown_app(app)

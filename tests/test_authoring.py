@@ -1,5 +1,5 @@
 """What module authors use besides the loader: the CLI's callers, the words of 403s and
-500s, the users and keys commands, and the core.testing harness."""
+500s, the users and keys commands, and the core.transports.testing harness."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from core.errors import BootError
-from core.testing import SYSTEM, Harness, api_key, user
+from core.base.errors import BootError
+from core.transports.testing import SYSTEM, Harness, api_key, user
 from tests.conftest import MakeApp, WriteModule
 from tests.test_cli import run, stderr_json, stdout_json
 
@@ -250,12 +250,12 @@ def test_a_development_500_masks_secrets_and_production_hides_a_steps_failure(
     detail = answer.get_json()["detail"]
     assert "ValueError" in detail and "SECRETPIN" not in detail and "***" in detail
 
-    import core.steps
+    import core.pipeline.steps
 
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("redis://:hunter2@10.0.0.5 refused")
 
-    monkeypatch.setattr(core.steps, "refusal", broken)
+    monkeypatch.setattr(core.pipeline.steps, "refusal", broken)
     env = {"MODULES_PATH": str(parent), "SB_HTTP__WORKERS": "1"}
     from tests.served import production_secrets
 
@@ -270,7 +270,7 @@ def test_lifecycle_and_room_failures_are_problems_with_their_place(
     make_app: MakeApp, write_module: WriteModule
 ) -> None:
     init = """\
-        from core.module import BaseModule
+        from core.contracts.module import BaseModule
 
 
         class Shop(BaseModule):

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from core.cache import Cache
-from core.errors import BootError, ConfigError
-from core.http import state
+from core.base.errors import BootError, ConfigError
+from core.contracts.cache import Cache
+from core.transports.http import state
 from managers.cache_backends.memory import MemoryStore
 from managers.redis_manager import RedisManager
 from tests.conftest import MakeApp, WriteModule

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.client_ip import client_ip, parse_networks
-from core.errors import ConfigError
+from core.base.client_ip import client_ip, parse_networks
+from core.base.errors import ConfigError
 
 TRUSTED = parse_networks(["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"])
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from app import ROOT
-from core.config import Config
-from core.errors import ConfigError, Problem
+from core.base.errors import ConfigError, Problem
+from core.config.config import Config
 from tests.helpers import load_config
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from app import ROOT
-from core.config import ConfigManager
-from core.errors import ConfigError
-from core.logging import configure_logging, flush_logs
+from core.base.errors import ConfigError
+from core.base.logging import configure_logging, flush_logs
+from core.runtime.config_manager import ConfigManager
 from managers.vault_manager import read_reference
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import load_config
@@ -380,7 +380,7 @@ def test_the_running_app_sees_refreshed_settings(make_app: MakeApp, tmp_path: Pa
     client = app.test_client()
     assert client.post("/api/v1/actions/system.info").get_json()["data"]["name"] == "before"
     (tmp_path / "name.txt").write_text("after\n")
-    from core.http import state
+    from core.transports.http import state
 
     assert state(app).app_manager.get(ConfigManager).refresh() == ["app.name"]
     assert client.post("/api/v1/actions/system.info").get_json()["data"]["name"] == "after"

@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.http import state
-from core.store import KeyValueStore
+from core.base.store import KeyValueStore
+from core.transports.http import state
 from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp
 

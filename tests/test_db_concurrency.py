@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.documents import Collection
+from core.contracts.documents import Collection
 from managers.database_manager import Database
 from tests.db_backends import database, unique_collection
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from core.documents import Collection
-from core.errors import Conflict, DependencyUnavailable, ValidationError
+from core.base.errors import Conflict, DependencyUnavailable, ValidationError
+from core.contracts.documents import Collection
 from managers.database_manager import Database
 from tests.db_backends import BACKEND_NAMES, database, unique_collection
 

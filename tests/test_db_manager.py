@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from core.errors import BootError, DependencyUnavailable, Timeout
-from core.http import state
+from core.base.errors import BootError, DependencyUnavailable, Timeout
+from core.transports.http import state
 from managers.database_manager import DatabaseManager
 from managers.db_backends.postgres import PostgresBackend
 from tests.conftest import MakeApp

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.documents import matches, parse_filter, sort_key
+from core.contracts.documents import matches, parse_filter, sort_key
 from managers.database_manager import Database
 from tests.db_backends import BACKEND_NAMES, database, unique_collection
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from app import ROOT
-from core.settings import Setting
+from core.config.settings import Setting
 from tests.helpers import load_config
 
 KUBE = ROOT / "deploy" / "kubernetes"

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
 from app import ROOT
-from core.http import state
+from core.transports.http import state
 from tests.helpers import load_config
 from tests.served import running
 from tests.test_auth import make_admin

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.server_protocol import REFUSED, sweep_interval
+from core.transports.server_protocol import REFUSED, sweep_interval
 from tests.served import Server, running
 
 HEADER_TIMEOUT = 2.0

@@ -10,13 +10,12 @@ import pytest
 from flask import Flask
 
 import app as app_module
-from core.app_manager import AppManager
-from core.context import ANONYMOUS
-from core.errors import BootError
-from core.hooks import BUILTIN_EVENTS, HookEvent, UndeclaredEvent
-from core.http import state
-from core.manager import Manager
-from core.runtime import build_app, shutdown_app
+from core.base.errors import BootError
+from core.base.hooks import BUILTIN_EVENTS, HookEvent, UndeclaredEvent
+from core.contracts.context import ANONYMOUS
+from core.runtime.manager import App, Manager
+from core.transports.flask_app import build_app, shutdown_app
+from core.transports.http import state
 from managers.database_manager import DatabaseManager
 from managers.hooks_manager import HooksManager
 from managers.module_manager import ModuleManager
@@ -193,8 +192,8 @@ HOOKER_INIT = """
 
     from typing import Any
 
-    from core.hooks import HookEvent
-    from core.module import BaseModule
+    from core.base.hooks import HookEvent
+    from core.contracts.module import BaseModule
 
     __all__ = ["HookerModule"]
 
@@ -252,7 +251,7 @@ HOOKER_HANDLERS = """
 
     from typing import Any
 
-    from core.errors import Conflict
+    from core.base.errors import Conflict
 
 
     def login(ctx: Any, *, user: str, pin: str | None = None, count: int = 1) -> dict[str, Any]:
@@ -334,7 +333,7 @@ class RecordingHooks(HooksManager):
         super().__init__()
         self.seen: list[HookEvent] = []
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         super().start(app)
         for event in BUILTIN_EVENTS:
             self.register(event, self.seen.append)
@@ -373,7 +372,7 @@ def test_failed_module_fires_no_module_loaded(
         "broken",
         {
             "__init__.py": """
-                from core.module import BaseModule
+                from core.contracts.module import BaseModule
 
 
                 class BrokenModule(BaseModule):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from core.params import MAX_ERRORS
+from core.actions.params import MAX_ERRORS
 from tests.conftest import MakeApp
 from tests.helpers import module_object
 from tests.served import Response, Server, production_secrets, running

@@ -55,7 +55,7 @@ actions:
 TRICKY_HANDLERS = """
 import threading
 
-from core.errors import Conflict
+from core.base.errors import Conflict
 
 RELEASE = threading.Event()
 

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.http import state
+from core.transports.http import state
 from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
 
@@ -33,7 +33,7 @@ actions:
 HANDLERS = """
 import threading
 
-from core.errors import Conflict
+from core.base.errors import Conflict
 
 GATE = threading.Event()
 GATE.set()

@@ -28,9 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import app as switchboard
-from core.app_manager import AppManager
-from core.errors import ConfigError, DependencyUnavailable, Unauthorized
-from core.runtime import build_app, shutdown_app
+from core.base.errors import ConfigError, DependencyUnavailable, Unauthorized
+from core.runtime.app_manager import AppManager
+from core.transports.flask_app import build_app, shutdown_app
 from managers.jwt_keys import _public_jwk, thumbprint
 from managers.jwt_manager import MAX_TOKEN_LENGTH, JWTManager
 from managers.redis_manager import RedisManager

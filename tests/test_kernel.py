@@ -13,15 +13,17 @@ import pytest
 from flask import Flask
 
 import app as app_module
-from core.app_manager import AppManager
-from core.calls import Call, CallResult
-from core.chain import STEPS, Middleware, Next, arrange
-from core.cli import Command, Runtime
-from core.errors import BootError, DependencyUnavailable
-from core.http import state
-from core.manager import Health, Manager
-from core.settings import Setting, integer
-from core.store import KeyValueStore
+from core.base.errors import BootError, DependencyUnavailable
+from core.base.health import Health
+from core.base.store import KeyValueStore
+from core.config.settings import Setting, integer
+from core.contracts.calls import CallResult
+from core.pipeline.call import Call
+from core.pipeline.chain import STEPS, Middleware, Next, arrange
+from core.runtime.app_manager import AppManager
+from core.runtime.manager import App, Command, Manager
+from core.transports.cli import Runtime
+from core.transports.http import state
 from managers.redis_manager import RedisManager
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import load_config
@@ -68,7 +70,7 @@ class ToyManager(Manager):
 
         return (Command("toy", "say a word", run, arguments),)
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         self.exclamations = int(app.config["toy.exclamations"])
 
     def greet(self, name: str) -> str:
@@ -149,7 +151,7 @@ def test_a_toy_manager_contributes_without_touching_the_kernel(toy_app: Flask) -
     try:
         assert toy_app.extensions  # the app stays usable
     finally:
-        from core.runtime import shutdown_app
+        from core.transports.flask_app import shutdown_app
 
         shutdown_app(toy_app)
 
@@ -180,7 +182,7 @@ class Borrower(Manager):
     name = "borrower"
     requires = ("config",)
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         self.require(KeyValueStore)
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from core.errors import BootError, DeclarationError, ModuleError, Problem, RegistryFrozen
-from core.http import state
+from core.base.errors import BootError, DeclarationError, ModuleError, Problem, RegistryFrozen
+from core.transports.http import state
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.module_manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
@@ -95,7 +95,7 @@ def test_the_seed_format_loads_unchanged(make_app: MakeApp, write_module: WriteM
         "legacy",
         {
             "__init__.py": """
-            from core.module import BaseModule
+            from core.contracts.module import BaseModule
 
             class LegacyModule(BaseModule):
                 def initialize(self, app_manager):
@@ -159,7 +159,7 @@ def test_module_lifecycle_runs_in_dependency_order_and_disposes_in_reverse(
 ) -> None:
     journal = tmp_path / "journal.txt"
     lifecycle = f"""
-        from core.module import BaseModule
+        from core.contracts.module import BaseModule
 
         def note(text):
             with open({str(journal)!r}, "a") as f:
@@ -180,7 +180,7 @@ def test_module_lifecycle_runs_in_dependency_order_and_disposes_in_reverse(
     app = make_app({"MODULES_PATH": str(parent)})
     info = call(app, "system.info")[1]["data"]
     assert {"name": "alpha", "version": "2.0.0", "status": "ok"} in info["modules"]
-    from core.runtime import shutdown_app
+    from core.transports.flask_app import shutdown_app
 
     shutdown_app(app)
     lines = journal.read_text().splitlines()
@@ -201,7 +201,7 @@ def test_operator_settings_override_module_config(
         "tuned",
         {
             "module.yaml": "config: {size: 1, color: red}\n",
-            "__init__.py": "from core.module import BaseModule\n"
+            "__init__.py": "from core.contracts.module import BaseModule\n"
             "class Tuned(BaseModule):\n    pass\n",
         },
     )
@@ -220,7 +220,7 @@ def test_a_module_may_add_routes(make_app: MakeApp, write_module: WriteModule) -
         "web",
         {
             "__init__.py": """
-        from core.module import BaseModule
+        from core.contracts.module import BaseModule
 
         class Web(BaseModule):
             def register_routes(self):
@@ -247,7 +247,7 @@ def test_initialize_failure_fails_the_boot_by_default(
     parent = write_module(
         "fragile",
         {
-            "__init__.py": "from core.module import BaseModule\n"
+            "__init__.py": "from core.contracts.module import BaseModule\n"
             "class Fragile(BaseModule):\n"
             "    def initialize(self, app_manager):\n"
             "        raise ConnectionError('no upstream')\n",
@@ -266,7 +266,7 @@ def test_non_strict_reports_the_failed_module_and_its_actions_answer_503(
     write_module(
         "fragile",
         {
-            "__init__.py": "from core.module import BaseModule\n"
+            "__init__.py": "from core.contracts.module import BaseModule\n"
             "class Fragile(BaseModule):\n"
             "    def initialize(self, app_manager):\n"
             "        raise ConnectionError('no upstream')\n",
@@ -470,7 +470,7 @@ def test_seed_mistakes_are_named(make_app: MakeApp, write_module: WriteModule) -
     parent = write_module(
         "legacy",
         {
-            "__init__.py": "from core.module import BaseModule\n"
+            "__init__.py": "from core.contracts.module import BaseModule\n"
             "class Legacy(BaseModule):\n"
             "    def _two(self, a, b):\n        return 1\n",
             "actions.yaml": """

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.http import state
+from core.transports.http import state
 from managers.hooks_manager import HooksManager
 from tests.conftest import MakeApp
 from tests.served import production_secrets, running

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.errors import ValidationError, pointer
-from core.params import ParamSpec, ParamsValidator
+from core.actions.params import ParamSpec, ParamsValidator
+from core.base.errors import ValidationError, pointer
 
 
 def validator(**params: Mapping[str, Any]) -> ParamsValidator:

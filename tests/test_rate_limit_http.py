@@ -13,9 +13,9 @@ import pytest
 from flask import Flask
 
 from app import ROOT
-from core.calls import CallRequest
-from core.context import SYSTEM
-from core.http import state
+from core.contracts.calls import CallRequest
+from core.contracts.context import SYSTEM
+from core.transports.http import state
 from managers.rate_limiter_manager import RateLimiterManager
 from tests.conftest import MakeApp, WriteModule
 from tests.servers import RedisServer

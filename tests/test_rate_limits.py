@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import ROOT
-from core.app_manager import AppManager
-from core.errors import ConfigError, DependencyUnavailable
+from core.base.errors import ConfigError, DependencyUnavailable
+from core.runtime.app_manager import AppManager
 from managers.rate_limiter_manager import Decision, Limit, RateLimiterManager, parse_limit
 from managers.redis_manager import RedisManager
 from tests.helpers import load_config
@@ -430,7 +430,7 @@ WORKER = r"""
 import json, sys, threading
 from pathlib import Path
 
-from core.app_manager import AppManager
+from core.runtime.app_manager import AppManager
 from tests.helpers import load_config
 from managers.rate_limiter_manager import RateLimiterManager
 from managers.redis_manager import RedisManager

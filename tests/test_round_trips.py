@@ -16,7 +16,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.http import state
+from core.transports.http import state
 from managers.api_key_manager import ApiKeyManager
 from managers.jwt_manager import JWTManager
 from tests.conftest import MakeApp, WriteModule

@@ -16,8 +16,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.errors import BootError
-from core.http import state
+from core.base.errors import BootError
+from core.transports.http import state
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.database_manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
@@ -633,7 +633,7 @@ def test_calls_past_their_deadline_send_nothing_and_do_not_open_the_breaker(
         + """
 
 import time
-from core.errors import UpstreamTimeout
+from core.base.errors import UpstreamTimeout
 
 
 def late(ctx):
@@ -771,7 +771,7 @@ def test_reserved_and_duplicate_service_names(
 def test_a_secret_header_comes_from_vault_and_never_reaches_the_logs(
     boot: Boot, upstream: Upstream, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from core.logging import flush_logs
+    from core.base.logging import flush_logs
     from tests.vault_double import VaultDouble
 
     vault = VaultDouble().start()

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from core.errors import Conflict, ModuleError, NotFound, Problem, ValidationError
-from core.http import state
+from core.base.errors import Conflict, ModuleError, NotFound, Problem, ValidationError
+from core.transports.http import state
 from managers.database_manager import DatabaseManager
 from managers.redis_manager import RedisManager
 from managers.state_manager import StateManager
@@ -41,7 +41,7 @@ state_machines:
 INIT = """
 import threading
 
-from core.module import BaseModule
+from core.contracts.module import BaseModule
 
 
 class Shop(BaseModule):
@@ -114,7 +114,7 @@ actions:
 HANDLERS = """
 import time
 
-from core.errors import Conflict
+from core.base.errors import Conflict
 
 
 def can_ship(record, to, data):
@@ -474,8 +474,8 @@ def test_a_machine_may_be_defined_in_code(make_app: MakeApp, write_module: Write
         "door",
         {
             "__init__.py": """
-            from core.module import BaseModule
-            from core.state import Machine
+            from core.contracts.module import BaseModule
+            from core.contracts.state import Machine
 
 
             class Door(BaseModule):

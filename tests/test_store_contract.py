@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.errors import DependencyUnavailable
+from core.base.errors import DependencyUnavailable
 from managers.cache_backends import Backend, StoreOptions, open_store
 from tests.servers import RedisServer
 

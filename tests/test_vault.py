@@ -12,10 +12,10 @@ from typing import Any, cast
 
 import pytest
 
-from core.app_manager import AppManager
-from core.errors import ConfigError, DependencyUnavailable, Forbidden, NotFound
-from core.manager import Manager
-from core.module import ModuleManifest
+from core.base.errors import ConfigError, DependencyUnavailable, Forbidden, NotFound
+from core.contracts.module import ModuleManifest
+from core.runtime.app_manager import AppManager
+from core.runtime.manager import App, Manager
 from managers.hooks_manager import HooksManager
 from managers.module_manager import ModuleManager
 from managers.vault_client import VaultClient
@@ -63,7 +63,7 @@ class ModuleRegistry(Manager):
             for name, globs in secrets.items()
         ]
 
-    def start(self, app: AppManager) -> None:
+    def start(self, app: App) -> None:
         app.publish_modules(cast(Any, self))
 
     def __iter__(self) -> Iterator[_Loaded]:
@@ -133,11 +133,11 @@ def approle_env(**overrides: str) -> dict[str, str]:
     }
 
 
-def vault_of(app: AppManager) -> VaultManager:
+def vault_of(app: App) -> VaultManager:
     return app.get("vault", VaultManager)
 
 
-def client_of(app: AppManager) -> VaultClient:
+def client_of(app: App) -> VaultClient:
     client = vault_of(app).client
     assert client is not None
     return client

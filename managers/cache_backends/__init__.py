@@ -2,7 +2,7 @@
 
 ``BACKENDS`` is the explicit registry: scheme -> factory. A factory imports its backend module
 (and so its client library) only when that scheme is configured, so ``memory://`` never needs
-redis-py. Every backend implements ``core.store.KeyValueStore`` plus ``name`` and ``close()``
+redis-py. Every backend implements ``core.base.store.KeyValueStore`` plus ``name`` and ``close()``
 (``Backend`` below), and one contract test table (tests/test_store_contract.py) runs them all.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from core.errors import ConfigError, Problem
-from core.store import KeyValueStore
+from core.base.errors import ConfigError, Problem
+from core.base.store import KeyValueStore
 
 log = logging.getLogger("switchboard.redis")
 

@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from core.errors import ConfigError, DependencyUnavailable, Problem
+from core.base.errors import ConfigError, DependencyUnavailable, Problem
 from managers.cache_backends import SETTING, StoreOptions, deliver, redacted, ttl_milliseconds
 from managers.cache_backends.redis_connections import Connections, Script
 

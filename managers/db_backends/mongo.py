@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from core.documents import (
+from core.base.errors import Conflict, DependencyUnavailable
+from core.contracts.documents import (
     ID_FIELD,
     VERSION_FIELD,
     And,
@@ -34,7 +35,6 @@ from core.documents import (
     parse_sort,
     prepare_insert,
 )
-from core.errors import Conflict, DependencyUnavailable
 from core.manager import Health
 
 _TYPES = {bool: "bool", int: "number", float: "number", str: "string"}
@@ -44,7 +44,7 @@ _UPDATE_RETRIES = 20
 
 
 def translate(node: Node) -> dict[str, Any]:
-    """A Mongo filter with the semantics of ``core.documents.matches``."""
+    """A Mongo filter with the semantics of ``core.contracts.documents.matches``."""
     if isinstance(node, And):
         return {"$and": [translate(n) for n in node.nodes]} if node.nodes else {}
     if isinstance(node, Or):

@@ -20,8 +20,8 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
 
-from core.errors import Conflict, DependencyUnavailable, Timeout, TransactionConflict
-from core.retry import retrying
+from core.base.errors import Conflict, DependencyUnavailable, Timeout, TransactionConflict
+from core.base.retry import retrying
 from managers.db_backends.sql import Session, SqlBackend
 from managers.db_backends.sql_compiler import Dialect
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, Protocol
 
-from core.documents import (
+from core.base.errors import Conflict, FieldError, ValidationError
+from core.contracts.documents import (
     ID_FIELD,
     VERSION_FIELD,
     apply_changes,
@@ -28,7 +29,6 @@ from core.documents import (
     parse_sort,
     prepare_insert,
 )
-from core.errors import Conflict, FieldError, ValidationError
 from core.manager import Health
 from managers.db_backends.sql_compiler import Compiler, Dialect, Params
 

@@ -11,7 +11,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.documents import ID_FIELD, VERSION_FIELD, And, Compare, Exists, In, Node, Not, Or
+from core.contracts.documents import (
+    ID_FIELD,
+    VERSION_FIELD,
+    And,
+    Compare,
+    Exists,
+    In,
+    Node,
+    Not,
+    Or,
+)
 
 Params = list[Any]
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.errors import Conflict, DependencyUnavailable
+from core.base.errors import Conflict, DependencyUnavailable
 from core.manager import Health
 from managers.db_backends.sql import Session, SqlBackend
 from managers.db_backends.sql_compiler import Dialect

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from core.errors import ConfigError, Problem
-from core.store import KeyValueStore
+from core.base.errors import ConfigError, Problem
+from core.base.store import KeyValueStore
 from managers.rate_limits.base import Clock, LimiterBackend
 
 LimiterFactory = Callable[[KeyValueStore, Clock], LimiterBackend]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.limits import Decision, LimitState
+from core.contracts.limits import Decision, LimitState
 from managers.rate_limits.base import Check, Outcome
 from managers.rate_limits.gcra import (
     MICROS,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from core.limits import MAX_COST, MAX_COUNT, MAX_PERIOD, MICROS, Limit, parse_limit
+from core.contracts.limits import MAX_COST, MAX_COUNT, MAX_PERIOD, MICROS, Limit, parse_limit
 
 __all__ = [
     "MAX_COST",

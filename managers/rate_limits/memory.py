@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 
-from core.gate import claim_key
-from core.store import KeyValueStore
+from core.base.store import KeyValueStore
+from core.pipeline.gate import claim_key
 from managers.rate_limits.base import (
     BanPolicy,
     BanRecord,

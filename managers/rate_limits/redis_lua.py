@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from core.store import KeyValueStore
+from core.base.store import KeyValueStore
 from managers.rate_limits.base import (
     BAN_PREFIX,
     BanRecord,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.store import KeyValueStore
+from core.base.store import KeyValueStore
 
 TTL = 30.0
 HEARTBEAT = 10.0

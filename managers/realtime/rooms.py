@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from core.context import Caller
-from core.errors import Problem
-from core.module import ImportFailed, LoadedModule, RefError, resolve_ref
+from core.base.errors import Problem
+from core.contracts.context import Caller
+from core.contracts.module import ImportFailed, LoadedModule, RefError, resolve_ref
 
 ROOM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 KINDS: Mapping[str, frozenset[str]] = {

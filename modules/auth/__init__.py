@@ -6,8 +6,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 
-from core.limits import Limit, parse_limit
-from core.module import BaseModule
+from core.module import BaseModule, Limit, parse_limit
 
 from .handlers import USERS
 

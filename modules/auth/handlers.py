@@ -10,9 +10,8 @@ from typing import Any
 
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from core.durations import parse_duration
 from core.errors import Conflict, NotFound, RateLimited, Unauthorized
-from core.limits import Limit
+from core.module import Limit, parse_duration
 
 BAD_LOGIN = "invalid email or password"
 

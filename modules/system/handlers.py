@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import core
+from core.module import VERSION
 
 
 def ping(ctx: Any) -> dict[str, bool]:
@@ -22,7 +22,7 @@ def info(ctx: Any) -> dict[str, Any]:
     started = getattr(system.instance, "started_at", 0.0) if system else 0.0
     info: dict[str, Any] = {
         "name": ctx.config["app.name"],
-        "version": core.__version__,
+        "version": VERSION,
         "uptime_seconds": round(time.monotonic() - started, 3),
         "modules": [
             {"name": m.name, "version": m.manifest.version, "status": m.status} for m in modules

@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from core.asgi import WsgiBridge
+from core.transports.asgi import WsgiBridge
 
 app = Flask("bare")
 

@@ -133,8 +133,8 @@ def switchboard_env(work: Path, redis_url: str, workers: int) -> dict[str, str]:
 def credentials(env: Mapping[str, str]) -> tuple[str, str]:
     """An access token and an API key, made by an app on the bench's database and Redis."""
     from app import create_app
-    from core.http import state
-    from core.runtime import shutdown_app
+    from core.transports.flask_app import shutdown_app
+    from core.transports.http import state
     from managers.api_key_manager import ApiKeyManager
     from managers.jwt_manager import JWTManager
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import ROOT, create_app
-from core.calls import CallRequest
-from core.http import state
-from core.params import ParamSpec, ParamsValidator, compile_schema, object_schema
-from core.runtime import shutdown_app
+from core.actions.params import ParamSpec, ParamsValidator, compile_schema, object_schema
+from core.contracts.calls import CallRequest
+from core.transports.flask_app import shutdown_app
+from core.transports.http import state
 from tests.bench import boot, slow
 from tests.bench import http as http_bench
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import Conflict
+from core.base.errors import Conflict
 
 
 def say(ctx: Any, *, room: str, text: str) -> dict[str, Any]:

@@ -1,0 +1,270 @@
+"""HTTP glue on Flask: routes, request ids, the JSON envelope and problem+json errors.
+
+The action route hands its request to ``core.transports.http_actions.ActionEndpoint`` (the same code
+the ASGI server calls directly); the other routes (listing, OpenAPI, health, what managers
+and modules add) are Flask views. Every answer carries ``X-Request-ID``; every error is a
+problem document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+
+from core.base.client_ip import Network, client_ip, in_networks, parse_networks
+from core.base.errors import (
+    ActionError,
+    InternalError,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from core.base.logging import request_id_var
+from core.base.request_ids import request_id_of
+from core.contracts.calls import CallRequest
+from core.contracts.context import Caller
+from core.pipeline.pipeline import Pipeline
+from core.pipeline.steps import may_call
+from core.transports.docs import docs_blueprint
+from core.transports.http_actions import (
+    PROBLEM_JSON,
+    ActionEndpoint,
+    Answer,
+    RequestLimits,
+    cors_headers,
+    problem_body,
+)
+from core.transports.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from core.runtime.app_manager import AppManager
+
+log = logging.getLogger("switchboard.http")
+
+EXTENSION = "switchboard"
+
+
+@dataclass(frozen=True)
+class SwitchboardState:
+    """What ``app.extensions["switchboard"]`` holds for one Flask app."""
+
+    app_manager: AppManager
+    pipeline: Pipeline
+    endpoint: ActionEndpoint
+    openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
+    trusted_proxies: tuple[Network, ...] = ()
+    cors_origins: frozenset[str] = frozenset()
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    health_allow: tuple[Network, ...] | None = None  # None: every client sees the checks
+
+
+def state(flask_app: Flask | None = None) -> SwitchboardState:
+    from flask import current_app
+
+    target = flask_app if flask_app is not None else current_app
+    return target.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def _json(body: Any, status: int = 200, mimetype: str = "application/json") -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=mimetype)
+
+
+def to_response(answer: Answer) -> Response:
+    response = Response(answer.body, status=answer.status)
+    response.headers.clear()
+    for name, value in answer.headers:
+        response.headers.add(name, value)
+    return response
+
+
+def problem_response(error: ActionError) -> Response:
+    response = Response(problem_body(error, g.get("request_id")), error.status)
+    response.mimetype = PROBLEM_JSON
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _caller(current: SwitchboardState) -> Caller:
+    return current.pipeline.caller_of(
+        CallRequest(
+            action="",
+            params=None,
+            request_id=g.request_id,
+            client_ip=client_ip(
+                request.remote_addr,
+                request.headers.get("X-Forwarded-For"),
+                current.trusted_proxies,
+            ),
+            headers=request.headers,  # type: ignore[arg-type]
+        )
+    )
+
+
+def _caller_listing(current: SwitchboardState) -> list[dict[str, Any]]:
+    caller = _caller(current)
+    actions = current.pipeline.registry.actions()
+    return [a.spec.describe() for a in actions if may_call(caller, a.spec)]
+
+
+def _may_see_checks(current: SwitchboardState) -> bool:
+    """In production the checks name backends, hosts and key ids: only admins and clients
+    on ``health.allow`` see them."""
+    address = client_ip(
+        request.remote_addr, request.headers.get("X-Forwarded-For"), current.trusted_proxies
+    )
+    if address is not None and in_networks(address, current.health_allow or ()):
+        return True
+    try:
+        return "admin" in _caller(current).roles
+    except ActionError:  # a bad credential: no checks, and no 401 from a health probe
+        return False
+
+
+def create_blueprint() -> Blueprint:
+    bp = Blueprint("switchboard", __name__)
+
+    @bp.post("/api/v1/actions/<path:name>")
+    def call_action(name: str) -> Response:
+        endpoint = state().endpoint
+        body = request.get_data(cache=False)
+        answer = endpoint.answer(name, request.headers.get, body, request.remote_addr, g.request_id)
+        return to_response(answer)
+
+    @bp.get("/api/v1/actions")
+    def list_actions() -> Response:
+        return _json({"data": _caller_listing(state())})
+
+    @bp.get("/openapi.json")
+    def openapi() -> Response:
+        return _json(state().openapi)
+
+    @bp.get("/health/live")
+    def live() -> Response:
+        return _json({"status": "ok"})
+
+    @bp.get("/health/ready")
+    def ready() -> Response:
+        current = state()
+        is_ready, checks = current.app_manager.health()
+        statuses = {c["status"] for c in checks.values()}
+        overall = (
+            "failed" if not is_ready else "degraded" if statuses & {"degraded", "failed"} else "ok"
+        )
+        body: dict[str, Any] = {"status": overall}
+        if current.health_allow is None or _may_see_checks(current):
+            body["checks"] = checks
+        return _json(body, 200 if is_ready else 503)
+
+    return bp
+
+
+def _assign_request_id() -> None:
+    g.request_id = request_id_of(request.headers.get("X-Request-ID"))
+    g.request_id_token = request_id_var.set(g.request_id)
+    environ = request.environ
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    size = len(target) if target else len(environ.get("PATH_INFO", "")) + len(request.query_string)
+    state().limits.check(size, request.headers.items())
+
+
+def _finish(response: Response) -> Response:
+    request_id = g.get("request_id")
+    if request_id and "X-Request-ID" not in response.headers:
+        response.headers["X-Request-ID"] = request_id
+    if "Access-Control-Allow-Origin" not in response.headers:
+        preflight = "Access-Control-Request-Method" in request.headers
+        for name, value in cors_headers(
+            state().cors_origins, request.headers.get("Origin"), request.method, preflight
+        ):
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers[name] = value
+    return response
+
+
+def _reset_request_id(_exc: BaseException | None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        request_id_var.reset(token)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    """Werkzeug's own errors (routing, body limit) rendered as problem documents too."""
+    error: ActionError
+    if isinstance(exc, RequestEntityTooLarge):
+        error = PayloadTooLarge(f"the body exceeds {request.max_content_length} bytes")
+    elif isinstance(exc, WerkzeugMethodNotAllowed):
+        allowed = ", ".join(exc.valid_methods or ())
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}",
+            headers={"Allow": allowed} if allowed else {},
+        )
+    elif exc.code == 404:
+        error = NotFound(f"no route for {request.path}")
+    elif exc.code is not None and exc.code < 500:
+        error = MalformedRequest(exc.description or "malformed request")
+    else:
+        log.error("HTTP error %s serving %s %s", exc.code, request.method, request.path)
+        error = InternalError(f"an unexpected error occurred; quote request id {g.request_id}")
+    return problem_response(error)
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error serving %s %s", request.method, request.path)
+    return problem_response(
+        InternalError(f"an unexpected error occurred; quote request id {g.get('request_id')}")
+    )
+
+
+def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> None:
+    """Install Switchboard on ``flask_app`` (routes, hooks, error handlers, body limit)."""
+    config = app_manager.config
+    max_body = int(config["http.max_body_bytes"])
+    flask_app.config["MAX_CONTENT_LENGTH"] = max_body
+    document = openapi_document(pipeline.registry.actions(), str(config["app.name"]))
+    trusted = parse_networks(config["http.trusted_proxies"])
+    origins = frozenset(config["http.cors_origins"])
+    endpoint = ActionEndpoint(
+        pipeline.invoke,
+        trusted_proxies=trusted,
+        cors_origins=origins,
+        max_body_bytes=max_body,
+        max_json_depth=int(config["http.max_json_depth"]),
+    )
+    flask_app.extensions[EXTENSION] = SwitchboardState(
+        app_manager,
+        pipeline,
+        endpoint,
+        document,
+        trusted,
+        origins,
+        RequestLimits.from_config(config),
+        parse_networks(config["health.allow"], "health.allow") if config.is_production else None,
+    )
+    flask_app.register_blueprint(create_blueprint())
+    flask_app.register_blueprint(
+        docs_blueprint(
+            str(config["app.name"]),
+            lambda: state().openapi,
+            lambda: {entry["name"] for entry in _caller_listing(state())},
+        )
+    )
+    for route in app_manager.routes():
+        flask_app.add_url_rule(
+            route.path, f"switchboard_{route.endpoint}", route.view, methods=list(route.methods)
+        )
+    flask_app.before_request(_assign_request_id)
+    flask_app.after_request(_finish)
+    flask_app.teardown_request(_reset_request_id)
+    flask_app.register_error_handler(ActionError, problem_response)
+    flask_app.register_error_handler(HTTPException, _http_error)
+    flask_app.register_error_handler(Exception, _unexpected)

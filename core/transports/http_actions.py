@@ -1,0 +1,184 @@
+"""``POST /api/v1/actions/<name>``: from an HTTP request to a ``CallRequest`` and back.
+
+One implementation serves both ways in: the ASGI server calls ``ActionEndpoint.answer``
+directly (the hot path skips Werkzeug), and the Flask route calls it too (the test client,
+a WSGI deployment). What a caller sees is decided here: the request id, the body rules
+(415, 400, 413), the client's address, the problem documents and CORS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.base.client_ip import Network, client_ip
+from core.base.errors import (
+    ActionError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UriTooLong,
+)
+from core.base.json_input import DEFAULT_MAX_DEPTH, parse_object
+from core.base.request_ids import request_id_of
+from core.config.config import Config
+from core.contracts.calls import CallRequest, CallResult
+from core.pipeline.idempotency import HEADER as IDEMPOTENCY_HEADER
+
+PREFIX = "/api/v1/actions/"
+PROBLEM_JSON = "application/problem+json"
+CORS_EXPOSE = "X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed"
+CORS_ALLOW = "Content-Type, Authorization, X-API-Key, Idempotency-Key, X-Request-ID"
+
+Headers = Callable[[str], str | None]  # a case-insensitive header lookup
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to send: status, headers (in order) and the body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """How long a request target and how many and how large its headers may be: checked
+    before the body is read, on every route (the HTTP server does not bound them)."""
+
+    max_url_bytes: int = 2048
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+
+    @classmethod
+    def from_config(cls, config: Config) -> RequestLimits:
+        return cls(
+            int(config["http.max_url_bytes"]),
+            int(config["http.max_header_bytes"]),
+            int(config["http.max_headers"]),
+        )
+
+    def check(self, target_bytes: int, headers: Iterable[tuple[Any, Any]]) -> None:
+        """414 or 431 for a request beyond the limits; ``headers`` as (name, value) pairs."""
+        if target_bytes > self.max_url_bytes:
+            raise UriTooLong(f"the request target exceeds {self.max_url_bytes} bytes")
+        count = size = 0
+        for name, value in headers:
+            count += 1
+            size += len(name) + len(value)
+        if count > self.max_headers:
+            raise HeadersTooLarge(f"the request has more than {self.max_headers} header fields")
+        if size > self.max_header_bytes:
+            raise HeadersTooLarge(f"the request headers exceed {self.max_header_bytes} bytes")
+
+
+def cors_headers(
+    allowed: frozenset[str], origin: str | None, method: str, preflight: bool
+) -> list[tuple[str, str]]:
+    """The CORS fields for ``origin`` (none when it is not allowed)."""
+    if not origin or not (origin in allowed or "*" in allowed):
+        return []
+    found = [
+        ("Access-Control-Allow-Origin", "*" if "*" in allowed else origin),
+        ("Access-Control-Expose-Headers", CORS_EXPOSE),
+        ("Vary", "Origin"),
+    ]
+    if method == "OPTIONS" and preflight:
+        found += [
+            ("Access-Control-Allow-Methods", "GET, POST"),
+            ("Access-Control-Allow-Headers", CORS_ALLOW),
+            ("Access-Control-Max-Age", "600"),
+        ]
+    return found
+
+
+def problem_body(error: ActionError, request_id: str | None) -> bytes:
+    return json.dumps(error.problem(request_id), separators=(",", ":")).encode()
+
+
+class ActionEndpoint:
+    """Answers action calls for one app (its pipeline, proxies, CORS and body limit)."""
+
+    def __init__(
+        self,
+        invoke: Callable[[CallRequest], CallResult],
+        *,
+        trusted_proxies: tuple[Network, ...],
+        cors_origins: frozenset[str],
+        max_body_bytes: int,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self._invoke = invoke
+        self._trusted = trusted_proxies
+        self._origins = cors_origins
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+
+    def answer(
+        self,
+        name: str,
+        header: Headers,
+        body: bytes,
+        peer: str | None,
+        request_id: str | None = None,
+    ) -> Answer:
+        """The answer to ``POST /api/v1/actions/<name>``; never raises for bad input."""
+        request_id = request_id or request_id_of(header("X-Request-ID"))
+        extra = cors_headers(self._origins, header("Origin"), "POST", False)
+        try:
+            content_type = (header("Content-Type") or "").split(";", 1)[0].strip().lower()
+            if content_type not in ("", "application/json") and not content_type.endswith("+json"):
+                raise UnsupportedMediaType(f"send application/json, not {content_type}")
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(f"the body exceeds {self.max_body_bytes} bytes")
+            result = self._invoke(
+                CallRequest(
+                    action=name,
+                    params=parse_object(body, self.max_json_depth),
+                    request_id=request_id,
+                    client_ip=client_ip(peer, header("X-Forwarded-For"), self._trusted),
+                    transport="http",
+                    headers=_HeaderView(header),
+                    idempotency_key=header(IDEMPOTENCY_HEADER),
+                )
+            )
+        except ActionError as error:
+            return self.problem(error, request_id, extra)
+        headers = [("Content-Type", result.content_type), *result.headers.items()]
+        headers += [("X-Request-ID", request_id), *extra]
+        return Answer(result.status, headers, result.body.encode())
+
+    @staticmethod
+    def problem(
+        error: ActionError, request_id: str | None, extra: list[tuple[str, str]] | None = None
+    ) -> Answer:
+        headers = [("Content-Type", PROBLEM_JSON), *error.headers.items()]
+        if request_id is not None:
+            headers.append(("X-Request-ID", request_id))
+        return Answer(error.status, headers + (extra or []), problem_body(error, request_id))
+
+
+class _HeaderView(Mapping[str, str]):
+    """The request's headers as the identify step reads them (by name, any case)."""
+
+    def __init__(self, header: Headers) -> None:
+        self._header = header
+
+    def __getitem__(self, name: str) -> str:
+        value = self._header(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._header(name)
+        return default if value is None else value
+
+    def __iter__(self) -> Any:
+        raise TypeError("request headers are looked up by name")
+
+    def __len__(self) -> int:
+        raise TypeError("request headers are looked up by name")
