@@ -34,19 +34,19 @@ from core.transports.cli import Runtime, report
 from core.transports.cli import main as run_cli
 from core.transports.flask_app import build_app
 from managers.action_discovery_manager import ActionDiscoveryManager
-from managers.api_key_manager import ApiKeyManager
+from managers.api_keys import ApiKeyManager
 from managers.audit_manager import AuditManager
-from managers.database_manager import DatabaseManager
+from managers.db import DatabaseManager
 from managers.hooks_manager import HooksManager
-from managers.jwt_manager import JWTManager
+from managers.jwt import JWTManager
 from managers.metrics_manager import MetricsManager
-from managers.module_manager import ModuleManager
-from managers.rate_limiter_manager import RateLimiterManager
-from managers.redis_manager import RedisManager
-from managers.services_manager import ServicesManager
+from managers.modules import ModuleManager
+from managers.rate_limiter import RateLimiterManager
+from managers.realtime import WebSocketManager
+from managers.redis import RedisManager
+from managers.services import ServicesManager
 from managers.state_manager import StateManager
-from managers.vault_manager import VaultManager
-from managers.websocket_manager import WebSocketManager
+from managers.vault import VaultManager
 
 ROOT = Path(__file__).resolve().parent
 

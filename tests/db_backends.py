@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from managers.database_manager import Backend, Database
+from managers.db.manager import Backend, Database
 
 BACKEND_NAMES = ["sqlite", "postgres", "mongo"]
 _names = itertools.count()
@@ -20,7 +20,7 @@ def unique_collection(prefix: str = "c") -> str:
 
 def build_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if kind == "sqlite":
-        from managers.db_backends.sqlite import SqliteBackend
+        from managers.db.backends.sqlite import SqliteBackend
 
         return SqliteBackend(
             tmp_path / "contract.db",
@@ -30,7 +30,7 @@ def build_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
             waiting_writers=16,
         )
     if kind == "postgres":
-        from managers.db_backends.postgres import PostgresBackend
+        from managers.db.backends.postgres import PostgresBackend
 
         # The session's server (this may serve a module-scoped fixture), a fresh database.
         url = request.getfixturevalue("postgres_server").create_database(unique_collection("db"))
@@ -39,7 +39,7 @@ def build_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         )
     import mongomock
 
-    from managers.db_backends.mongo import MongoBackend
+    from managers.db.backends.mongo import MongoBackend
 
     return MongoBackend(
         "mongodb://localhost/contract", timeout=1, client_factory=mongomock.MongoClient

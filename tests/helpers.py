@@ -12,8 +12,8 @@ from app import config_spec
 from core.config import config_loader
 from core.config.config import Config
 from core.transports.http import state
-from managers.module_manager import ModuleManager
-from managers.vault_manager import Connect, vault_source
+from managers.modules.manager import ModuleManager
+from managers.vault.manager import Connect, vault_source
 
 
 def load_config(

@@ -28,7 +28,7 @@ from core.runtime.app_manager import AppManager
 from core.runtime.manager import Manager
 from core.transports.flask_app import build_app, shutdown_app
 from core.transports.http import state
-from managers.api_key_manager import (
+from managers.api_keys.manager import (
     COLLECTION,
     EXPIRED,
     INVALID,
@@ -36,8 +36,8 @@ from managers.api_key_manager import (
     TOUCH_INTERVAL,
     ApiKeyManager,
 )
-from managers.database_manager import DatabaseManager
-from managers.redis_manager import RedisManager
+from managers.db.manager import DatabaseManager
+from managers.redis.manager import RedisManager
 
 PUBLIC_FIELDS = {
     "id",

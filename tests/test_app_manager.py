@@ -18,7 +18,7 @@ from core.runtime.manager import App, Manager
 from core.transports.flask_app import build_app, shutdown_app
 from core.transports.http import state
 from managers.hooks_manager import HooksManager
-from managers.module_manager import ModuleManager
+from managers.modules.manager import ModuleManager
 from tests.conftest import MakeApp
 from tests.helpers import load_config
 

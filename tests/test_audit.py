@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from core.base.errors import DependencyUnavailable
 from core.transports.http import state
 from managers.audit_manager import AuditManager
-from managers.database_manager import DatabaseManager
+from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp
 from tests.served import Server, running
 from tests.test_auth import make_admin

@@ -14,8 +14,8 @@ from flask import Flask
 from core.base.errors import BootError, ConfigError
 from core.contracts.cache import Cache
 from core.transports.http import state
-from managers.cache_backends.memory import MemoryStore
-from managers.redis_manager import RedisManager
+from managers.redis.backends.memory import MemoryStore
+from managers.redis.manager import RedisManager
 from tests.conftest import MakeApp, WriteModule
 from tests.servers import RedisServer, free_port
 

@@ -17,7 +17,7 @@ from app import ROOT
 from core.base.errors import ConfigError
 from core.base.logging import configure_logging, flush_logs
 from core.runtime.config_manager import ConfigManager
-from managers.vault_manager import read_reference
+from managers.vault.manager import read_reference
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import load_config
 

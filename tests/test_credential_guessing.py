@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from managers.api_key_manager import new_key_id, new_secret
+from managers.api_keys.manager import new_key_id, new_secret
 from tests.served import Response, Server, cli, running
 
 LIMITS = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.contracts.documents import Collection
-from managers.database_manager import Database
+from managers.db.manager import Database
 from tests.db_backends import database, unique_collection
 
 THREADS, MOVES, WALLETS, START = 16, 50, 10, 100

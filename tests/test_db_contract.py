@@ -10,7 +10,7 @@ import pytest
 
 from core.base.errors import Conflict, DependencyUnavailable, ValidationError
 from core.contracts.documents import Collection
-from managers.database_manager import Database
+from managers.db.manager import Database
 from tests.db_backends import BACKEND_NAMES, database, unique_collection
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from core.base.errors import BootError, DependencyUnavailable, Timeout
 from core.transports.http import state
-from managers.database_manager import DatabaseManager
-from managers.db_backends.postgres import PostgresBackend
+from managers.db.backends.postgres import PostgresBackend
+from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp
 from tests.servers import free_port
 
@@ -154,7 +154,7 @@ def test_reads_outside_transactions_use_the_read_url(make_app: MakeApp, tmp_path
     replica = tmp_path / "replica.db"
     # The "replica" is a second file: what was written to the primary is not there, which
     # shows where each read went. A replica gets its tables from the primary.
-    from managers.db_backends.sqlite import SqliteBackend
+    from managers.db.backends.sqlite import SqliteBackend
 
     seed = SqliteBackend(replica, pool_size=1, pool_timeout=5, lock_timeout=5, waiting_writers=1)
     seed.start()

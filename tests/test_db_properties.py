@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.contracts.documents import matches, parse_filter, sort_key
-from managers.database_manager import Database
+from managers.db.manager import Database
 from tests.db_backends import BACKEND_NAMES, database, unique_collection
 
 FIELDS = ["a", "b", "n.x"]

@@ -16,9 +16,9 @@ from core.contracts.context import ANONYMOUS
 from core.runtime.manager import App, Manager
 from core.transports.flask_app import build_app, shutdown_app
 from core.transports.http import state
-from managers.database_manager import DatabaseManager
+from managers.db.manager import DatabaseManager
 from managers.hooks_manager import HooksManager
-from managers.module_manager import ModuleManager
+from managers.modules.manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
 
 

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.transports.http import state
-from managers.database_manager import DatabaseManager
+from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
 
 ACTIONS = """

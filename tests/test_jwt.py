@@ -31,9 +31,9 @@ import app as switchboard
 from core.base.errors import ConfigError, DependencyUnavailable, Unauthorized
 from core.runtime.app_manager import AppManager
 from core.transports.flask_app import build_app, shutdown_app
-from managers.jwt_keys import _public_jwk, thumbprint
-from managers.jwt_manager import MAX_TOKEN_LENGTH, JWTManager
-from managers.redis_manager import RedisManager
+from managers.jwt.keys import _public_jwk, thumbprint
+from managers.jwt.manager import MAX_TOKEN_LENGTH, JWTManager
+from managers.redis.manager import RedisManager
 
 LEEWAY = 30  # the built-in jwt.leeway
 

@@ -24,7 +24,7 @@ from core.runtime.app_manager import AppManager
 from core.runtime.manager import App, Command, Manager
 from core.transports.cli import Runtime
 from core.transports.http import state
-from managers.redis_manager import RedisManager
+from managers.redis.manager import RedisManager
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import load_config
 

@@ -11,7 +11,7 @@ from flask import Flask
 from core.base.errors import BootError, DeclarationError, ModuleError, Problem, RegistryFrozen
 from core.transports.http import state
 from managers.action_discovery_manager import ActionDiscoveryManager
-from managers.module_manager import ModuleManager
+from managers.modules.manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import module_object
 

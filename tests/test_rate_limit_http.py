@@ -16,7 +16,7 @@ from app import ROOT
 from core.contracts.calls import CallRequest
 from core.contracts.context import SYSTEM
 from core.transports.http import state
-from managers.rate_limiter_manager import RateLimiterManager
+from managers.rate_limiter.manager import RateLimiterManager
 from tests.conftest import MakeApp, WriteModule
 from tests.servers import RedisServer
 

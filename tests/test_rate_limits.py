@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from app import ROOT
 from core.base.errors import ConfigError, DependencyUnavailable
 from core.runtime.app_manager import AppManager
-from managers.rate_limiter_manager import Decision, Limit, RateLimiterManager, parse_limit
-from managers.redis_manager import RedisManager
+from managers.rate_limiter.manager import Decision, Limit, RateLimiterManager, parse_limit
+from managers.redis.manager import RedisManager
 from tests.helpers import load_config
 from tests.servers import RedisServer
 
@@ -432,8 +432,8 @@ from pathlib import Path
 
 from core.runtime.app_manager import AppManager
 from tests.helpers import load_config
-from managers.rate_limiter_manager import RateLimiterManager
-from managers.redis_manager import RedisManager
+from managers.rate_limiter.manager import RateLimiterManager
+from managers.redis.manager import RedisManager
 
 url, prefix, root, threads, each = sys.argv[1:6]
 config = load_config(

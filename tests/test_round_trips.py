@@ -17,8 +17,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.transports.http import state
-from managers.api_key_manager import ApiKeyManager
-from managers.jwt_manager import JWTManager
+from managers.api_keys.manager import ApiKeyManager
+from managers.jwt.manager import JWTManager
 from tests.conftest import MakeApp, WriteModule
 
 ACTIONS = """

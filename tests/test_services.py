@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from core.base.errors import BootError
 from core.transports.http import state
 from managers.action_discovery_manager import ActionDiscoveryManager
-from managers.database_manager import DatabaseManager
+from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
 from tests.upstream import Answer, Upstream
 
@@ -653,7 +653,7 @@ def late(ctx):
 
 
 def test_a_breaker_that_opened_keeps_its_reset_time() -> None:
-    from managers.service_rules import Breaker
+    from managers.services.rules import Breaker
 
     now = [0.0]
     breaker = Breaker(failures=1, reset=10.0, clock=lambda: now[0])

@@ -15,8 +15,8 @@ from flask import Flask
 
 from core.base.errors import Conflict, ModuleError, NotFound, Problem, ValidationError
 from core.transports.http import state
-from managers.database_manager import DatabaseManager
-from managers.redis_manager import RedisManager
+from managers.db.manager import DatabaseManager
+from managers.redis.manager import RedisManager
 from managers.state_manager import StateManager
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import module_object

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.base.errors import DependencyUnavailable
-from managers.cache_backends import Backend, StoreOptions, open_store
+from managers.redis.backends import Backend, StoreOptions, open_store
 from tests.servers import RedisServer
 
 MakeStore = Callable[[str], Backend]

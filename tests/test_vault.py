@@ -17,9 +17,9 @@ from core.contracts.module import ModuleManifest
 from core.runtime.app_manager import AppManager
 from core.runtime.manager import App, Manager
 from managers.hooks_manager import HooksManager
-from managers.module_manager import ModuleManager
-from managers.vault_client import VaultClient
-from managers.vault_manager import VaultManager
+from managers.modules.manager import ModuleManager
+from managers.vault.client import VaultClient
+from managers.vault.manager import VaultManager
 from tests.helpers import load_config
 from tests.vault_double import VaultDouble
 

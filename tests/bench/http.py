@@ -135,8 +135,8 @@ def credentials(env: Mapping[str, str]) -> tuple[str, str]:
     from app import create_app
     from core.transports.flask_app import shutdown_app
     from core.transports.http import state
-    from managers.api_key_manager import ApiKeyManager
-    from managers.jwt_manager import JWTManager
+    from managers.api_keys.manager import ApiKeyManager
+    from managers.jwt.manager import JWTManager
 
     flask_app = create_app({**env, "SB_HTTP__WORKERS": "1", "SB_LOGGING__LEVEL": "WARNING"})
     try:

@@ -1,0 +1,2 @@
+"""The ``db`` manager's backends: SQLite, PostgreSQL (both over one SQL layer) and
+MongoDB."""
