@@ -15,10 +15,11 @@ from core.config.settings import Setting
 from core.contracts.facades import Documents
 from core.contracts.limits import RateLimiter
 from core.contracts.module import ModuleCatalog
+from core.pipeline.audit import AuditSink
+from core.pipeline.authorize import ActionRegistry
 from core.pipeline.chain import Middleware
 from core.pipeline.gate import Gate
 from core.pipeline.identity import KeyVerifier, TokenVerifier
-from core.pipeline.steps import ActionRegistry, AuditSink
 from core.runtime.manager import App, AsgiMount, Command, CommandRuntime, Manager, Route
 
 __all__ = [

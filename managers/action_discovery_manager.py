@@ -22,7 +22,7 @@ from core.base.yamlfile import YamlFileError, load_yaml_file
 from core.contracts.module import MODULE_NAME, BaseModule, ModuleCatalog
 from core.contracts.services import ServiceDirectory
 from core.manager import Health, Manager
-from core.pipeline.steps import ActionRegistry
+from core.pipeline.authorize import ActionRegistry
 
 if TYPE_CHECKING:
     from core.manager import App

@@ -26,7 +26,7 @@ from core.base.errors import ActionError, ValidationError
 from core.config.settings import Setting, boolean, duration, integer
 from core.contracts.facades import Documents
 from core.manager import Health, Manager
-from core.pipeline.steps import AuditSink
+from core.pipeline.audit import AuditSink
 
 if TYPE_CHECKING:
     from core.manager import App

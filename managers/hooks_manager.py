@@ -32,9 +32,8 @@ from core.contracts.calls import CallResult
 from core.contracts.context import SYSTEM, Context
 from core.contracts.module import EVENT_NAME, ImportFailed, ModuleCatalog, RefError, resolve_ref
 from core.manager import Health, Manager
-from core.pipeline.call import Call
+from core.pipeline.call import Call, elapsed_ms, masked
 from core.pipeline.chain import Middleware, Next
-from core.pipeline.steps import elapsed_ms, masked
 
 if TYPE_CHECKING:
     from core.manager import App

@@ -42,9 +42,10 @@ from core.base.metrics import BREAKER_STATES, REALTIME_EVENTS, Instruments, proc
 from core.config.settings import Setting, boolean, strings, text
 from core.contracts.calls import CallResult
 from core.manager import Health, Manager, Route
+from core.pipeline.audit import problem_slug
+from core.pipeline.authorize import ActionRegistry
 from core.pipeline.call import Call
 from core.pipeline.chain import Middleware, Next
-from core.pipeline.steps import ActionRegistry, problem_slug
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram

@@ -250,12 +250,12 @@ def test_a_development_500_masks_secrets_and_production_hides_a_steps_failure(
     detail = answer.get_json()["detail"]
     assert "ValueError" in detail and "SECRETPIN" not in detail and "***" in detail
 
-    import core.pipeline.steps
+    import core.pipeline.authorize
 
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("redis://:hunter2@10.0.0.5 refused")
 
-    monkeypatch.setattr(core.pipeline.steps, "refusal", broken)
+    monkeypatch.setattr(core.pipeline.authorize, "refusal", broken)
     env = {"MODULES_PATH": str(parent), "SB_HTTP__WORKERS": "1"}
     from tests.served import production_secrets
 

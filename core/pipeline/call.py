@@ -4,16 +4,24 @@ envelope the run step encodes once."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.actions.actions import Action, ActionSpec
+from core.base.errors import (
+    InternalError,
+)
+from core.base.logging import redact
 from core.contracts.calls import CallRequest
 from core.contracts.context import ANONYMOUS, Caller
 from core.contracts.limits import Decision
 from core.pipeline.gate import GateRequest
+
+log = logging.getLogger("switchboard.pipeline")
 
 
 @dataclass
@@ -82,3 +90,33 @@ def not_json(value: Any, path: str = "") -> str | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path or '/'}: {value!r}"
     return f"{path or '/'}: {type(value).__name__}"
+
+
+MASK = "***"
+
+
+def masked(values: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
+    """``values`` with the values of ``secret`` keys replaced by ``***``."""
+    return {k: (MASK if k in secret else v) for k, v in values.items()} if secret else dict(values)
+
+
+def unexpected(call: Call, exc: BaseException) -> InternalError:
+    """The one 500 for an error nobody expected: logged with its traceback, the caller
+    gets only the request id."""
+    request = call.request
+    log.error(
+        "action %s failed unexpectedly (request %s)",
+        request.action,
+        request.request_id,
+        exc_info=exc,
+    )
+    # What went wrong, for the module's author; production's pipeline replaces the detail
+    # of every 5xx with words that name nothing of the deployment.
+    what = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    return InternalError(
+        f"an unexpected error occurred ({what[:500]}); quote request id {request.request_id}"
+    )
+
+
+def elapsed_ms(call: Call) -> float:
+    return round((time.perf_counter() - call.started) * 1000, 3)

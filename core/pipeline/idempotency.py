@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,12 @@ from core.base.errors import (
     MalformedRequest,
 )
 from core.base.store import KeyValueStore
+from core.contracts.calls import CallResult
+from core.pipeline.call import Call
+from core.pipeline.chain import Next
+from core.pipeline.gate import ClaimRequest
+
+log = logging.getLogger("switchboard.pipeline")
 
 KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft's examples
 HEADER = "Idempotency-Key"
@@ -125,3 +133,65 @@ class Idempotency:
 
     def release(self, claim: Claim) -> None:
         self._store.delete(claim.record)
+
+
+class IdempotencyStep:
+    """Declares the claim of an ``Idempotency-Key`` for the gate, and settles it: what the
+    call answers is stored for replay unless it is a 5xx (worth retrying) or a 422 (the
+    retry will send other params).
+
+    The claim is made on the validated params, so ``3`` and ``3.0`` are one request.
+    """
+
+    def __init__(self, idempotency: Idempotency, claim_ttl: float = 300.0) -> None:
+        self.idempotency = idempotency
+        self.claim_ttl = claim_ttl  # a claim whose worker died frees itself after this
+
+    def __call__(self, call: Call, next: Next) -> CallResult:
+        key = call.request.idempotency_key
+        if key is None or not call.spec.idempotent:
+            return next(call)
+        caller = call.caller
+        who = f"{caller.kind}:{caller.id}" if caller.id else f"ip:{call.request.client_ip}"
+        action = call.spec.name
+        claim, running = self.idempotency.claim(action, who, key, call.params)
+
+        def taken(record: bytes) -> CallResult:
+            stored = self.idempotency.held(claim, record, action, key)
+            return CallResult(
+                stored.body, stored.status, stored.content_type, {REPLAYED: "true"}, replayed=True
+            )
+
+        call.gate.claim = ClaimRequest(claim.record, running, self.claim_ttl, taken)
+        try:
+            result = next(call)
+        except ActionError as error:
+            if not call.claimed:
+                raise
+            if error.status >= 500 or error.status == 422:
+                self._settle(call, self.idempotency.release, claim)
+            else:
+                request_id = call.request.request_id
+                self._settle(call, self.idempotency.finish_error, claim, error, request_id)
+            raise
+        except BaseException:
+            if call.claimed:
+                self._settle(call, self.idempotency.release, claim)
+            raise
+        if call.claimed:
+            status, body, content_type = result.status, result.body, result.content_type
+            self._settle(call, self.idempotency.finish, claim, status, body, content_type)
+        return result
+
+    @staticmethod
+    def _settle(call: Call, settle: Callable[..., None], *args: Any) -> None:
+        """The call's own outcome stands even if the store fails: the claim then expires."""
+        try:
+            settle(*args)
+        except ActionError as error:  # the store is down: expected, and said once per call
+            log.warning(
+                "could not settle the idempotency record of %s (%s): a retry runs again "
+                "after idempotency.claim_ttl",
+                call.request.action,
+                error.detail,
+            )

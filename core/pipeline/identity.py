@@ -12,13 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from core.base.errors import Unauthorized
-from core.contracts.calls import CallRequest
+from core.base.errors import (
+    Unauthorized,
+)
+from core.base.logging import call_var
+from core.contracts.calls import CallRequest, CallResult
 from core.contracts.context import ANONYMOUS, Caller
 from core.contracts.limits import rate_limit_headers
+from core.pipeline.call import Call
+from core.pipeline.chain import Next
 from core.pipeline.gate import Gate, GateRequest, LimitRequest, Precondition, limit_refusal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 
 API_KEY_HEADER = "X-API-Key"
 AUTH_FAILURE = "auth_failure"  # the limiter's kind of failed identifications (per IP)
@@ -137,3 +146,38 @@ def credential_identifier(
         return ANONYMOUS, ()
 
     return identify
+
+
+class IdentifyStep:
+    """Who is calling, from the credentials the transport passed on; whether they were
+    revoked is left to the gate (one round trip for everything the call needs).
+
+    A failed identification — a credential that is malformed, invalid, expired or revoked,
+    or none where the action needs one — is handed to ``failed`` (``FailedIdentification``)
+    before its 401 goes out, which may answer 403 ``banned`` or 429 instead. A 401 raised
+    after the gate admitted the call (a handler's) is not one.
+    """
+
+    def __init__(self, identify: Identify, failed: FailedIdentification | None = None) -> None:
+        self.identify = identify
+        self.failed = failed
+
+    def __call__(self, call: Call, next: Next) -> CallResult:
+        try:
+            call.caller, revocations = self.identify(call.request)
+        except Unauthorized:
+            if self.failed is not None:
+                self.failed(call.request, call.gate)
+            raise
+        caller = call.caller
+        who = f"{caller.kind}:{caller.id}" if caller.id is not None else caller.kind
+        call_var.set((call.request.action, who))
+        call.gate.absent.extend(revocations)
+        if self.failed is None:
+            return next(call)
+        try:
+            return next(call)
+        except Unauthorized:
+            if not call.admitted:
+                self.failed(call.request, call.gate)
+            raise

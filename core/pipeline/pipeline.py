@@ -22,31 +22,24 @@ from core.contracts.calls import CallRequest, CallResult
 from core.contracts.context import Caller
 from core.contracts.limits import RateLimiter
 from core.contracts.module import ModuleCatalog
-from core.pipeline.call import Call
+from core.pipeline.audit import AuditSink, AuditStep
+from core.pipeline.authorize import ActionRegistry, LookupStep, authorize
+from core.pipeline.call import Call, unexpected
 from core.pipeline.chain import Handle, arrange, compose
 from core.pipeline.gate import Gate, GateRequest, StoreGate
-from core.pipeline.idempotency import Idempotency
+from core.pipeline.gate_step import GateStep
+from core.pipeline.idempotency import Idempotency, IdempotencyStep
 from core.pipeline.identity import (
     FailedIdentification,
     Identify,
+    IdentifyStep,
     KeyVerifier,
     TokenVerifier,
     credential_identifier,
 )
-from core.pipeline.steps import (
-    ActionRegistry,
-    AuditSink,
-    AuditStep,
-    GateStep,
-    IdempotencyStep,
-    IdentifyStep,
-    LookupStep,
-    RateLimitStep,
-    RunStep,
-    authorize,
-    unexpected,
-    validate,
-)
+from core.pipeline.rate_limit import RateLimitStep
+from core.pipeline.run import RunStep
+from core.pipeline.validate import validate
 
 if TYPE_CHECKING:
     from core.pipeline.host import Host

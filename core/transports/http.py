@@ -30,8 +30,8 @@ from core.base.logging import request_id_var
 from core.base.request_ids import request_id_of
 from core.contracts.calls import CallRequest
 from core.contracts.context import Caller
+from core.pipeline.authorize import may_call
 from core.pipeline.pipeline import Pipeline
-from core.pipeline.steps import may_call
 from core.transports.docs import docs_blueprint
 from core.transports.http_actions import (
     PROBLEM_JSON,
