@@ -11,7 +11,7 @@ from flask import Flask
 from app import config_spec
 from core.config import config_loader
 from core.config.config import Config
-from core.transports.http import state
+from core.transports.http import extension
 from managers.modules.manager import ModuleManager
 from managers.vault.manager import Connect, vault_source
 
@@ -31,6 +31,6 @@ def load_config(
 
 def module_object(app: Flask, name: str) -> Any:
     """The module object of ``name`` in ``app`` (its own attributes are the test's)."""
-    loaded = state(app).app_manager.get(ModuleManager).get(name)
+    loaded = extension(app).app_manager.get(ModuleManager).get(name)
     assert loaded is not None, f"no module {name!r}"
     return loaded.instance

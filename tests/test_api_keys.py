@@ -27,7 +27,7 @@ from core.pipeline.identity import KeyIdentity
 from core.runtime.app_manager import AppManager
 from core.runtime.manager import Manager
 from core.transports.flask_app import build_app, shutdown_app
-from core.transports.http import state
+from core.transports.http import extension
 from managers.api_keys.manager import (
     COLLECTION,
     EXPIRED,
@@ -414,7 +414,7 @@ def test_any_one_character_change_is_refused(
 def test_bad_keys_over_http_are_401_problems(tmp_path: Path) -> None:
     flask_app = build_app(config_for(tmp_path, sqlite_url(tmp_path)), with_keys())
     try:
-        keys: ApiKeyManager = state(flask_app).app_manager.get(ApiKeyManager)
+        keys: ApiKeyManager = extension(flask_app).app_manager.get(ApiKeyManager)
         _, raw = keys.create(name="k", owner="u1", scopes=[])
         key_id, _ = split(raw)
         client = flask_app.test_client()
@@ -510,7 +510,7 @@ def test_dev_pepper_is_generated_once_and_shared(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
     first = build_app(config_for(tmp_path, url), with_keys())
     try:
-        keys1: ApiKeyManager = state(first).app_manager.get(ApiKeyManager)
+        keys1: ApiKeyManager = extension(first).app_manager.get(ApiKeyManager)
         _, raw = keys1.create(name="from the CLI", owner="u1", scopes=["a"])
     finally:
         shutdown_app(first)
@@ -520,7 +520,7 @@ def test_dev_pepper_is_generated_once_and_shared(tmp_path: Path) -> None:
     assert len(pepper) == 64 and all(c in b"0123456789abcdef" for c in pepper)
     second = build_app(config_for(tmp_path, url), with_keys())
     try:
-        keys2: ApiKeyManager = state(second).app_manager.get(ApiKeyManager)
+        keys2: ApiKeyManager = extension(second).app_manager.get(ApiKeyManager)
         assert keys2.verify(raw).owner == "u1"
     finally:
         shutdown_app(second)

@@ -16,7 +16,7 @@ from core.runtime.app_manager import AppManager
 from core.runtime.config_manager import ConfigManager
 from core.runtime.manager import App, Manager
 from core.transports.flask_app import build_app, shutdown_app
-from core.transports.http import state
+from core.transports.http import extension
 from managers.hooks_manager import HooksManager
 from managers.modules.manager import ModuleManager
 from tests.conftest import MakeApp
@@ -334,7 +334,7 @@ def test_two_apps_are_independent(make_app: MakeApp) -> None:
     first = make_app()
     second = make_app()
 
-    one, two = state(first).app_manager, state(second).app_manager
+    one, two = extension(first).app_manager, extension(second).app_manager
     assert first is not second
     assert one is not two
     assert one.config is not two.config

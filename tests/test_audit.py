@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.base.errors import DependencyUnavailable
-from core.transports.http import state
+from core.transports.http import extension
 from managers.audit_manager import AuditManager
 from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp
@@ -31,7 +31,7 @@ def post(client: FlaskClient, action: str, params: Any = None, token: str | None
 
 def stored(app: Flask, count: int) -> list[dict[str, Any]]:
     """The audit collection once it holds ``count`` records (the writer runs in batches)."""
-    db = state(app).app_manager.get(DatabaseManager).documents
+    db = extension(app).app_manager.get(DatabaseManager).documents
     deadline = time.monotonic() + 10
     while True:
         found = db.collection("sb_audit").find({}, sort=[("_id", -1)])
@@ -116,12 +116,12 @@ def test_audit_search_is_for_admins_and_checks_its_params(make_app: MakeApp) -> 
 
 def test_old_records_are_pruned(make_app: MakeApp) -> None:
     app = make_app(FAST)
-    db = state(app).app_manager.get(DatabaseManager).documents
+    db = extension(app).app_manager.get(DatabaseManager).documents
     now = time.time()
     audit = db.collection("sb_audit")
     audit.insert_one({"_id": "00000000000000000001-00000000", "at": now - 40 * 86400})
     audit.insert_one({"_id": "00000000000000000002-00000000", "at": now - 86400})
-    manager = state(app).app_manager.get(AuditManager)
+    manager = extension(app).app_manager.get(AuditManager)
     manager._pruned = -1e9  # the next pass of the writer prunes
     post(app.test_client(), "system.ping")
     deadline = time.monotonic() + 10
@@ -149,15 +149,15 @@ class _Flaky:
 
 def test_records_wait_out_a_database_outage(make_app: MakeApp) -> None:
     app = make_app(FAST)
-    manager = state(app).app_manager.get(AuditManager)
-    real = state(app).app_manager.get(DatabaseManager).documents
+    manager = extension(app).app_manager.get(AuditManager)
+    real = extension(app).app_manager.get(DatabaseManager).documents
     manager._db = _Flaky(real, failures=2)  # type: ignore[assignment]
     client = app.test_client()
     for n in range(5):
         assert post(client, "system.echo", {"message": f"m{n}"}).status_code == 200
     records = stored(app, 5)
     assert len(records) == 5
-    assert state(app).app_manager.get(AuditManager).health().status == "ok"
+    assert extension(app).app_manager.get(AuditManager).health().status == "ok"
 
 
 def _echo_load(
@@ -205,7 +205,7 @@ def _recorded(database: Path) -> set[str]:
 
     app = create_app({"APP_ENV": "test", "DATABASE_URL": f"sqlite:///{database}"})
     try:
-        db = state(app).app_manager.get(DatabaseManager).documents
+        db = extension(app).app_manager.get(DatabaseManager).documents
         return {r["request_id"] for r in db.collection("sb_audit").find({"action": "system.echo"})}
     finally:
         shutdown_app(app)
@@ -243,7 +243,7 @@ def test_kill_9_under_load_loses_at_most_one_interval_and_one_batch(tmp_path: Pa
 
 def test_a_record_the_store_refuses_does_not_hold_up_the_others(make_app: MakeApp) -> None:
     app = make_app(FAST)
-    manager = state(app).app_manager.get(AuditManager)
+    manager = extension(app).app_manager.get(AuditManager)
     manager.record(
         {
             "at": time.time(),

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.transports.http import state
+from core.transports.http import extension
 from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import module_object
@@ -84,7 +84,7 @@ def login(client: FlaskClient, email: str, password: str = PASSWORD) -> dict[str
 
 def make_admin(app: Flask, client: FlaskClient, email: str) -> str:
     register(client, email)
-    db = state(app).app_manager.get(DatabaseManager).documents
+    db = extension(app).app_manager.get(DatabaseManager).documents
     db.collection("sb_users").update_one({"email": email}, {"$set": {"roles": ["admin"]}})
     return str(login(client, email)["access_token"])
 
@@ -110,7 +110,7 @@ def test_register_login_me(client: FlaskClient) -> None:
 
 def test_passwords_are_stored_as_argon2id_hashes(app: Flask, client: FlaskClient) -> None:
     register(client, "hash@example.com")
-    db = state(app).app_manager.get(DatabaseManager).documents
+    db = extension(app).app_manager.get(DatabaseManager).documents
     stored = db.collection("sb_users").find_one({"email": "hash@example.com"})
     assert stored is not None
     assert stored["password_hash"].startswith("$argon2id$")

@@ -13,7 +13,7 @@ from flask import Flask
 
 from core.base.errors import BootError, ConfigError
 from core.contracts.cache import Cache
-from core.transports.http import state
+from core.transports.http import extension
 from managers.redis.backends.memory import MemoryStore
 from managers.redis.manager import RedisManager
 from tests.conftest import MakeApp, WriteModule
@@ -96,7 +96,7 @@ def call(app: Flask, name: str, **params: Any) -> tuple[int, Any]:
 
 
 def manager(app: Flask) -> RedisManager:
-    return state(app).app_manager.get(RedisManager)
+    return extension(app).app_manager.get(RedisManager)
 
 
 # --- handlers -------------------------------------------------------------------------

@@ -380,7 +380,7 @@ def test_the_running_app_sees_refreshed_settings(make_app: MakeApp, tmp_path: Pa
     client = app.test_client()
     assert client.post("/api/v1/actions/system.info").get_json()["data"]["name"] == "before"
     (tmp_path / "name.txt").write_text("after\n")
-    from core.transports.http import state
+    from core.transports.http import extension
 
-    assert state(app).app_manager.get(ConfigManager).refresh() == ["app.name"]
+    assert extension(app).app_manager.get(ConfigManager).refresh() == ["app.name"]
     assert client.post("/api/v1/actions/system.info").get_json()["data"]["name"] == "after"

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.base.store import KeyValueStore
-from core.transports.http import state
+from core.transports.http import extension
 from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp
 
@@ -39,7 +39,7 @@ class Bank:
         self.client = app.test_client()
         self.ids: list[str] = []
         self.tokens: list[str] = []
-        db = state(app).app_manager.get(DatabaseManager).documents
+        db = extension(app).app_manager.get(DatabaseManager).documents
         for i in range(n):
             email = f"user{i}@example.com"
             made = call(self.client, "auth.register", None, {"email": email, "password": PASSWORD})
@@ -141,7 +141,7 @@ def test_a_retry_the_store_forgot_is_not_applied_twice(bank: Bank) -> None:
     key = {"Idempotency-Key": "pay-once"}
     first = call(bank.client, "credits.transfer", bank.tokens[1], params, **key)
     assert first.status_code == 200
-    store = state(bank.app).app_manager.capability(KeyValueStore)
+    store = extension(bank.app).app_manager.capability(KeyValueStore)
     assert store is not None
     forgotten = list(store.scan("idem:"))
     assert forgotten and store.delete(*forgotten) == len(forgotten)

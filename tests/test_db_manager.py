@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from core.base.errors import BootError, DependencyUnavailable, Timeout
-from core.transports.http import state
+from core.transports.http import extension
 from managers.db.backends.postgres import PostgresBackend
 from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp
@@ -19,7 +19,7 @@ from tests.servers import free_port
 
 
 def backend_of(app: Any) -> Any:
-    return state(app).app_manager.get(DatabaseManager)
+    return extension(app).app_manager.get(DatabaseManager)
 
 
 def test_the_embedded_default_is_a_sqlite_file_under_the_project(

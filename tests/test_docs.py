@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
 from app import ROOT
-from core.transports.http import state
+from core.transports.http import extension
 from tests.helpers import load_config
 from tests.served import running
 from tests.test_auth import make_admin
@@ -63,7 +63,7 @@ def test_openapi_document_is_valid_and_lists_every_action(client: FlaskClient) -
 
 def test_openapi_documents_every_action_whatever_the_caller(client: FlaskClient) -> None:
     document = client.get("/openapi.json").get_json()
-    declared = {a.spec.name for a in state(client.application).pipeline.registry.actions()}
+    declared = {a.spec.name for a in extension(client.application).pipeline.registry.actions()}
     prefix = "/api/v1/actions/"
     assert {p[len(prefix) :] for p in document["paths"] if p.startswith(prefix)} == declared
     search = document["paths"]["/api/v1/actions/audit.search"]["post"]

@@ -15,7 +15,7 @@ from core.base.hooks import BUILTIN_EVENTS, HookEvent, UndeclaredEvent
 from core.contracts.context import ANONYMOUS
 from core.runtime.manager import App, Manager
 from core.transports.flask_app import build_app, shutdown_app
-from core.transports.http import state
+from core.transports.http import extension
 from managers.db.manager import DatabaseManager
 from managers.hooks_manager import HooksManager
 from managers.modules.manager import ModuleManager
@@ -288,7 +288,7 @@ def hooked_app(make_app: MakeApp, modules_path: Path) -> Flask:
 
 
 def seen_events(flask_app: Flask) -> list[HookEvent]:
-    loaded = state(flask_app).app_manager.get(ModuleManager).get("hooker")
+    loaded = extension(flask_app).app_manager.get(ModuleManager).get("hooker")
     assert loaded is not None
     assert loaded.status == "ok"
     seen: list[HookEvent] = getattr(loaded.instance, "seen")  # noqa: B009
@@ -300,7 +300,7 @@ def action_events(flask_app: Flask) -> list[HookEvent]:
 
 
 def test_boot_events_seen_by_a_module(hooked_app: Flask) -> None:
-    app_manager = state(hooked_app).app_manager
+    app_manager = extension(hooked_app).app_manager
     order = app_manager.get(ModuleManager).names()
     assert order.index("hooker") < order.index("zeta")  # zeta depends on hooker
 
@@ -350,7 +350,7 @@ def test_module_loaded_fires_for_every_module_in_load_order(modules_path: Path) 
     hooks = RecordingHooks()
     flask_app = build_app(config, with_hooks(hooks))
     try:
-        app_manager = state(flask_app).app_manager
+        app_manager = extension(flask_app).app_manager
         assert app_manager.hooks is hooks
         order = app_manager.get(ModuleManager).names()
         assert {"system", "hooker", "zeta"} <= set(order)
@@ -393,10 +393,10 @@ def test_failed_module_fires_no_module_loaded(
     flask_app = build_app(config, with_hooks(hooks))
     try:
         loaded = [e.data["module"] for e in hooks.seen if e.name == "module.loaded"]
-        order = state(flask_app).app_manager.get(ModuleManager).names()
+        order = extension(flask_app).app_manager.get(ModuleManager).names()
         assert loaded == [name for name in order if name != "broken"]
         assert {"system", "hooker", "zeta"} <= set(loaded)
-        broken = state(flask_app).app_manager.get(ModuleManager).get("broken")
+        broken = extension(flask_app).app_manager.get(ModuleManager).get("broken")
         assert broken is not None
         assert broken.status == "failed"
     finally:
@@ -500,7 +500,7 @@ def test_calls_in_other_modules_are_seen_too(hooked_app: Flask) -> None:
 def test_raising_hook_does_not_change_the_call(
     hooked_app: Flask, caplog: pytest.LogCaptureFixture
 ) -> None:
-    hooks = state(hooked_app).app_manager.get(HooksManager)
+    hooks = extension(hooked_app).app_manager.get(HooksManager)
 
     def bad(event: HookEvent) -> None:
         raise ValueError("bad hook")
@@ -520,7 +520,7 @@ def test_raising_hook_does_not_change_the_call(
 
 
 def test_shutdown_fires_app_stopping(hooked_app: Flask) -> None:
-    app_manager = state(hooked_app).app_manager
+    app_manager = extension(hooked_app).app_manager
 
     shutdown_app(hooked_app)
 
@@ -539,7 +539,7 @@ def test_each_app_has_its_own_hooks(make_app: MakeApp, modules_path: Path) -> No
 
     assert [e.name for e in action_events(first)] == ["action.before", "action.after"]
     assert action_events(second) == []
-    assert state(first).app_manager.hooks is not state(second).app_manager.hooks
+    assert extension(first).app_manager.hooks is not extension(second).app_manager.hooks
 
 
 # --- hooks declared in module.yaml ---------------------------------------------------------
@@ -618,7 +618,7 @@ def test_module_hooks_get_a_ctx_the_masked_result_and_custom_events(
     )
     assert response.status_code == 200
     assert response.get_json()["data"] == {"book": "dune", "receipt": "r-dune"}
-    rows = state(app).app_manager.get(DatabaseManager).documents.collection("hook_log").find()
+    rows = extension(app).app_manager.get(DatabaseManager).documents.collection("hook_log").find()
     by_event = {row["event"]: row for row in rows}
     assert set(by_event) == {"bookshelf.book.lent", "action.after"}
     assert by_event["bookshelf.book.lent"]["book"] == "dune"

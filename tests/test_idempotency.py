@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.transports.http import state
+from core.transports.http import extension
 from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
 
@@ -71,7 +71,7 @@ def app(make_app: MakeApp, parent: Path) -> Flask:
 
 
 def executions(app: Flask, **match: Any) -> int:
-    database = state(app).app_manager.get(DatabaseManager).documents
+    database = extension(app).app_manager.get(DatabaseManager).documents
     return int(database.collection("executions").count(match))
 
 

@@ -23,7 +23,7 @@ from core.pipeline.chain import STEPS, Middleware, Next, arrange
 from core.runtime.app_manager import AppManager
 from core.runtime.manager import App, Command, Manager
 from core.transports.cli import Runtime
-from core.transports.http import state
+from core.transports.http import extension
 from managers.redis.manager import RedisManager
 from tests.conftest import MakeApp, WriteModule
 from tests.helpers import load_config
@@ -139,14 +139,14 @@ def test_a_toy_manager_contributes_without_touching_the_kernel(toy_app: Flask) -
     assert data == {"greeting": "hello ann from playroom!!!", "settings": {"volume": 11}}
     # its middleware ran in the chain, after authorize, and decorated the answer
     assert response.headers["X-Toy"] == "anonymous"
-    steps = state(toy_app).pipeline.steps
+    steps = extension(toy_app).pipeline.steps
     assert steps.index("authorize") < steps.index("toy.stamp") < steps.index("validate")
     # its health is in /health/ready (degraded does not make the app unready)
     ready = client.get("/health/ready")
     assert ready.status_code == 200
     assert ready.get_json()["checks"]["toy"] == {"status": "degraded", "seen": 1}
     # its capability is found by type
-    greeter = state(toy_app).app_manager.capability(Greeter)
+    greeter = extension(toy_app).app_manager.capability(Greeter)
     assert greeter is not None and greeter.greet("bo") == "hello bo from manager!!!"
     try:
         assert toy_app.extensions  # the app stays usable
@@ -355,6 +355,6 @@ def test_module_settings_are_typed_and_checked_at_boot(
     app = make_app(
         {"MODULES_PATH": str(parent), "SB_SHELF__PAGE_SIZE": "50", "SB_SHELF__TAGS": "x, y"}
     )
-    module = state(app).app_manager.get("modules")
+    module = extension(app).app_manager.get("modules")
     loaded = getattr(module, "get")("shelf")  # noqa: B009
     assert loaded.instance.settings == {"page_size": 50, "title": "Shelf", "tags": ["x", "y"]}

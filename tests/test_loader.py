@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from core.base.errors import BootError, DeclarationError, ModuleError, Problem, RegistryFrozen
-from core.transports.http import state
+from core.transports.http import extension
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.modules.manager import ModuleManager
 from tests.conftest import MakeApp, WriteModule
@@ -86,7 +86,7 @@ def test_a_folder_copied_into_modules_of_a_project_loads(make_app: MakeApp, tmp_
     (folder / "actions.yaml").write_text(HELLO_ACTIONS)
     (folder / "handlers.py").write_text(HELLO_HANDLERS)
     app = make_app(root=tmp_path / "project")
-    assert state(app).app_manager.get(ModuleManager).names() == ["shop"]
+    assert extension(app).app_manager.get(ModuleManager).names() == ["shop"]
     assert call(app, "shop.hello", {"name": "bo"})[1]["data"]["greeting"] == "hello, bo"
 
 
@@ -233,7 +233,7 @@ def test_a_module_may_add_routes(make_app: MakeApp, write_module: WriteModule) -
 
 
 def test_registering_an_action_after_boot_raises(app: Flask) -> None:
-    actions = state(app).app_manager.get(ActionDiscoveryManager)
+    actions = extension(app).app_manager.get(ActionDiscoveryManager)
     with pytest.raises(RegistryFrozen):
         actions.register(actions.actions()[0])
 

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.transports.http import state
+from core.transports.http import extension
 from managers.hooks_manager import HooksManager
 from tests.conftest import MakeApp
 from tests.served import production_secrets, running
@@ -78,7 +78,7 @@ def test_a_thousand_unknown_names_are_one_series(client: FlaskClient) -> None:
         for (name, labels) in scraped
         if name == "switchboard_action_calls_total"
     }
-    declared = {a.spec.name for a in state(client.application).pipeline.registry.actions()}
+    declared = {a.spec.name for a in extension(client.application).pipeline.registry.actions()}
     assert actions <= declared | {"unknown"}
     assert (
         value(scraped, "switchboard_action_calls_total", action="unknown", outcome="not-found")
@@ -116,7 +116,7 @@ def test_rate_limit_decisions_are_counted(make_app: MakeApp) -> None:
 
 
 def test_hook_failures_are_counted(app: Flask) -> None:
-    hooks = state(app).app_manager.get("hooks", HooksManager)
+    hooks = extension(app).app_manager.get("hooks", HooksManager)
 
     def explode(_event: object) -> None:
         raise RuntimeError("kaboom")

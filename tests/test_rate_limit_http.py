@@ -15,7 +15,7 @@ from flask import Flask
 from app import ROOT
 from core.contracts.calls import CallRequest
 from core.contracts.context import SYSTEM
-from core.transports.http import state
+from core.transports.http import extension
 from managers.rate_limiter.manager import RateLimiterManager
 from tests.conftest import MakeApp, WriteModule
 from tests.servers import RedisServer
@@ -118,9 +118,9 @@ def test_repeat_offenders_are_banned_and_admins_lift_bans(make_app: MakeApp, lim
     assert body["type"] == "/problems/banned" and "banned_until" in body
     assert hit(app, name="lim.free").status_code == 403  # a ban covers every action
 
-    manager = state(app).app_manager.get(RateLimiterManager)
+    manager = extension(app).app_manager.get(RateLimiterManager)
     assert [b["identity"] for b in manager.bans()] == ["ip:198.51.100.1"]
-    pipeline = state(app).pipeline  # the admin actions, as the CLI runs them
+    pipeline = extension(app).pipeline  # the admin actions, as the CLI runs them
     shown = pipeline.invoke(CallRequest("ratelimit.bans", {}, "r1", caller=SYSTEM))
     assert shown.data[0]["identity"] == "ip:198.51.100.1"
     lifted = pipeline.invoke(

@@ -16,7 +16,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from core.transports.http import state
+from core.transports.http import extension
 from managers.api_keys.manager import ApiKeyManager
 from managers.jwt.manager import JWTManager
 from tests.conftest import MakeApp, WriteModule
@@ -117,7 +117,7 @@ def round_trips(
 
 
 def credentials(app: Flask) -> tuple[str, str]:
-    managers = state(app).app_manager
+    managers = extension(app).app_manager
     token = managers.get(JWTManager).issue_pair("trip-user", [])["access_token"]
     _, key = managers.get(ApiKeyManager).create(name="trips", owner=None, scopes=[])
     return token, key

@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.base.errors import BootError
-from core.transports.http import state
+from core.transports.http import extension
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.db.manager import DatabaseManager
 from tests.conftest import MakeApp, WriteModule
@@ -74,7 +74,7 @@ def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
 
 
 def database(app: Flask) -> Any:
-    return state(app).app_manager.get(DatabaseManager).documents
+    return extension(app).app_manager.get(DatabaseManager).documents
 
 
 Boot = Callable[..., Flask]
@@ -115,7 +115,7 @@ def test_the_seed_example_loads_unchanged_and_runs(boot: Boot) -> None:
         }
     )
     client = app.test_client()
-    registry = state(app).app_manager.get(ActionDiscoveryManager)
+    registry = extension(app).app_manager.get(ActionDiscoveryManager)
     log, notify_action = (
         registry.lookup(f"shop.{name}")
         for name in ("log_system_activity", "send_external_notification")
@@ -738,7 +738,7 @@ def test_operator_config_overrides_a_service_key_by_key(
         assert other.seen[-1].headers["x-api-token"] == "tok_0123456789abcdef"
         assert upstream.count() == 0
         config = client.application
-        assert state(config).app_manager.config.settings["services.supplier.headers"].secret
+        assert extension(config).app_manager.config.settings["services.supplier.headers"].secret
     finally:
         other.close()
 

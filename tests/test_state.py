@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from core.base.errors import Conflict, ModuleError, NotFound, Problem, ValidationError
-from core.transports.http import state
+from core.transports.http import extension
 from managers.db.manager import DatabaseManager
 from managers.redis.manager import RedisManager
 from managers.state_manager import StateManager
@@ -182,17 +182,17 @@ def call(app: Flask, action: str, **params: Any) -> tuple[int, Any]:
 
 
 def states(app: Flask) -> StateManager:
-    return state(app).app_manager.get(StateManager)
+    return extension(app).app_manager.get(StateManager)
 
 
 def db_row(app: Flask, id: str) -> dict[str, Any] | None:
-    database = state(app).app_manager.get(DatabaseManager).documents
+    database = extension(app).app_manager.get(DatabaseManager).documents
     row: dict[str, Any] | None = database.collection("sb_states").find_one({"_id": f"{KIND}:{id}"})
     return row
 
 
 def db_history(app: Flask, id: str) -> list[dict[str, Any]]:
-    database = state(app).app_manager.get(DatabaseManager).documents
+    database = extension(app).app_manager.get(DatabaseManager).documents
     found: list[dict[str, Any]] = database.collection("sb_state_history").find(
         {"kind": KIND, "id": id}, sort=[("version", 1)]
     )
@@ -200,7 +200,7 @@ def db_history(app: Flask, id: str) -> list[dict[str, Any]]:
 
 
 def shared_copy(app: Flask, id: str) -> dict[str, Any] | None:
-    raw = state(app).app_manager.get(RedisManager).store.get(f"state:{KIND}:{id}")
+    raw = extension(app).app_manager.get(RedisManager).store.get(f"state:{KIND}:{id}")
     return None if raw is None else dict(json.loads(raw))
 
 
@@ -416,7 +416,7 @@ def test_a_transition_checks_the_version_in_the_database_not_in_a_cache(shop_app
     call(shop_app, "create", id="o1")
     assert call(shop_app, "get", id="o1")[1]["version"] == 1  # now cached in every tier
     # someone else moves the row behind every cache's back
-    database = state(shop_app).app_manager.get(DatabaseManager).documents
+    database = extension(shop_app).app_manager.get(DatabaseManager).documents
     database.collection("sb_states").update_one(
         {"_id": f"{KIND}:o1"}, {"$set": {"state": "cancelled"}}
     )

@@ -29,8 +29,8 @@ from core.base.errors import ActionError, PayloadTooLarge, RequestTimeout
 from core.base.request_ids import request_id_of
 from core.runtime.manager import AsgiMount
 from core.transports.flask_app import shutdown_app
-from core.transports.http import state
-from core.transports.http_actions import PREFIX, ActionEndpoint, Answer, RequestLimits
+from core.transports.http import extension
+from core.transports.http_actions import PREFIX, ActionEndpoint, Answer, RequestBounds
 
 log = logging.getLogger("switchboard.server")
 
@@ -161,7 +161,7 @@ class AsgiApp:
         self._flask: Flask | None = None
         self._endpoint: ActionEndpoint | None = None
         self._bridge: WsgiBridge | None = None
-        self._limits = RequestLimits()
+        self._bounds = RequestBounds()
         self._mounts: tuple[AsgiMount, ...] = ()
         self._probe_paths: frozenset[str] = PROBES
         # Health probes (and routes marked probe) have threads of their own: they never
@@ -219,7 +219,7 @@ class AsgiApp:
     def start(self) -> None:
         """Boot this worker's app (the server calls it once, before serving)."""
         flask_app = self._factory()
-        current = state(flask_app)
+        current = extension(flask_app)
         config = current.app_manager.config
         self._bridge = WsgiBridge(
             flask_app,
@@ -228,7 +228,7 @@ class AsgiApp:
             max_body=int(config["http.max_body_bytes"]),
         )
         self._endpoint = current.endpoint
-        self._limits = RequestLimits.from_config(config)
+        self._bounds = RequestBounds.from_config(config)
         self._mounts = tuple(current.app_manager.asgi_mounts())
         self._probe_paths = PROBES | {r.path for r in current.app_manager.routes() if r.probe}
         self._probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
@@ -255,7 +255,7 @@ class AsgiApp:
         request_id = request_id_of(headers.get("x-request-id"))
         try:
             target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-            self._limits.check(target, scope["headers"])
+            self._bounds.check(target, scope["headers"])
             body = await bridge.body(receive, headers)
         except ActionError as error:
             await send_answer(send, endpoint.problem(error, request_id))

@@ -26,7 +26,7 @@ from core.contracts.module import ModuleCatalog
 from core.runtime.app_manager import AppManager
 from core.runtime.manager import Command, Manager
 from core.transports.flask_app import build_app, shutdown_app
-from core.transports.http import state
+from core.transports.http import extension
 
 
 class Runtime:
@@ -63,7 +63,7 @@ class Runtime:
     def booted_managers(self) -> Iterator[AppManager]:
         """The same, as its ``AppManager`` (what managers' commands work with)."""
         with self.booted() as app:
-            yield state(app).app_manager
+            yield extension(app).app_manager
 
     def call(
         self,
@@ -107,7 +107,7 @@ def _invoke(
         caller=caller,
     )
     try:
-        return 0, state(app).pipeline.invoke(request).envelope
+        return 0, extension(app).pipeline.invoke(request).envelope
     except ActionError as error:
         return 1, error.problem(request.request_id)
 
@@ -186,7 +186,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(_args: argparse.Namespace, runtime: Runtime) -> int:
     """Boot and report; warnings (likely mistakes that still load) do not fail it."""
     with runtime.booted() as app:
-        current = state(app)
+        current = extension(app)
         actions = current.pipeline.registry.actions()
         catalog = current.app_manager.capability(ModuleCatalog)
         modules = catalog.names() if catalog is not None else []
@@ -200,7 +200,7 @@ def _check(_args: argparse.Namespace, runtime: Runtime) -> int:
 
 def _actions(args: argparse.Namespace, runtime: Runtime) -> int:
     with runtime.booted() as app:
-        actions = state(app).pipeline.registry.actions()
+        actions = extension(app).pipeline.registry.actions()
     if args.json:
         print(json.dumps([a.spec.describe() for a in actions], indent=2))
         return 0

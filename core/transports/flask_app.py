@@ -13,7 +13,7 @@ from core.contracts.module import ModuleCatalog, failure_problem
 from core.pipeline.pipeline import build_pipeline
 from core.runtime.app_manager import AppManager
 from core.runtime.manager import Manager
-from core.transports.http import init_http, state
+from core.transports.http import extension, init_http
 
 
 def build_app(config: Config, managers: Sequence[Manager]) -> Flask:
@@ -45,7 +45,7 @@ def build_app(config: Config, managers: Sequence[Manager]) -> Flask:
 
 def shutdown_app(flask_app: Flask) -> None:
     """Fire ``app.stopping``, stop the pipeline's workers, stop managers in reverse order."""
-    current = state(flask_app)
+    current = extension(flask_app)
     app_manager = current.app_manager
     hooks = app_manager.capability(HookBus)
     if hooks is not None:

@@ -37,7 +37,7 @@ from core.transports.http_actions import (
     PROBLEM_JSON,
     ActionEndpoint,
     Answer,
-    RequestLimits,
+    RequestBounds,
     cors_headers,
     problem_body,
 )
@@ -52,7 +52,7 @@ EXTENSION = "switchboard"
 
 
 @dataclass(frozen=True)
-class SwitchboardState:
+class FlaskExtension:
     """What ``app.extensions["switchboard"]`` holds for one Flask app."""
 
     app_manager: AppManager
@@ -61,11 +61,12 @@ class SwitchboardState:
     openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
     trusted_proxies: tuple[Network, ...] = ()
     cors_origins: frozenset[str] = frozenset()
-    limits: RequestLimits = field(default_factory=RequestLimits)
+    bounds: RequestBounds = field(default_factory=RequestBounds)
     health_allow: tuple[Network, ...] | None = None  # None: every client sees the checks
 
 
-def state(flask_app: Flask | None = None) -> SwitchboardState:
+def extension(flask_app: Flask | None = None) -> FlaskExtension:
+    """The booted app bound to ``flask_app`` (default: the current one)."""
     from flask import current_app
 
     target = flask_app if flask_app is not None else current_app
@@ -92,7 +93,7 @@ def problem_response(error: ActionError) -> Response:
     return response
 
 
-def _caller(current: SwitchboardState) -> Caller:
+def _caller(current: FlaskExtension) -> Caller:
     return current.pipeline.caller_of(
         CallRequest(
             action="",
@@ -108,13 +109,13 @@ def _caller(current: SwitchboardState) -> Caller:
     )
 
 
-def _caller_listing(current: SwitchboardState) -> list[dict[str, Any]]:
+def _caller_listing(current: FlaskExtension) -> list[dict[str, Any]]:
     caller = _caller(current)
     actions = current.pipeline.registry.actions()
     return [a.spec.describe() for a in actions if may_call(caller, a.spec)]
 
 
-def _may_see_checks(current: SwitchboardState) -> bool:
+def _may_see_checks(current: FlaskExtension) -> bool:
     """In production the checks name backends, hosts and key ids: only admins and clients
     on ``health.allow`` see them."""
     address = client_ip(
@@ -133,18 +134,18 @@ def create_blueprint() -> Blueprint:
 
     @bp.post("/api/v1/actions/<path:name>")
     def call_action(name: str) -> Response:
-        endpoint = state().endpoint
+        endpoint = extension().endpoint
         body = request.get_data(cache=False)
         answer = endpoint.answer(name, request.headers.get, body, request.remote_addr, g.request_id)
         return to_response(answer)
 
     @bp.get("/api/v1/actions")
     def list_actions() -> Response:
-        return _json({"data": _caller_listing(state())})
+        return _json({"data": _caller_listing(extension())})
 
     @bp.get("/openapi.json")
     def openapi() -> Response:
-        return _json(state().openapi)
+        return _json(extension().openapi)
 
     @bp.get("/health/live")
     def live() -> Response:
@@ -152,7 +153,7 @@ def create_blueprint() -> Blueprint:
 
     @bp.get("/health/ready")
     def ready() -> Response:
-        current = state()
+        current = extension()
         is_ready, checks = current.app_manager.health()
         statuses = {c["status"] for c in checks.values()}
         overall = (
@@ -172,7 +173,7 @@ def _assign_request_id() -> None:
     environ = request.environ
     target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     size = len(target) if target else len(environ.get("PATH_INFO", "")) + len(request.query_string)
-    state().limits.check(size, request.headers.items())
+    extension().bounds.check(size, request.headers.items())
 
 
 def _finish(response: Response) -> Response:
@@ -182,7 +183,7 @@ def _finish(response: Response) -> Response:
     if "Access-Control-Allow-Origin" not in response.headers:
         preflight = "Access-Control-Request-Method" in request.headers
         for name, value in cors_headers(
-            state().cors_origins, request.headers.get("Origin"), request.method, preflight
+            extension().cors_origins, request.headers.get("Origin"), request.method, preflight
         ):
             if name == "Vary":
                 response.vary.add(value)
@@ -240,22 +241,22 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
         max_body_bytes=max_body,
         max_json_depth=int(config["http.max_json_depth"]),
     )
-    flask_app.extensions[EXTENSION] = SwitchboardState(
+    flask_app.extensions[EXTENSION] = FlaskExtension(
         app_manager,
         pipeline,
         endpoint,
         document,
         trusted,
         origins,
-        RequestLimits.from_config(config),
+        RequestBounds.from_config(config),
         parse_networks(config["health.allow"], "health.allow") if config.is_production else None,
     )
     flask_app.register_blueprint(create_blueprint())
     flask_app.register_blueprint(
         docs_blueprint(
             str(config["app.name"]),
-            lambda: state().openapi,
-            lambda: {entry["name"] for entry in _caller_listing(state())},
+            lambda: extension().openapi,
+            lambda: {entry["name"] for entry in _caller_listing(extension())},
         )
     )
     for route in app_manager.routes():

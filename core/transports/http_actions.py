@@ -45,7 +45,7 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class RequestLimits:
+class RequestBounds:
     """How long a request target and how many and how large its headers may be: checked
     before the body is read, on every route (the HTTP server does not bound them)."""
 
@@ -54,7 +54,7 @@ class RequestLimits:
     max_headers: int = 100
 
     @classmethod
-    def from_config(cls, config: Config) -> RequestLimits:
+    def from_config(cls, config: Config) -> RequestBounds:
         return cls(
             int(config["http.max_url_bytes"]),
             int(config["http.max_header_bytes"]),

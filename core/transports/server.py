@@ -23,7 +23,7 @@ import uvicorn
 
 from core.base.metrics import process_running
 from core.config.config import Config
-from core.transports.server_protocol import HeadLimits, protocol
+from core.transports.server_protocol import HeadBounds, protocol
 
 
 def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
@@ -35,7 +35,7 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
     # uvicorn drains on SIGTERM, then raises the signal again under the handler it found:
     # this one, so a clean stop exits 0.
     signal.signal(signal.SIGTERM, _stopped)
-    limits = HeadLimits.from_config(config)
+    bounds = HeadBounds.from_config(config)
     uvicorn.run(
         factory,
         factory=True,
@@ -43,7 +43,7 @@ def serve(config: Config, factory: str, overrides: Mapping[str, Any]) -> None:
         port=int(config["http.port"]),
         workers=int(config["http.workers"]),
         loop="uvloop",
-        http=protocol(limits),  # httptools, with the head of a request bounded as it arrives
+        http=protocol(bounds),  # httptools, with the head of a request bounded as it arrives
         lifespan="on",
         ws="websockets-sansio",  # Socket.IO's WebSocket transport (the realtime manager)
         access_log=False,

@@ -19,7 +19,7 @@ here, as the bytes arrive:
 
 An answer sent mid-head is followed by a lingering close: the worker stops reading what the
 client still sends, shuts its side for writing, and closes after ``LINGER`` seconds, so the
-client reads the answer instead of a reset. The app's own checks (``RequestLimits``) still
+client reads the answer instead of a reset. The app's own checks (``RequestBounds``) still
 decide exactly, once the headers are complete.
 """
 
@@ -55,7 +55,7 @@ REFUSED = (
 
 
 @dataclass(frozen=True)
-class HeadLimits:
+class HeadBounds:
     """How large and how slow a request's head may be, and how many connections a worker
     holds (``http.*`` settings)."""
 
@@ -66,7 +66,7 @@ class HeadLimits:
     max_connections: int
 
     @classmethod
-    def from_config(cls, config: Config) -> HeadLimits:
+    def from_config(cls, config: Config) -> HeadBounds:
         return cls(
             max_url_bytes=int(config["http.max_url_bytes"]),
             max_header_bytes=int(config["http.max_header_bytes"]),
@@ -91,10 +91,10 @@ def sweep_interval(timeout: float) -> float:
     return max(0.05, min(1.0, timeout / 4))
 
 
-def protocol(limits: HeadLimits) -> Any:
-    """What uvicorn's ``http=`` takes: the bounded protocol with ``limits`` (picklable, so
+def protocol(bounds: HeadBounds) -> Any:
+    """What uvicorn's ``http=`` takes: the bounded protocol with ``bounds`` (picklable, so
     worker processes get it)."""
-    return functools.partial(BoundedHttpToolsProtocol, limits=limits)
+    return functools.partial(BoundedHttpToolsProtocol, bounds=bounds)
 
 
 def problem_answer(error: ActionError) -> bytes:
@@ -116,9 +116,9 @@ def problem_answer(error: ActionError) -> bytes:
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the head of each request bounded (module doc)."""
 
-    def __init__(self, *args: Any, limits: HeadLimits, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, bounds: HeadBounds, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits
+        self.bounds = bounds
         self.head_started: float | None = None  # loop time the current head began
         self._head_bytes = 0
         self._begun = False  # a byte of the current request has arrived
@@ -127,8 +127,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        sweeper = _HeadSweeper.of(self.server_state, self.loop, self.limits.header_timeout)
-        if len(self.connections) >= self.limits.max_connections:
+        sweeper = _HeadSweeper.of(self.server_state, self.loop, self.bounds.header_timeout)
+        if len(self.connections) >= self.bounds.max_connections:
             self.transport = transport
             if sweeper.lingering < MAX_LINGERING:
                 self._linger(REFUSED, sweeper)
@@ -155,20 +155,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         # The head is still incomplete after this chunk: every byte of it was head.
         self._head_bytes += len(data)
-        if self._head_bytes > self.limits.max_head_bytes:
+        if self._head_bytes > self.bounds.max_head_bytes:
             if self.cycle is not None and not self.cycle.response_complete:
                 # A pipelined head overflows while the answer before it is being sent:
                 # parse no more, and close once that answer is out.
                 self._discarding = True
                 self.cycle.keep_alive = False
                 return
-            if len(getattr(self, "url", b"")) > self.limits.max_url_bytes:
+            if len(getattr(self, "url", b"")) > self.bounds.max_url_bytes:
                 error: ActionError = UriTooLong(
-                    f"the request target exceeds {self.limits.max_url_bytes} bytes"
+                    f"the request target exceeds {self.bounds.max_url_bytes} bytes"
                 )
             else:
                 error = HeadersTooLarge(
-                    f"the request headers exceed {self.limits.max_header_bytes} bytes"
+                    f"the request headers exceed {self.bounds.max_header_bytes} bytes"
                 )
             self._linger(problem_answer(error))
 
@@ -201,7 +201,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # time starts when that answer is out.
             self.head_started = self.loop.time()
             return
-        timeout = self.limits.header_timeout
+        timeout = self.bounds.header_timeout
         self._linger(
             problem_answer(
                 RequestTimeout(f"the request headers did not arrive within {timeout:g}s")

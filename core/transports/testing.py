@@ -36,7 +36,7 @@ from core.contracts.calls import CallRequest
 from core.contracts.context import ANONYMOUS, SYSTEM, Caller
 from core.contracts.facades import Documents
 from core.transports.flask_app import shutdown_app
-from core.transports.http import state
+from core.transports.http import extension
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -136,7 +136,7 @@ class Harness:
             shutdown_app(app)
 
     def _attach(self, frozen: bool) -> None:
-        app_manager = state(self.app).app_manager
+        app_manager = extension(self.app).app_manager
         bus = app_manager.capability(HookBus)
         if bus is not None:
             # A listener on every event, run after the others: what was really emitted
@@ -178,7 +178,7 @@ class Harness:
             idempotency_key=idempotency_key,
         )
         try:
-            return Answer(200, dict(state(self.app).pipeline.invoke(request).envelope))
+            return Answer(200, dict(extension(self.app).pipeline.invoke(request).envelope))
         except ActionError as error:
             return Answer(error.status, error.problem(request.request_id))
 
@@ -187,7 +187,7 @@ class Harness:
     @property
     def db(self) -> Documents:
         """The app's database, every collection (the runtime's ``sb_*`` ones too)."""
-        found = state(self.app).app_manager.capability(Documents)
+        found = extension(self.app).app_manager.capability(Documents)
         if found is None:
             raise RuntimeError("this app runs no database")
         return found
@@ -195,7 +195,7 @@ class Harness:
     @property
     def cache(self) -> Cache:
         """What ``ctx.cache`` reads and writes."""
-        store = state(self.app).app_manager.capability(KeyValueStore)
+        store = extension(self.app).app_manager.capability(KeyValueStore)
         if store is None:
             raise RuntimeError("this app runs no store")
         return Cache(store)

@@ -134,13 +134,13 @@ def credentials(env: Mapping[str, str]) -> tuple[str, str]:
     """An access token and an API key, made by an app on the bench's database and Redis."""
     from app import create_app
     from core.transports.flask_app import shutdown_app
-    from core.transports.http import state
+    from core.transports.http import extension
     from managers.api_keys.manager import ApiKeyManager
     from managers.jwt.manager import JWTManager
 
     flask_app = create_app({**env, "SB_HTTP__WORKERS": "1", "SB_LOGGING__LEVEL": "WARNING"})
     try:
-        managers = state(flask_app).app_manager
+        managers = extension(flask_app).app_manager
         token = managers.get(JWTManager).issue_pair("bench-user", [])["access_token"]
         _, key = managers.get(ApiKeyManager).create(name="bench", owner=None, scopes=[])
     finally:

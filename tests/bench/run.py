@@ -33,7 +33,7 @@ from app import ROOT, create_app
 from core.actions.params import ParamSpec, ParamsValidator, compile_schema, object_schema
 from core.contracts.calls import CallRequest
 from core.transports.flask_app import shutdown_app
-from core.transports.http import state
+from core.transports.http import extension
 from tests.bench import boot, slow
 from tests.bench import http as http_bench
 
@@ -151,7 +151,7 @@ def app_rows() -> list[Row]:
             request_id="bench",
             transport="bench",
         )
-        pipeline, without = state(app).pipeline, state(bare).pipeline
+        pipeline, without = extension(app).pipeline, extension(bare).pipeline
         assert pipeline.invoke(request).data == {"message": "hi"}
         client = app.test_client()
         body = json.dumps({"message": "hi"})
