@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -539,3 +540,79 @@ def test_operator_file_top_level_mistakes(make_app: MakeApp, tmp_path: Path) -> 
     messages = sorted(str(p) for p in caught.value.problems)
     assert any("Bad-Name.yaml" in m and "set module:" in m for m in messages)
     assert any("extra.yaml" in m and "unknown top-level key 'actoins'" in m for m in messages)
+
+
+# --- a code-free type of one's own ------------------------------------------------------
+
+
+@pytest.fixture
+def echo_type() -> Iterator[None]:
+    """A code-free type registered as a file of core/actions/code_free/ registers one."""
+    from core.actions.code_free import TYPES, Build, CodeFree, CodeFreeError, CodeFreeType, register
+    from core.actions.declaration_schema import TYPED_PARAMS, code_free_schema
+
+    def build(given: Build) -> CodeFree:
+        prefix = given.decl["prefix"]
+        if not prefix.strip():
+            raise CodeFreeError("prefix: say something", "prefix")
+        return CodeFree(
+            lambda ctx, values: {"said": prefix + str(values.get("text", ""))},
+            handler=f"echo:{prefix}",
+            read_only=True,
+            uses_caller=False,
+        )
+
+    schema = code_free_schema(
+        ["prefix"],
+        {"type": {"const": "echo"}, "prefix": {"type": "string"}, "params": TYPED_PARAMS},
+    )
+    register(CodeFreeType("echo", build, typed=schema))
+    yield
+    del TYPES["echo"]
+
+
+def test_a_registered_code_free_type_loads_runs_and_names_its_mistakes(
+    make_app: MakeApp, write_module: WriteModule, echo_type: None
+) -> None:
+    actions = """
+actions:
+  say:
+    type: echo
+    auth: public
+    prefix: "you said: "
+    params:
+      text: {type: string, required: true}
+"""
+    app = make_app({"MODULES_PATH": str(write_module("talk", {"actions.yaml": actions}))})
+    status, body = call(app, "talk.say", {"text": "hi"})
+    assert status == 200 and body["data"] == {"said": "you said: hi"}
+    assert call(app, "talk.say")[0] == 422  # its params are checked like any action's
+    found = extension(app).pipeline.registry.lookup("talk.say")
+    assert found is not None and found.spec.handler == "echo:you said: "
+
+    wrong = """
+actions:
+  say:
+    type: echo
+    prefix: 3
+  shout:
+    type: echo
+    prefix: "  "
+  seed:
+    type: echo
+    prefix: ok
+    required_params: [text]
+"""
+    problems = declaration_problems(make_app, write_module, wrong)
+    by_action = {str(p.action).rsplit(".", 1)[-1]: p for p in problems}
+    assert by_action["say"].field == "prefix" and "string" in by_action["say"].message
+    assert by_action["shout"].field == "prefix" and "say something" in by_action["shout"].message
+    assert by_action["seed"].field == "required_params"  # the typed form has no such key
+
+
+def test_an_unknown_type_lists_the_registered_ones(
+    make_app: MakeApp, write_module: WriteModule, echo_type: None
+) -> None:
+    problem = only(declaration_problems(make_app, write_module, "actions:\n  x:\n    type: ech\n"))
+    assert "unknown type 'ech'" in problem.message
+    assert "database, echo, external_api, http" in problem.message

@@ -107,7 +107,7 @@ _DEFS: dict[str, Any] = {
 }
 
 _NAMES = {"type": "array", "items": {"type": "string", "pattern": IDENTIFIER}, "uniqueItems": True}
-_SEED_PARAMS: dict[str, Any] = {
+SEED_PARAMS: dict[str, Any] = {
     "required_params": _NAMES,
     "optional_params": _NAMES,
     "parameter_types": {
@@ -116,15 +116,11 @@ _SEED_PARAMS: dict[str, Any] = {
         "additionalProperties": {"enum": sorted(SEED_TYPES)},
     },
 }
-_TYPED_PARAMS: dict[str, Any] = {
+TYPED_PARAMS: dict[str, Any] = {
     "type": "object",
     "propertyNames": {"pattern": IDENTIFIER, "not": {"const": "ctx"}},
     "additionalProperties": {"$ref": "#/$defs/param"},
 }
-OPERATIONS = ["insert", "find", "find_one", "count", "update", "delete"]
-HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-_METHOD = {"enum": HTTP_METHODS + [m.lower() for m in HTTP_METHODS]}
-_COLLECTION = {"type": "string", "minLength": 1}
 
 TYPED_ACTION: dict[str, Any] = {
     "$defs": _DEFS,
@@ -136,7 +132,7 @@ TYPED_ACTION: dict[str, Any] = {
             "type": "string",
             "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
         },
-        "params": _TYPED_PARAMS,
+        "params": TYPED_PARAMS,
     },
     "additionalProperties": False,
 }
@@ -150,13 +146,15 @@ SEED_ACTION: dict[str, Any] = {
         **_COMMON,
         "type": {"const": "function"},
         "function": {"type": "string", "pattern": IDENTIFIER},
-        **_SEED_PARAMS,
+        **SEED_PARAMS,
     },
     "additionalProperties": False,
 }
 
 
-def _code_free(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+def code_free_schema(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """The meta-schema of one form of a code-free type (core/actions/code_free/): the keys
+    every action has, ``type``, and the type's own ``properties``."""
     return {
         "$defs": _DEFS,
         "type": "object",
@@ -165,54 +163,6 @@ def _code_free(required: list[str], properties: dict[str, Any]) -> dict[str, Any
         "additionalProperties": False,
     }
 
-
-# Code-free actions (core/codefree.py), in the seed's form and the typed one.
-SEED_DATABASE = _code_free(
-    ["operation", "collection"],
-    {
-        "type": {"const": "database"},
-        "operation": {"enum": OPERATIONS},
-        "collection": _COLLECTION,
-        **_SEED_PARAMS,
-    },
-)
-SEED_EXTERNAL_API = _code_free(
-    ["url"],
-    {
-        "type": {"const": "external_api"},
-        "url": {"type": "string", "minLength": 1},
-        "method": _METHOD,
-        **_SEED_PARAMS,
-    },
-)
-TYPED_DATABASE = _code_free(
-    ["operation", "collection"],
-    {
-        "type": {"const": "database"},
-        "operation": {"enum": OPERATIONS},
-        "collection": _COLLECTION,
-        "params": _TYPED_PARAMS,
-        "filter": {"type": "object"},
-        "changes": {"type": "object"},
-        "document": {"type": "object"},
-        "sort": {"type": "object"},
-        "limit": {"type": "integer"},
-    },
-)
-TYPED_HTTP = _code_free(
-    ["service", "method"],
-    {
-        "type": {"const": "http"},
-        "service": {"type": "string", "pattern": IDENTIFIER},
-        "method": _METHOD,
-        "path": {"type": "string", "pattern": "^(/([^/?#][^?#]*)?)?$"},
-        "query": {"type": "object"},
-        "body": {},
-        "params": _TYPED_PARAMS,
-    },
-)
-# Keys only the typed database form has: with none of them, a database action is the seed's.
-TYPED_DATABASE_KEYS = frozenset({"params", "filter", "changes", "document", "sort", "limit"})
 
 FILE_KEYS = frozenset({"actions", "config", "module"})
 

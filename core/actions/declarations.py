@@ -9,6 +9,7 @@ module, action and field.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,18 +19,9 @@ import jsonschema
 import jsonschema_rs
 
 from core.actions.actions import Action, ActionSpec, Invoker
-from core.actions.codefree import CodeFree, CodeFreeError, build_database, build_http, cached
-from core.actions.declaration_schema import (
-    JSON_TYPES,
-    SEED_ACTION,
-    SEED_DATABASE,
-    SEED_EXTERNAL_API,
-    SEED_TYPES,
-    TYPED_ACTION,
-    TYPED_DATABASE,
-    TYPED_DATABASE_KEYS,
-    TYPED_HTTP,
-)
+from core.actions.cache import cached
+from core.actions.code_free import TYPES, Build, CodeFreeError, CodeFreeType
+from core.actions.declaration_schema import JSON_TYPES, SEED_ACTION, SEED_TYPES, TYPED_ACTION
 from core.actions.params import (
     ParamSpec,
     ParamsValidator,
@@ -62,13 +54,12 @@ class MetaSchema:
 
 _TYPED = MetaSchema(TYPED_ACTION)
 _SEED = MetaSchema(SEED_ACTION)
-_CODE_FREE = {
-    ("database", True): MetaSchema(SEED_DATABASE),
-    ("database", False): MetaSchema(TYPED_DATABASE),
-    ("external_api", True): MetaSchema(SEED_EXTERNAL_API),
-    ("http", False): MetaSchema(TYPED_HTTP),
-}
-CODE_FREE_TYPES = ("database", "external_api", "http")
+
+
+@functools.cache
+def _code_free_schema(kind: str, seed: bool) -> MetaSchema | None:
+    form = TYPES[kind].seed if seed else TYPES[kind].typed
+    return None if form is None else MetaSchema(form)
 
 
 @dataclass(frozen=True)
@@ -210,10 +201,10 @@ def build_action(
     if not isinstance(decl, dict):
         raise where.fail("a declaration must be a mapping")
     kind = decl.get("type")
-    if kind in CODE_FREE_TYPES:
-        return _code_free_action(where, decl, defaults, services)
+    if isinstance(kind, str) and kind in TYPES:
+        return _code_free_action(where, TYPES[kind], decl, defaults, services)
     if kind is not None and kind != "function":
-        allowed = ", ".join(("function", *CODE_FREE_TYPES))
+        allowed = ", ".join(("function", *sorted(TYPES)))
         raise where.fail(
             f"unknown type {kind!r}; allowed: {allowed} (or none, with handler)", "type"
         )
@@ -256,37 +247,36 @@ def build_action(
 
 def _code_free_action(
     where: Where,
+    kind: CodeFreeType,
     decl: dict[str, Any],
     defaults: Mapping[str, Any],
     services: ServiceDirectory | None,
 ) -> Action:
-    """A ``type: database`` / ``external_api`` / ``http`` declaration (core/codefree.py)."""
-    kind = decl["type"]
-    seed = kind == "external_api" or (kind == "database" and not TYPED_DATABASE_KEYS & set(decl))
-    schema = _CODE_FREE.get((kind, seed))
-    if schema is None:  # http has only the typed form
-        raise where.fail("type: http takes typed params (params:), not required_params", "type")
+    """A declaration of a registered code-free type (core/actions/code_free/)."""
+    seed = kind.is_seed(decl)
+    schema = _code_free_schema(kind.name, seed)
+    if schema is None:  # the type has only the other form
+        if seed:
+            raise where.fail(
+                f"type: {kind.name} takes typed params (params:), not required_params", "type"
+            )
+        raise where.fail(f"type: {kind.name} takes the seed's required_params", "type")
     problems = schema.problems(decl, where)
     if problems:
         raise DeclarationError(problems)
     params = _seed_params(where, decl) if seed else _typed_params(decl)
-    public = decl.get("auth", "user") == "public"
+    build = Build(
+        decl,
+        params,
+        seed=seed,
+        public=decl.get("auth", "user") == "public",
+        module=where.module,
+        action=where.action or "",
+        defaults=defaults,
+        services=services,
+    )
     try:
-        if kind == "database":
-            built: CodeFree = build_database(decl, params, seed=seed, public=public)
-        else:
-            timeout = decl.get("timeout", defaults.get("default_timeout"))
-            built = build_http(
-                decl,
-                params,
-                services,
-                module=where.module,
-                action=where.action or "",
-                seed=seed,
-                timeout=None if timeout is None else parse_duration(timeout),
-                retries=defaults.get("max_retries"),
-                public=public,
-            )
+        built = kind.build(build)
     except CodeFreeError as exc:
         raise where.fail(str(exc), exc.field) from None
     spec = replace(
