@@ -277,6 +277,16 @@ def test_a_misplaced_middleware_is_a_boot_error(middleware: Middleware, words: s
     assert words in str(caught.value) and "'x' of toy" in str(caught.value)
 
 
+def test_a_built_in_step_name_that_is_not_a_step_is_refused_at_boot() -> None:
+    builtins: list[tuple[str, Any]] = [(step, object()) for step in STEPS[:-1]]
+    builtins[STEPS.index("validate")] = ("validation", object())  # a renamed step
+    with pytest.raises(BootError) as caught:
+        arrange(builtins, [])
+    assert "built-in step 'validation' is not a step of the chain" in str(caught.value)
+    with pytest.raises(BootError, match="'run' is not a step"):
+        arrange([("run", object())], [])  # run is the end of the chain, never a middleware
+
+
 # --- facades -------------------------------------------------------------------------------
 
 

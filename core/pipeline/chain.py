@@ -74,8 +74,21 @@ def arrange(
     """The chain's middleware, outermost first (``run`` is not among them).
 
     ``builtins`` gives a handle (or None: the step does nothing here) for each of
-    ``STEPS[:-1]``; ``contributed`` is (owner, middleware) in declaration order.
+    ``STEPS[:-1]``; ``contributed`` is (owner, middleware) in declaration order. A built-in
+    name that is not a step is a ``BootError`` (it would be dropped from the chain).
     """
+    unknown = [name for name, _ in builtins if name not in STEPS or name == STEPS[-1]]
+    if unknown:
+        raise BootError(
+            [
+                Problem(
+                    f"built-in step {name!r} is not a step of the chain "
+                    f"(steps: {', '.join(STEPS[:-1])})",
+                    field="pipeline",
+                )
+                for name in unknown
+            ]
+        )
     before: dict[str, list[tuple[str, Handle]]] = {step: [] for step in STEPS}
     after: dict[str, list[tuple[str, Handle]]] = {step: [] for step in STEPS}
     for owner, middleware in contributed:
