@@ -28,11 +28,12 @@ from core.config.config_loader import ConfigSpec, SourceSpec, load_config
 from core.config.config_policy import kernel_problems
 from core.config.settings import KERNEL_SETTINGS
 from core.manager import Command
+from core.runtime.booted import BootedApp
 from core.runtime.manager import Manager
 from core.transports.asgi import AsgiApp
-from core.transports.cli import Runtime, report
+from core.transports.cli import Project, report
 from core.transports.cli import main as run_cli
-from core.transports.flask_app import build_app
+from core.transports.flask_app import build_runtime
 from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.api_keys import ApiKeyManager
 from managers.audit_manager import AuditManager
@@ -124,6 +125,20 @@ def load(
     return config
 
 
+def boot(
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    root: str | Path | None = None,
+    *,
+    managers: ManagerFactory = default_managers,
+) -> BootedApp:
+    """Load config (environment from ``environ``, default ``os.environ``) and boot the app:
+    the ``Runtime`` every transport is handed (its ``http`` is the Flask app)."""
+    instances = managers()
+    config = load(environ, overrides, root, managers=[type(m) for m in instances])
+    return build_runtime(config, instances)
+
+
 def create_app(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -131,15 +146,15 @@ def create_app(
     *,
     managers: ManagerFactory = default_managers,
 ) -> Flask:
-    """Load config (environment from ``environ``, default ``os.environ``) and boot the app."""
-    instances = managers()
-    config = load(environ, overrides, root, managers=[type(m) for m in instances])
-    return build_app(config, instances)
+    """The booted app's Flask app (a WSGI server or Flask's test client serves it)."""
+    flask_app = boot(environ, overrides, root, managers=managers).http
+    assert flask_app is not None
+    return flask_app
 
 
 def asgi() -> AsgiApp:
     """What ``serve`` runs in each worker process (``uvicorn --factory app:asgi``)."""
-    return AsgiApp(create_app)
+    return AsgiApp(boot)
 
 
 # --- command line ---------------------------------------------------------------------
@@ -162,7 +177,7 @@ USER_SWITCHES = {
 }
 
 
-def _users(args: argparse.Namespace, runtime: Runtime) -> int:
+def _users(args: argparse.Namespace, runtime: Project) -> int:
     if args.users_command in ("promote", "demote"):
         if args.users_command == "promote":
             with runtime.booted_managers() as managers:
@@ -207,8 +222,8 @@ def main(argv: Sequence[str] | None = None, managers: ManagerFactory = default_m
     def loader(**kwargs: Any) -> Config:
         return load(managers=[type(m) for m in managers()], **kwargs)
 
-    runtime = Runtime(loader, managers, ROOT, asgi_factory="app:asgi")
-    return run_cli(list(sys.argv[1:] if argv is None else argv), runtime, (USERS,))
+    project = Project(loader, managers, ROOT, asgi_factory="app:asgi")
+    return run_cli(list(sys.argv[1:] if argv is None else argv), project, (USERS,))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,15 @@ from core.pipeline.authorize import ActionRegistry
 from core.pipeline.chain import Middleware
 from core.pipeline.gate import Gate
 from core.pipeline.identity import KeyVerifier, TokenVerifier
-from core.runtime.manager import App, AsgiMount, Command, CommandRuntime, Manager, Route
+from core.runtime.manager import (
+    App,
+    AsgiMount,
+    Command,
+    CommandRuntime,
+    Manager,
+    Route,
+    Runtime,
+)
 
 __all__ = [
     "ActionRegistry",
@@ -43,6 +51,7 @@ __all__ = [
     "RateLimiter",
     "ReferenceResolver",
     "Route",
+    "Runtime",
     "Setting",
     "TokenVerifier",
 ]

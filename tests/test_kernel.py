@@ -22,7 +22,7 @@ from core.pipeline.call import Call
 from core.pipeline.chain import STEPS, Middleware, Next, arrange
 from core.runtime.app_manager import AppManager
 from core.runtime.manager import App, Command, Manager
-from core.transports.cli import Runtime
+from core.transports.cli import Project
 from core.transports.http import extension
 from managers.redis.manager import RedisManager
 from tests.conftest import MakeApp, WriteModule
@@ -61,7 +61,7 @@ class ToyManager(Manager):
 
     @classmethod
     def commands(cls) -> Sequence[Command]:
-        def run(args: argparse.Namespace, runtime: Runtime) -> int:
+        def run(args: argparse.Namespace, runtime: Project) -> int:
             print(f"toy says {args.word} x{runtime.config()['toy.exclamations']}")
             return 0
 
@@ -284,7 +284,7 @@ def test_a_built_in_step_name_that_is_not_a_step_is_refused_at_boot() -> None:
         arrange(builtins, [])
     assert "built-in step 'validation' is not a step of the chain" in str(caught.value)
     with pytest.raises(BootError, match="'run' is not a step"):
-        arrange([("run", object())], [])  # run is the end of the chain, never a middleware
+        arrange([("run", None)], [])  # run is the end of the chain, never a middleware
 
 
 # --- facades -------------------------------------------------------------------------------

@@ -80,3 +80,11 @@ class Realtime(Protocol):
     def emit(
         self, event: str, data: Any = None, *, room: str | None = None, user: str | None = None
     ) -> None: ...
+
+
+class Pushes(Protocol):
+    """Tests: every realtime push as it is delivered, after its transaction committed."""
+
+    def watch(self, callback: Callable[[str, Any, str], None]) -> None:
+        """Call ``callback(event, data, target)``; ``target`` is a room or ``user:<id>``."""
+        ...

@@ -29,13 +29,14 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from pathlib import Path
 
+    from core.actions.actions import Action
     from core.config.config import Config
     from core.config.config_loader import SourceSpec
     from core.config.settings import Setting
-    from core.contracts.context import ModuleScope
+    from core.contracts.calls import CallRequest, CallResult
+    from core.contracts.context import Caller, ModuleScope
     from core.contracts.module import ModuleCatalog
     from core.pipeline.chain import Middleware
-    from core.pipeline.pipeline import Pipeline
 
 T = TypeVar("T")
 
@@ -56,13 +57,14 @@ class Route:
 @dataclass(frozen=True)
 class AsgiMount:
     """An ASGI app a manager serves under ``prefix`` in every worker, beside the HTTP app
-    (Socket.IO at ``/socket.io/``). ``startup(pool)`` runs in the worker's event loop once
-    the app has booted (``pool``: the worker's call threads); ``shutdown()`` before it stops.
+    (Socket.IO at ``/socket.io/``). ``startup(runtime, pool)`` runs in the worker's event
+    loop once the app has booted (``runtime``: the booted app, the transport's one road to
+    the pipeline; ``pool``: the worker's call threads); ``shutdown()`` before it stops.
     """
 
     prefix: str
     app: Callable[..., Awaitable[None]]
-    startup: Callable[[ThreadPoolExecutor], Awaitable[None]] | None = None
+    startup: Callable[[Runtime, ThreadPoolExecutor], Awaitable[None]] | None = None
     shutdown: Callable[[], Awaitable[None]] | None = None
 
 
@@ -177,7 +179,6 @@ class App(Protocol):
     the other managers, capabilities by type, and what managers contributed."""
 
     config: Config
-    pipeline: Pipeline | None
 
     def warn(self, problem: Problem) -> None: ...
 
@@ -219,8 +220,40 @@ class App(Protocol):
     def __getattr__(self, name: str) -> Manager: ...
 
 
+class Runtime(Protocol):
+    """The booted app as every transport sees it (README "Writing a transport"): hand a
+    ``CallRequest`` to ``invoke`` and send the ``CallResult``, or the problem of the
+    ``ActionError`` it raises. The HTTP edge, Socket.IO, the CLI and the test harness each
+    hold one; none reaches the pipeline another way."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def app(self) -> App:
+        """The managers and their capabilities (what a transport rarely needs)."""
+        ...
+
+    def invoke(self, request: CallRequest) -> CallResult:
+        """Run one call through the chain; raises ``ActionError`` when it fails."""
+        ...
+
+    def caller_of(self, request: CallRequest, *, count_failure: bool = True) -> Caller:
+        """Who ``request``'s credential is (``Unauthorized`` otherwise), without a call:
+        for a connection that identifies once and calls many times."""
+        ...
+
+    def actions(self) -> Sequence[Action]: ...
+
+    def health(self) -> tuple[bool, dict[str, dict[str, Any]]]: ...
+
+    def clock(self) -> float:
+        """The time the app keeps (the harness may freeze it)."""
+        ...
+
+
 class CommandRuntime(Protocol):
-    """What a manager's command works with (the CLI's ``Runtime``): the project's config,
+    """What a manager's command works with (the CLI's ``Project``): the project's config,
     and the app booted for the length of a block."""
 
     root: Path
@@ -240,6 +273,6 @@ class Command:
 
     name: str
     help: str
-    # Called with the CLI's Runtime; a manager's command names it as ``CommandRuntime``.
+    # Called with the CLI's Project; a manager's command names it as ``CommandRuntime``.
     run: Callable[[argparse.Namespace, Any], int]
     configure: Callable[[argparse.ArgumentParser], None] = lambda parser: None

@@ -27,9 +27,8 @@ from flask import Flask
 
 from core.base.errors import ActionError, PayloadTooLarge, RequestTimeout
 from core.base.request_ids import request_id_of
+from core.runtime.booted import BootedApp
 from core.runtime.manager import AsgiMount
-from core.transports.flask_app import shutdown_app
-from core.transports.http import extension
 from core.transports.http_actions import PREFIX, ActionEndpoint, Answer, RequestBounds
 
 log = logging.getLogger("switchboard.server")
@@ -156,9 +155,9 @@ class WsgiBridge:
 class AsgiApp:
     """The ASGI face of one worker; ``factory`` boots the app (at lifespan startup)."""
 
-    def __init__(self, factory: Callable[[], Flask]) -> None:
+    def __init__(self, factory: Callable[[], BootedApp]) -> None:
         self._factory = factory
-        self._flask: Flask | None = None
+        self._runtime: BootedApp | None = None
         self._endpoint: ActionEndpoint | None = None
         self._bridge: WsgiBridge | None = None
         self._bounds = RequestBounds()
@@ -196,10 +195,10 @@ class AsgiApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await loop.run_in_executor(None, self.start)
-                    assert self._bridge is not None
+                    assert self._bridge is not None and self._runtime is not None
                     for mount in self._mounts:
                         if mount.startup is not None:
-                            await mount.startup(self._bridge.pool)
+                            await mount.startup(self._runtime, self._bridge.pool)
                 except Exception as exc:  # the server stops this worker and says why
                     log.exception("the worker could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -218,21 +217,23 @@ class AsgiApp:
 
     def start(self) -> None:
         """Boot this worker's app (the server calls it once, before serving)."""
-        flask_app = self._factory()
-        current = extension(flask_app)
-        config = current.app_manager.config
+        runtime = self._factory()
+        flask_app = runtime.http
+        if flask_app is None:
+            raise RuntimeError("the factory must return an app booted with its HTTP edge")
+        config = runtime.config
         self._bridge = WsgiBridge(
             flask_app,
             ThreadPoolExecutor(int(config["http.threads"]), thread_name_prefix="call"),
             read_timeout=float(config["http.read_timeout"]),
             max_body=int(config["http.max_body_bytes"]),
         )
-        self._endpoint = current.endpoint
+        self._endpoint = ActionEndpoint.for_runtime(runtime)
         self._bounds = RequestBounds.from_config(config)
-        self._mounts = tuple(current.app_manager.asgi_mounts())
-        self._probe_paths = PROBES | {r.path for r in current.app_manager.routes() if r.probe}
+        self._mounts = tuple(runtime.app_manager.asgi_mounts())
+        self._probe_paths = PROBES | {r.path for r in runtime.app_manager.routes() if r.probe}
         self._probes = ThreadPoolExecutor(2, thread_name_prefix="probe")
-        self._flask = flask_app
+        self._runtime = runtime
 
     def stop(self) -> None:
         """Stop this worker's app once the server has drained its requests."""
@@ -240,9 +241,9 @@ class AsgiApp:
             self._bridge.pool.shutdown(wait=True)
         if self._probes is not None:
             self._probes.shutdown(wait=True)
-        if self._flask is not None:
-            shutdown_app(self._flask)
-        self._flask = self._endpoint = self._bridge = self._probes = None
+        if self._runtime is not None:
+            self._runtime.close()
+        self._runtime = self._endpoint = self._bridge = self._probes = None
         self._mounts = ()
 
     # --- requests ---------------------------------------------------------------------

@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
-
 from core.base.errors import ActionError, BootError, Forbidden, ManagerStopError
 from core.base.request_ids import new_request_id
 from core.config.config import Config
@@ -24,13 +22,15 @@ from core.contracts.calls import CallRequest
 from core.contracts.context import SYSTEM, Caller
 from core.contracts.module import ModuleCatalog
 from core.runtime.app_manager import AppManager
+from core.runtime.booted import BootedApp
 from core.runtime.manager import Command, Manager
-from core.transports.flask_app import build_app, shutdown_app
-from core.transports.http import extension
+from core.transports.flask_app import build_runtime
 
 
-class Runtime:
-    """What a command works with: the project's config and a booted app on demand."""
+class Project:
+    """What a command works with (the ``CommandRuntime`` of a manager's command): the
+    project's config and a booted app on demand. The CLI is a transport: its calls go
+    through the booted app's ``invoke`` like every other."""
 
     def __init__(
         self,
@@ -47,23 +47,23 @@ class Runtime:
     def config(self, overrides: Mapping[str, Any] | None = None, *, quiet: bool = True) -> Config:
         return self._load(overrides=overrides, quiet=quiet)
 
-    def build(self, config: Config | None = None) -> Flask:
-        return build_app(config or self.config(), self.managers())
+    def build(self, config: Config | None = None) -> BootedApp:
+        return build_runtime(config or self.config(), self.managers())
 
     @contextmanager
-    def booted(self) -> Iterator[Flask]:
+    def booted(self) -> Iterator[BootedApp]:
         """An app booted for the length of the block (as the CLI's commands use it)."""
-        app = self.build()
+        runtime = self.build()
         try:
-            yield app
+            yield runtime
         finally:
-            shutdown_app(app)
+            runtime.close()
 
     @contextmanager
     def booted_managers(self) -> Iterator[AppManager]:
         """The same, as its ``AppManager`` (what managers' commands work with)."""
-        with self.booted() as app:
-            yield extension(app).app_manager
+        with self.booted() as runtime:
+            yield runtime.app_manager
 
     def call(
         self,
@@ -78,9 +78,9 @@ class Runtime:
         given (anything but a JSON object is the pipeline's 400). The caller is ``caller``
         (default: system); None identifies ``headers`` (a token, an API key) as HTTP
         would; ``as_user`` is the user with that email, with their roles."""
-        with self.booted() as app:
+        with self.booted() as runtime:
             if as_user is not None:
-                code, found = _invoke(app, USER_LOOKUP, {"email": as_user}, SYSTEM, {})
+                code, found = _invoke(runtime, USER_LOOKUP, {"email": as_user}, SYSTEM, {})
                 if code:
                     return code, found
                 user = found["data"]
@@ -88,7 +88,7 @@ class Runtime:
                     refused = Forbidden(f"user {as_user} is disabled")
                     return 1, refused.problem(new_request_id())
                 caller = Caller("user", id=user["id"], roles=frozenset(user["roles"]))
-            return _invoke(app, action, params, caller, headers or {})
+            return _invoke(runtime, action, params, caller, headers or {})
 
 
 # The action --as looks a user up with (the shipped auth module's; without it, --as is a 404).
@@ -96,7 +96,7 @@ USER_LOOKUP = "auth.users.show"
 
 
 def _invoke(
-    app: Flask, action: str, params: Any, caller: Caller | None, headers: Mapping[str, str]
+    runtime: BootedApp, action: str, params: Any, caller: Caller | None, headers: Mapping[str, str]
 ) -> tuple[int, dict[str, Any]]:
     request = CallRequest(
         action=action,
@@ -107,7 +107,7 @@ def _invoke(
         caller=caller,
     )
     try:
-        return 0, extension(app).pipeline.invoke(request).envelope
+        return 0, runtime.invoke(request).envelope
     except ActionError as error:
         return 1, error.problem(request.request_id)
 
@@ -126,7 +126,7 @@ def report(code: int, body: Mapping[str, Any], show: Callable[[Any], None]) -> i
 # --- the kernel's commands ------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace, runtime: Runtime) -> int:
+def _serve(args: argparse.Namespace, runtime: Project) -> int:
     from core.transports.server import metrics_directory, serve
 
     overrides = {
@@ -167,7 +167,7 @@ def _serve(args: argparse.Namespace, runtime: Runtime) -> int:
     with metrics_directory():
         # Boot once here so a broken module or declaration stops `serve` with the problem
         # list instead of a crash loop of workers.
-        shutdown_app(runtime.build(config))
+        runtime.build(config).close()
         serve(config, runtime.asgi_factory, overrides)
     return 0
 
@@ -183,14 +183,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check(_args: argparse.Namespace, runtime: Runtime) -> int:
+def _check(_args: argparse.Namespace, runtime: Project) -> int:
     """Boot and report; warnings (likely mistakes that still load) do not fail it."""
-    with runtime.booted() as app:
-        current = extension(app)
-        actions = current.pipeline.registry.actions()
-        catalog = current.app_manager.capability(ModuleCatalog)
+    with runtime.booted() as booted:
+        actions = booted.actions()
+        catalog = booted.capability(ModuleCatalog)
         modules = catalog.names() if catalog is not None else []
-        warnings = list(current.app_manager.warnings)
+        warnings = list(booted.app_manager.warnings)
     for warning in warnings:
         print(f"  warning: {warning}", file=sys.stderr)
     counted = f", {len(warnings)} warning(s)" if warnings else ""
@@ -198,9 +197,9 @@ def _check(_args: argparse.Namespace, runtime: Runtime) -> int:
     return 0
 
 
-def _actions(args: argparse.Namespace, runtime: Runtime) -> int:
-    with runtime.booted() as app:
-        actions = extension(app).pipeline.registry.actions()
+def _actions(args: argparse.Namespace, runtime: Project) -> int:
+    with runtime.booted() as booted:
+        actions = booted.actions()
     if args.json:
         print(json.dumps([a.spec.describe() for a in actions], indent=2))
         return 0
@@ -211,7 +210,7 @@ def _actions(args: argparse.Namespace, runtime: Runtime) -> int:
     return 0
 
 
-def _call(args: argparse.Namespace, runtime: Runtime) -> int:
+def _call(args: argparse.Namespace, runtime: Project) -> int:
     text = sys.stdin.read() if args.json == "-" else args.json
     try:
         params = json.loads(text) if text.strip() else {}
@@ -254,7 +253,7 @@ def _actions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print declarations as JSON")
 
 
-def _config(_args: argparse.Namespace, runtime: Runtime) -> int:
+def _config(_args: argparse.Namespace, runtime: Project) -> int:
     """The effective settings with the source of each; secrets are shown as ***."""
     rows = list(runtime.config().describe())
     width = max(len(key) for key, _, _ in rows)
@@ -264,7 +263,7 @@ def _config(_args: argparse.Namespace, runtime: Runtime) -> int:
     return 0
 
 
-def _new_module(args: argparse.Namespace, runtime: Runtime) -> int:
+def _new_module(args: argparse.Namespace, runtime: Project) -> int:
     from core.transports.scaffold import ScaffoldError, write_module
 
     try:
@@ -309,7 +308,7 @@ def parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     return root
 
 
-def main(argv: Sequence[str], runtime: Runtime, extra: Sequence[Command] = ()) -> int:
+def main(argv: Sequence[str], runtime: Project, extra: Sequence[Command] = ()) -> int:
     """Run one command; a boot problem prints the problem list and exits 1."""
     commands: dict[str, Command] = {c.name: c for c in KERNEL_COMMANDS}
     for command in [

@@ -45,6 +45,7 @@ from core.transports.openapi import openapi_document
 
 if TYPE_CHECKING:
     from core.runtime.app_manager import AppManager
+    from core.runtime.booted import BootedApp
 
 log = logging.getLogger("switchboard.http")
 
@@ -55,14 +56,21 @@ EXTENSION = "switchboard"
 class FlaskExtension:
     """What ``app.extensions["switchboard"]`` holds for one Flask app."""
 
-    app_manager: AppManager
-    pipeline: Pipeline
+    runtime: BootedApp
     endpoint: ActionEndpoint
     openapi: dict[str, Any]  # built once at boot: the registry is frozen by then
     trusted_proxies: tuple[Network, ...] = ()
     cors_origins: frozenset[str] = frozenset()
     bounds: RequestBounds = field(default_factory=RequestBounds)
     health_allow: tuple[Network, ...] | None = None  # None: every client sees the checks
+
+    @property
+    def app_manager(self) -> AppManager:
+        return self.runtime.app_manager
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.runtime.pipeline
 
 
 def extension(flask_app: Flask | None = None) -> FlaskExtension:
@@ -94,7 +102,7 @@ def problem_response(error: ActionError) -> Response:
 
 
 def _caller(current: FlaskExtension) -> Caller:
-    return current.pipeline.caller_of(
+    return current.runtime.caller_of(
         CallRequest(
             action="",
             params=None,
@@ -111,7 +119,7 @@ def _caller(current: FlaskExtension) -> Caller:
 
 def _caller_listing(current: FlaskExtension) -> list[dict[str, Any]]:
     caller = _caller(current)
-    actions = current.pipeline.registry.actions()
+    actions = current.runtime.actions()
     return [a.spec.describe() for a in actions if may_call(caller, a.spec)]
 
 
@@ -154,7 +162,7 @@ def create_blueprint() -> Blueprint:
     @bp.get("/health/ready")
     def ready() -> Response:
         current = extension()
-        is_ready, checks = current.app_manager.health()
+        is_ready, checks = current.runtime.health()
         statuses = {c["status"] for c in checks.values()}
         overall = (
             "failed" if not is_ready else "degraded" if statuses & {"degraded", "failed"} else "ok"
@@ -226,24 +234,17 @@ def _unexpected(exc: Exception) -> Response:
     )
 
 
-def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> None:
+def init_http(flask_app: Flask, runtime: BootedApp) -> None:
     """Install Switchboard on ``flask_app`` (routes, hooks, error handlers, body limit)."""
-    config = app_manager.config
+    config = runtime.config
     max_body = int(config["http.max_body_bytes"])
     flask_app.config["MAX_CONTENT_LENGTH"] = max_body
-    document = openapi_document(pipeline.registry.actions(), str(config["app.name"]))
+    document = openapi_document(runtime.actions(), str(config["app.name"]))
     trusted = parse_networks(config["http.trusted_proxies"])
     origins = frozenset(config["http.cors_origins"])
-    endpoint = ActionEndpoint(
-        pipeline.invoke,
-        trusted_proxies=trusted,
-        cors_origins=origins,
-        max_body_bytes=max_body,
-        max_json_depth=int(config["http.max_json_depth"]),
-    )
+    endpoint = ActionEndpoint.for_runtime(runtime)
     flask_app.extensions[EXTENSION] = FlaskExtension(
-        app_manager,
-        pipeline,
+        runtime,
         endpoint,
         document,
         trusted,
@@ -259,7 +260,7 @@ def init_http(flask_app: Flask, app_manager: AppManager, pipeline: Pipeline) -> 
             lambda: {entry["name"] for entry in _caller_listing(extension())},
         )
     )
-    for route in app_manager.routes():
+    for route in runtime.app_manager.routes():
         flask_app.add_url_rule(
             route.path, f"switchboard_{route.endpoint}", route.view, methods=list(route.methods)
         )

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.base.client_ip import Network, client_ip
+from core.base.client_ip import Network, client_ip, parse_networks
 from core.base.errors import (
     ActionError,
     HeadersTooLarge,
@@ -26,6 +26,9 @@ from core.base.request_ids import request_id_of
 from core.config.config import Config
 from core.contracts.calls import CallRequest, CallResult
 from core.pipeline.idempotency import HEADER as IDEMPOTENCY_HEADER
+
+if TYPE_CHECKING:
+    from core.runtime.manager import Runtime
 
 PREFIX = "/api/v1/actions/"
 PROBLEM_JSON = "application/problem+json"
@@ -116,6 +119,17 @@ class ActionEndpoint:
         self._origins = cors_origins
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
+
+    @classmethod
+    def for_runtime(cls, runtime: Runtime) -> ActionEndpoint:
+        config = runtime.config
+        return cls(
+            runtime.invoke,
+            trusted_proxies=parse_networks(config["http.trusted_proxies"]),
+            cors_origins=frozenset(config["http.cors_origins"]),
+            max_body_bytes=int(config["http.max_body_bytes"]),
+            max_json_depth=int(config["http.max_json_depth"]),
+        )
 
     def answer(
         self,

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
+from app import boot
 from core.transports.testing import Harness
 
 MODULE = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ MODULE = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     """The app with this module, on a SQLite file of the test's own and memory://."""
-    with Harness.boot(create_app, MODULE, tmp_path=tmp_path) as booted:
+    with Harness.boot(boot, MODULE, tmp_path=tmp_path) as booted:
         yield booted
 '''
 

@@ -1,7 +1,8 @@
 """``core.testing``: test a module the way its callers use it.
 
-``Harness.boot(create_app, module_folder, tmp_path=...)`` boots the app with the module (a
-SQLite file in ``tmp_path``, the in-process store), and then:
+``Harness.boot(boot, module_folder, tmp_path=...)`` boots the app with the module (a
+SQLite file in ``tmp_path``, the in-process store; ``boot`` is app.py's, and its
+``create_app`` works too), and then:
 
 - ``harness.call("shop.add", {...}, as_=user("u1", "librarian"))`` runs the call through the
   whole chain (authorize, validate, rate limits, idempotency, audit) as that caller and
@@ -15,7 +16,8 @@ SQLite file in ``tmp_path``, the in-process store), and then:
   in-process rate limiters: ``harness.advance(61)`` moves it on (a real Redis keeps its own
   clock, so freeze only on memory://, the default here).
 
-The kernel never imports ``app.py``: the test hands ``create_app`` over.
+The harness is a transport: its calls go through the booted app's ``invoke`` as the
+HTTP edge's do. The kernel never imports ``app.py``: the test hands ``boot`` over.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from core.base.errors import ActionError
 from core.base.hooks import HookBus, HookEvent
@@ -34,8 +36,8 @@ from core.base.store import KeyValueStore
 from core.contracts.cache import Cache
 from core.contracts.calls import CallRequest
 from core.contracts.context import ANONYMOUS, SYSTEM, Caller
-from core.contracts.facades import Documents
-from core.transports.flask_app import shutdown_app
+from core.contracts.facades import Documents, Pushes
+from core.runtime.booted import BootedApp
 from core.transports.http import extension
 
 if TYPE_CHECKING:
@@ -95,7 +97,7 @@ class FrozenClock:
 class Harness:
     """One booted app and what a test reads from it (see the module docstring)."""
 
-    app: Flask
+    runtime: BootedApp
     clock: FrozenClock | None = None
     emitted: list[HookEvent] = field(default_factory=list)
     pushes: list[tuple[str, Any, str]] = field(default_factory=list)
@@ -104,7 +106,7 @@ class Harness:
     @contextmanager
     def boot(
         cls,
-        create_app: Callable[..., Flask],
+        boot: Callable[..., BootedApp | Flask],
         module: str | Path,
         *,
         tmp_path: str | Path,
@@ -122,22 +124,31 @@ class Harness:
             # own suite turns limits off in config/test.yaml).
             "SB_RATELIMIT__ENABLED": "true",
         }
-        factory = sys.modules.get(create_app.__module__)
+        factory = sys.modules.get(boot.__module__)
         project = Path(factory.__file__).resolve().parent if factory and factory.__file__ else None
         if project is None or folder.parent != project / "modules":
             # Not in the project's own modules/ (loaded anyway): its parent is a module path.
             environ["MODULES_PATH"] = str(folder.parent)
-        app = create_app({**environ, **(env or {})}, overrides=overrides)
-        harness = cls(app)
+        booted = boot({**environ, **(env or {})}, overrides=overrides)
+        # create_app (tests written before boot) gives the Flask app of the booted one
+        runtime = booted if isinstance(booted, BootedApp) else extension(booted).runtime
+        harness = cls(runtime)
         try:
             harness._attach(frozen)
             yield harness
         finally:
-            shutdown_app(app)
+            runtime.close()
+
+    @property
+    def app(self) -> Flask:
+        """The Flask app of the booted app's routes."""
+        flask_app = self.runtime.http
+        if flask_app is None:
+            raise RuntimeError("this app was booted without its HTTP edge")
+        return flask_app
 
     def _attach(self, frozen: bool) -> None:
-        app_manager = extension(self.app).app_manager
-        bus = app_manager.capability(HookBus)
+        bus = self.runtime.capability(HookBus)
         if bus is not None:
             # A listener on every event, run after the others: what was really emitted
             # (an undeclared event never gets here), and action.* fire since one listens.
@@ -145,13 +156,12 @@ class Harness:
                 bus.register(
                     event, self.emitted.append, priority=10_000, owner="core.transports.testing"
                 )
-        if app_manager.has("realtime"):
-            realtime = cast(Any, app_manager.get("realtime"))
-            realtime.watch(lambda event, data, target: self.pushes.append((event, data, target)))
+        pushes = self.runtime.capability(Pushes)
+        if pushes is not None:
+            pushes.watch(lambda event, data, target: self.pushes.append((event, data, target)))
         if frozen:
             self.clock = FrozenClock()
-            for manager in app_manager.managers():
-                manager.use_clock(self.clock)
+            self.runtime.use_clock(self.clock)
 
     # --- calling --------------------------------------------------------------------
 
@@ -178,7 +188,7 @@ class Harness:
             idempotency_key=idempotency_key,
         )
         try:
-            return Answer(200, dict(extension(self.app).pipeline.invoke(request).envelope))
+            return Answer(200, dict(self.runtime.invoke(request).envelope))
         except ActionError as error:
             return Answer(error.status, error.problem(request.request_id))
 
@@ -187,7 +197,7 @@ class Harness:
     @property
     def db(self) -> Documents:
         """The app's database, every collection (the runtime's ``sb_*`` ones too)."""
-        found = extension(self.app).app_manager.capability(Documents)
+        found = self.runtime.capability(Documents)
         if found is None:
             raise RuntimeError("this app runs no database")
         return found
@@ -195,7 +205,7 @@ class Harness:
     @property
     def cache(self) -> Cache:
         """What ``ctx.cache`` reads and writes."""
-        store = extension(self.app).app_manager.capability(KeyValueStore)
+        store = self.runtime.capability(KeyValueStore)
         if store is None:
             raise RuntimeError("this app runs no store")
         return Cache(store)

@@ -26,7 +26,7 @@ from core.base.request_ids import new_request_id
 from core.base.store import KeyValueStore
 from core.config.settings import Setting, boolean, duration, integer, strings, text
 from core.contracts.context import Caller, Context
-from core.contracts.facades import Documents, Realtime
+from core.contracts.facades import Documents, Pushes, Realtime
 from core.contracts.module import ModuleCatalog
 from core.manager import AsgiMount, Health, Manager
 from managers.realtime.presence import Presence
@@ -35,7 +35,6 @@ from managers.realtime.transport import SocketIOTransport, SocketSettings
 
 if TYPE_CHECKING:
     from core.manager import App
-    from core.pipeline.pipeline import Pipeline
 
 log = logging.getLogger("switchboard.realtime")
 _OWNER = "manager realtime"
@@ -64,7 +63,7 @@ class ModuleRealtime:
 class WebSocketManager(Manager):
     name = "realtime"
     requires = ("config", "redis", "db", "hooks")
-    provides: ClassVar[tuple[type, ...]] = (Realtime,)
+    provides: ClassVar[tuple[type, ...]] = (Realtime, Pushes)
     facade = "realtime"
     settings: ClassVar[tuple[Setting, ...]] = (
         Setting(
@@ -148,7 +147,6 @@ class WebSocketManager(Manager):
             SocketSettings.from_config(config),
             rooms=self.rooms,
             presence=self.presence,
-            pipeline=self._pipeline,
             metrics=self._metrics,
             redis_url=redis_url if shared else None,
             channel=channel,
@@ -240,12 +238,6 @@ class WebSocketManager(Manager):
         return forward
 
     # --- plumbing ---------------------------------------------------------------------
-
-    def _pipeline(self) -> Pipeline:
-        pipeline = self._app.pipeline if self._app is not None else None
-        if pipeline is None:
-            raise self.not_started()
-        return pipeline
 
     def _join_handler(self, module: str) -> Callable[[str, Callable[..., Any]], Any]:
         """A ``{handler: …}`` join policy as ``(caller, room) -> bool``: the function gets a

@@ -69,7 +69,7 @@ from managers.realtime.rooms import Room
 
 if TYPE_CHECKING:
     from core.config.config import Config
-    from core.pipeline.pipeline import Pipeline
+    from core.manager import Runtime
 
 log = logging.getLogger("switchboard.realtime")
 T = TypeVar("T")
@@ -134,8 +134,8 @@ class _Socket:
 class SocketIOTransport:
     """One process's Socket.IO server: its sockets, their limits, the periodic rechecks.
 
-    ``pipeline`` gives the booted chain (every call and credential goes through it);
-    ``rooms`` is the realtime manager's, filled once the modules are loaded."""
+    Its calls and credentials go through the booted app (``Runtime``) it is handed at
+    startup; ``rooms`` is the realtime manager's, filled once the modules are loaded."""
 
     def __init__(
         self,
@@ -143,7 +143,6 @@ class SocketIOTransport:
         *,
         rooms: Mapping[str, Room],
         presence: Presence,
-        pipeline: Callable[[], Pipeline],
         metrics: Instruments | None,
         redis_url: str | None,
         channel: str,
@@ -153,7 +152,8 @@ class SocketIOTransport:
         self._limits, self._max_violations = settings.limits, settings.max_violations
         self._max_body, self._max_depth = settings.max_body, settings.max_depth
         self._trusted = settings.trusted
-        self._rooms, self._roster, self._pipeline = rooms, presence, pipeline
+        self._rooms, self._roster = rooms, presence
+        self._runtime: Runtime | None = None
         self._metrics = metrics
         self._sockets: dict[str, _Socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -200,7 +200,8 @@ class SocketIOTransport:
         sent.add_done_callback(functools.partial(_report, event, target))
         return True
 
-    async def _started(self, pool: ThreadPoolExecutor) -> None:
+    async def _started(self, runtime: Runtime, pool: ThreadPoolExecutor) -> None:
+        self._runtime = runtime
         self._loop, self._pool = asyncio.get_running_loop(), pool
         self._tasks = [
             asyncio.create_task(self._every(self._recheck, self._recheck_all)),
@@ -268,7 +269,7 @@ class SocketIOTransport:
             caller = ANONYMOUS
             if headers:
                 request = CallRequest("", None, request_id, address, "sio", headers)
-                caller = await self._in_pool(self._pipeline().caller_of, request)
+                caller = await self._in_pool(self._booted().caller_of, request)
         except ActionError as error:
             if isinstance(error, Unauthorized) and self._metrics is not None:
                 self._metrics.auth_failed(error.reason)
@@ -312,7 +313,7 @@ class SocketIOTransport:
         request = CallRequest(
             action, params, request_id, state.client_ip, "sio", state.headers, None, key
         )
-        result = await self._in_pool(self._pipeline().invoke, request)
+        result = await self._in_pool(self._booted().invoke, request)
         body: dict[str, Any] = json.loads(result.body)
         if result.status >= 400:  # a failure, or a replayed one
             return {"error": body}
@@ -427,7 +428,7 @@ class SocketIOTransport:
             request = CallRequest("", None, new_request_id(), state.client_ip, "sio", state.headers)
             try:
                 await self._in_pool(
-                    functools.partial(self._pipeline().caller_of, count_failure=False), request
+                    functools.partial(self._booted().caller_of, count_failure=False), request
                 )
             except DependencyUnavailable:
                 continue  # the store is down: not a reason to end anyone's session
@@ -437,6 +438,11 @@ class SocketIOTransport:
 
     async def _heartbeat(self) -> None:
         await self._in_pool(self._roster.heartbeat)
+
+    def _booted(self) -> Runtime:
+        if self._runtime is None:
+            raise DependencyUnavailable("the realtime server is not running")
+        return self._runtime
 
     async def _in_pool(self, work: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
