@@ -4,6 +4,7 @@ a facade, a middleware, health and a command without touching core/."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -285,6 +286,47 @@ def test_a_built_in_step_name_that_is_not_a_step_is_refused_at_boot() -> None:
     assert "built-in step 'validation' is not a step of the chain" in str(caught.value)
     with pytest.raises(BootError, match="'run' is not a step"):
         arrange([("run", None)], [])  # run is the end of the chain, never a middleware
+
+
+class TrimManager(Manager):
+    """A toy manager whose middleware sits at a built-in position: before validate, it
+    trims the string params the caller sent, so the schema sees them trimmed."""
+
+    name = "trim"
+
+    def middleware(self) -> Sequence[Middleware]:
+        return (Middleware("trim.params", self._trim, before="validate"),)
+
+    def _trim(self, call: Call, next: Next) -> CallResult:
+        raw = call.request.params
+        if isinstance(raw, dict):
+            trimmed = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items()}
+            call.request = dataclasses.replace(call.request, params=trimmed)
+        return next(call)
+
+
+def test_a_middleware_placed_before_validate_changes_what_validate_sees(
+    write_module: WriteModule, tmp_path: Path
+) -> None:
+    parent = write_module("playroom", {"actions.yaml": TOY_ACTIONS, "handlers.py": TOY_HANDLERS})
+    flask_app = app_module.create_app(
+        {
+            "APP_ENV": "test",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/trim.db",
+            "MODULES_PATH": str(parent),
+        },
+        managers=lambda: [*with_toy(), TrimManager()],
+    )
+    try:
+        steps = extension(flask_app).pipeline.steps
+        assert steps.index("authorize") < steps.index("trim.params") < steps.index("validate")
+        client = flask_app.test_client()
+        answered = client.post("/api/v1/actions/playroom.greet", json={"name": "  ann  "})
+        assert answered.status_code == 200
+        assert answered.get_json()["data"]["greeting"].startswith("hello ann from playroom")
+        assert client.post("/api/v1/actions/playroom.greet", json={"name": 3}).status_code == 422
+    finally:
+        extension(flask_app).runtime.close()
 
 
 # --- facades -------------------------------------------------------------------------------

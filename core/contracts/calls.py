@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.base.headers import Headers
 from core.contracts.context import Caller
 
 
@@ -21,7 +22,7 @@ class CallRequest:
     request_id: str
     client_ip: str | None = None
     transport: str = "http"
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=Headers)  # any case: a ``Headers``
     caller: Caller | None = None  # preset by trusted transports (the CLI runs as system)
     idempotency_key: str | None = None  # the Idempotency-Key header
 
@@ -37,7 +38,7 @@ class CallResult:
     body: str
     status: int = 200
     content_type: str = "application/json"
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=Headers)  # any case: a ``Headers``
     replayed: bool = False
     value: Any = field(default=None, compare=False, repr=False)
 

@@ -92,11 +92,6 @@ class FailedIdentification:
             raise error
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    return value if value is None else str(value)
-
-
 def credential_identifier(
     tokens: TokenVerifier | None = None, keys: KeyVerifier | None = None
 ) -> Identify:
@@ -105,8 +100,8 @@ def credential_identifier(
     def identify(request: CallRequest) -> tuple[Caller, Sequence[Precondition]]:
         if request.caller is not None:  # trusted transports (the CLI) preset the caller
             return request.caller, ()
-        authorization = _header(request.headers, "Authorization")
-        api_key = _header(request.headers, API_KEY_HEADER)
+        authorization = request.headers.get("Authorization")
+        api_key = request.headers.get(API_KEY_HEADER)
         if authorization is not None and api_key is not None:
             raise Unauthorized(
                 "send either Authorization or X-API-Key, not both", reason="malformed"

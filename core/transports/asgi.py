@@ -26,9 +26,11 @@ from typing import Any
 from flask import Flask
 
 from core.base.errors import ActionError, PayloadTooLarge, RequestTimeout
+from core.base.headers import Headers
 from core.base.request_ids import request_id_of
 from core.runtime.booted import BootedApp
 from core.runtime.manager import AsgiMount
+from core.transports.http import CHECKED
 from core.transports.http_actions import PREFIX, ActionEndpoint, Answer, RequestBounds
 
 log = logging.getLogger("switchboard.server")
@@ -98,7 +100,7 @@ class WsgiBridge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        headers = _headers(scope)
+        headers = Headers.from_asgi(scope["headers"])
         try:
             body = await self.body(receive, headers)
         except ActionError as error:
@@ -111,16 +113,22 @@ class WsgiBridge:
     async def run(
         self,
         scope: Scope,
-        headers: _Headers,
+        headers: Headers,
         body: bytes,
         pool: ThreadPoolExecutor | None = None,
+        *,
+        request_id: str | None = None,
     ) -> Answer:
+        """Run the WSGI app on the request. ``request_id``: the ASGI app made the request's
+        id and checked its bounds already, and the Flask app takes both as they are."""
         environ = _environ(scope, headers, body)
+        if request_id is not None:
+            environ[CHECKED] = request_id
         return await asyncio.get_running_loop().run_in_executor(
             pool or self.pool, _run_wsgi, self.wsgi, environ
         )
 
-    async def body(self, receive: Receive, headers: _Headers) -> bytes:
+    async def body(self, receive: Receive, headers: Headers) -> bytes:
         """The whole body, read here in the event loop within the limits."""
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -252,7 +260,7 @@ class AsgiApp:
         endpoint, bridge = self._endpoint, self._bridge
         if endpoint is None or bridge is None:
             raise RuntimeError("the app has not started (the server must run its lifespan)")
-        headers = _headers(scope)
+        headers = Headers.from_asgi(scope["headers"])
         request_id = request_id_of(headers.get("x-request-id"))
         try:
             target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
@@ -270,31 +278,16 @@ class AsgiApp:
                 bridge.pool,
                 endpoint.answer,
                 path[len(PREFIX) :],
-                headers.get_folded,
+                headers,
                 body,
                 client[0] if client else None,
                 request_id,
             )
         elif path in self._probe_paths:
-            answer = await bridge.run(scope, headers, body, self._probes)
+            answer = await bridge.run(scope, headers, body, self._probes, request_id=request_id)
         else:
-            answer = await bridge.run(scope, headers, body)
+            answer = await bridge.run(scope, headers, body, request_id=request_id)
         await send_answer(send, answer)
-
-
-class _Headers(dict[str, str]):
-    """The request's headers by lower-case name; repeated fields folded with ", "."""
-
-    def get_folded(self, name: str) -> str | None:
-        return self.get(name.lower())
-
-
-def _headers(scope: Scope) -> _Headers:
-    found = _Headers()
-    for raw_name, raw_value in scope["headers"]:
-        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-        found[name] = f"{found[name]}, {value}" if name in found else value
-    return found
 
 
 async def send_answer(send: Send, answer: Answer) -> None:
@@ -310,7 +303,7 @@ async def send_answer(send: Send, answer: Answer) -> None:
 # --- the Flask app, as WSGI (PEP 3333) ------------------------------------------------------
 
 
-def _environ(scope: Scope, headers: _Headers, body: bytes) -> dict[str, Any]:
+def _environ(scope: Scope, headers: Headers, body: bytes) -> dict[str, Any]:
     server = scope.get("server") or ("localhost", 80)
     client = scope.get("client")
     environ: dict[str, Any] = {

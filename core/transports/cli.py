@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.base.errors import ActionError, BootError, Forbidden, ManagerStopError
+from core.base.headers import Headers
 from core.base.request_ids import new_request_id
 from core.config.config import Config
 from core.contracts.calls import CallRequest
@@ -103,7 +104,7 @@ def _invoke(
         params=params,
         request_id=new_request_id(),
         transport="cli",
-        headers=headers,
+        headers=Headers.of(headers),
         caller=caller,
     )
     try:

@@ -26,6 +26,7 @@ from core.base.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from core.base.headers import Headers
 from core.base.logging import request_id_var
 from core.base.request_ids import request_id_of
 from core.contracts.calls import CallRequest
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.http")
 
 EXTENSION = "switchboard"
+# In a WSGI environ: the request's id, made by the ASGI app after it checked the request's
+# bounds (so the Flask app does neither again).
+CHECKED = "switchboard.request_id"
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,8 @@ def _caller(current: FlaskExtension) -> Caller:
             action="",
             params=None,
             request_id=g.request_id,
-            client_ip=client_ip(
-                request.remote_addr,
-                request.headers.get("X-Forwarded-For"),
-                current.trusted_proxies,
-            ),
-            headers=request.headers,  # type: ignore[arg-type]
+            client_ip=_client_ip(),
+            headers=_headers(),
         )
     )
 
@@ -126,9 +126,7 @@ def _caller_listing(current: FlaskExtension) -> list[dict[str, Any]]:
 def _may_see_checks(current: FlaskExtension) -> bool:
     """In production the checks name backends, hosts and key ids: only admins and clients
     on ``health.allow`` see them."""
-    address = client_ip(
-        request.remote_addr, request.headers.get("X-Forwarded-For"), current.trusted_proxies
-    )
+    address = _client_ip()
     if address is not None and in_networks(address, current.health_allow or ()):
         return True
     try:
@@ -144,7 +142,7 @@ def create_blueprint() -> Blueprint:
     def call_action(name: str) -> Response:
         endpoint = extension().endpoint
         body = request.get_data(cache=False)
-        answer = endpoint.answer(name, request.headers.get, body, request.remote_addr, g.request_id)
+        answer = endpoint.answer(name, _headers(), body, request.remote_addr, g.request_id)
         return to_response(answer)
 
     @bp.get("/api/v1/actions")
@@ -176,12 +174,33 @@ def create_blueprint() -> Blueprint:
 
 
 def _assign_request_id() -> None:
-    g.request_id = request_id_of(request.headers.get("X-Request-ID"))
-    g.request_id_token = request_id_var.set(g.request_id)
     environ = request.environ
-    target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    size = len(target) if target else len(environ.get("PATH_INFO", "")) + len(request.query_string)
-    extension().bounds.check(size, request.headers.items())
+    checked = environ.get(CHECKED)
+    g.request_id = checked or request_id_of(request.headers.get("X-Request-ID"))
+    g.request_id_token = request_id_var.set(g.request_id)
+    if checked is None:  # a WSGI server's request (or the test client's): not bounded yet
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        size = (
+            len(target) if target else len(environ.get("PATH_INFO", "")) + len(request.query_string)
+        )
+        extension().bounds.check(size, request.headers.items())
+
+
+def _client_ip() -> str | None:
+    """The request's client address (proxies resolved), worked out once per request."""
+    if "client_ip" not in g:
+        g.client_ip = client_ip(
+            request.remote_addr, request.headers.get("X-Forwarded-For"), extension().trusted_proxies
+        )
+    address: str | None = g.client_ip
+    return address
+
+
+def _headers() -> Headers:
+    if "headers" not in g:
+        g.headers = Headers.of(request.headers.items())
+    found: Headers = g.headers
+    return found
 
 
 def _finish(response: Response) -> Response:

@@ -9,7 +9,7 @@ a WSGI deployment). What a caller sees is decided here: the request id, the body
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from core.base.errors import (
     UnsupportedMediaType,
     UriTooLong,
 )
+from core.base.headers import Headers
 from core.base.json_input import DEFAULT_MAX_DEPTH, parse_object
 from core.base.request_ids import request_id_of
 from core.config.config import Config
@@ -34,8 +35,6 @@ PREFIX = "/api/v1/actions/"
 PROBLEM_JSON = "application/problem+json"
 CORS_EXPOSE = "X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed"
 CORS_ALLOW = "Content-Type, Authorization, X-API-Key, Idempotency-Key, X-Request-ID"
-
-Headers = Callable[[str], str | None]  # a case-insensitive header lookup
 
 
 @dataclass(frozen=True)
@@ -134,16 +133,16 @@ class ActionEndpoint:
     def answer(
         self,
         name: str,
-        header: Headers,
+        headers: Headers,
         body: bytes,
         peer: str | None,
         request_id: str | None = None,
     ) -> Answer:
         """The answer to ``POST /api/v1/actions/<name>``; never raises for bad input."""
-        request_id = request_id or request_id_of(header("X-Request-ID"))
-        extra = cors_headers(self._origins, header("Origin"), "POST", False)
+        request_id = request_id or request_id_of(headers.get("X-Request-ID"))
+        extra = cors_headers(self._origins, headers.get("Origin"), "POST", False)
         try:
-            content_type = (header("Content-Type") or "").split(";", 1)[0].strip().lower()
+            content_type = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             if content_type not in ("", "application/json") and not content_type.endswith("+json"):
                 raise UnsupportedMediaType(f"send application/json, not {content_type}")
             if len(body) > self.max_body_bytes:
@@ -153,17 +152,17 @@ class ActionEndpoint:
                     action=name,
                     params=parse_object(body, self.max_json_depth),
                     request_id=request_id,
-                    client_ip=client_ip(peer, header("X-Forwarded-For"), self._trusted),
+                    client_ip=client_ip(peer, headers.get("X-Forwarded-For"), self._trusted),
                     transport="http",
-                    headers=_HeaderView(header),
-                    idempotency_key=header(IDEMPOTENCY_HEADER),
+                    headers=headers,
+                    idempotency_key=headers.get(IDEMPOTENCY_HEADER),
                 )
             )
         except ActionError as error:
             return self.problem(error, request_id, extra)
-        headers = [("Content-Type", result.content_type), *result.headers.items()]
-        headers += [("X-Request-ID", request_id), *extra]
-        return Answer(result.status, headers, result.body.encode())
+        sent = [("Content-Type", result.content_type), *result.headers.items()]
+        sent += [("X-Request-ID", request_id), *extra]
+        return Answer(result.status, sent, result.body.encode())
 
     @staticmethod
     def problem(
@@ -173,26 +172,3 @@ class ActionEndpoint:
         if request_id is not None:
             headers.append(("X-Request-ID", request_id))
         return Answer(error.status, headers + (extra or []), problem_body(error, request_id))
-
-
-class _HeaderView(Mapping[str, str]):
-    """The request's headers as the identify step reads them (by name, any case)."""
-
-    def __init__(self, header: Headers) -> None:
-        self._header = header
-
-    def __getitem__(self, name: str) -> str:
-        value = self._header(name)
-        if value is None:
-            raise KeyError(name)
-        return value
-
-    def get(self, name: str, default: Any = None) -> Any:
-        value = self._header(name)
-        return default if value is None else value
-
-    def __iter__(self) -> Any:
-        raise TypeError("request headers are looked up by name")
-
-    def __len__(self) -> int:
-        raise TypeError("request headers are looked up by name")

@@ -48,6 +48,7 @@ from core.base.errors import (
     RateLimited,
     Unauthorized,
 )
+from core.base.headers import Headers
 from core.base.json_input import check_value
 from core.base.metrics import Instruments
 from core.base.request_ids import new_request_id
@@ -111,7 +112,7 @@ class _Socket:
     """What this process knows of one connected socket."""
 
     caller: Caller
-    headers: dict[str, str]  # its credential, as the chain reads it on every call
+    headers: Headers  # its credential, as the chain reads it on every call
     client_ip: str | None
     since: float
     tats: list[Tat | None]
@@ -456,10 +457,10 @@ def _report(event: str, target: str, sent: Future[Any]) -> None:
         log.warning("%s to %s was not delivered: %r", event, target, error)
 
 
-def _credential(auth: Any) -> dict[str, str]:
+def _credential(auth: Any) -> Headers:
     """The headers identify reads, from a connect's ``auth``."""
     if auth is None:
-        return {}
+        return Headers()
     if not isinstance(auth, dict):
         raise MalformedRequest('auth must be an object: {"token": …} or {"api_key": …}')
     token, key = auth.get("token"), auth.get("api_key")
@@ -468,12 +469,12 @@ def _credential(auth: Any) -> dict[str, str]:
     if token is not None:
         if not isinstance(token, str):
             raise Unauthorized("the token must be a string", reason="malformed")
-        return {"Authorization": f"Bearer {token}"}
+        return Headers.of({"Authorization": f"Bearer {token}"})
     if key is not None:
         if not isinstance(key, str):
             raise Unauthorized("the api_key must be a string", reason="malformed")
-        return {"X-API-Key": key}
-    return {}
+        return Headers.of({"X-API-Key": key})
+    return Headers()
 
 
 def _room_name(payload: Any) -> str:
