@@ -410,3 +410,11 @@ def test_module_settings_are_typed_and_checked_at_boot(
     module = extension(app).app_manager.get("modules")
     loaded = getattr(module, "get")("shelf")  # noqa: B009
     assert loaded.instance.settings == {"page_size": 50, "title": "Shelf", "tags": ["x", "y"]}
+
+
+def test_a_caller_is_named_one_way_in_logs_limits_and_records() -> None:
+    from core.contracts.context import ANONYMOUS, SYSTEM, Caller
+
+    assert Caller("user", id="u1").key == "user:u1"
+    assert Caller("api_key", id="k1").key == "api_key:k1"
+    assert SYSTEM.key == "system:system" and ANONYMOUS.key == "anonymous"

@@ -46,7 +46,7 @@ def cached(
     def key(ctx: Context, values: Mapping[str, Any]) -> str:
         text = call_key((), values)
         if per_caller:
-            text += f"|{ctx.caller.kind}:{ctx.caller.id}"
+            text += f"|{ctx.caller.key}"
         digest = hashlib.sha256(text.encode()).hexdigest()[:40]
         generation = (
             0 if collection is None else int(ctx.cache.get_json(_generation_key(collection), 0))

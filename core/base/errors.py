@@ -8,6 +8,7 @@ place that is wrong so that ``python app.py check`` can print each one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -133,6 +134,10 @@ class ActionError(SwitchboardError):
         if request_id is not None:
             body["request_id"] = request_id
         return body
+
+    def problem_json(self, request_id: str | None) -> str:
+        """``problem`` as the JSON text every transport sends and idempotency stores."""
+        return json.dumps(self.problem(request_id), separators=(",", ":"))
 
 
 class MalformedRequest(ActionError):

@@ -40,6 +40,12 @@ class Caller:
     expires_at: float | None = None  # exp of the access token
     rate_limit: tuple[str, ...] = ()  # an API key's own limits
 
+    @property
+    def key(self) -> str:
+        """How logs, limits and records name the caller: ``user:<id>``, ``api_key:<id>``,
+        ``system:system``; the bare kind (``anonymous``) when there is no id."""
+        return self.kind if self.id is None else f"{self.kind}:{self.id}"
+
 
 ANONYMOUS = Caller("anonymous")
 SYSTEM = Caller("system", id="system")

@@ -48,11 +48,12 @@ class LimitRequest:
     identity: str
     kind: str
     action: str | None = None
-    action_limits: Sequence[Limit] = ()
+    action_limits: Sequence[Limit | str] = ()
     action_subjects: Sequence[tuple[str, str]] = ()
     own_limits: Sequence[str] | None = None
     failure: str = "open"
     ip: str | None = None  # the client's IP identity when ``identity`` is a user or key
+    cost: int = 1
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,20 @@ def check_absent(store: KeyValueStore, preconditions: Sequence[Precondition]) ->
     for precondition in preconditions:
         try:
             present = store.get(precondition.key) is not None
-        except DependencyUnavailable:
-            if precondition.fallback is None:
-                raise
-            precondition.fallback()
+        except DependencyUnavailable as outage:
+            fall_back((precondition,), outage)
             continue
         if present:
             raise precondition.error()
+
+
+def fall_back(preconditions: Sequence[Precondition], outage: DependencyUnavailable) -> None:
+    """The store could not be asked: each marker's fallback answers for it (and raises its
+    error); a marker without one makes the outage the answer (503)."""
+    for precondition in preconditions:
+        if precondition.fallback is None:
+            raise outage
+        precondition.fallback()
 
 
 def claim_key(store: KeyValueStore, key: str, value: str, ttl: float) -> bytes | None:

@@ -127,7 +127,7 @@ class Idempotency:
         self.finish(
             claim,
             error.status,
-            json.dumps(error.problem(request_id), separators=(",", ":")),
+            error.problem_json(request_id),
             "application/problem+json",
         )
 
@@ -152,7 +152,7 @@ class IdempotencyStep:
         if key is None or not call.spec.idempotent:
             return next(call)
         caller = call.caller
-        who = f"{caller.kind}:{caller.id}" if caller.id else f"ip:{call.request.client_ip}"
+        who = caller.key if caller.id else f"ip:{call.request.client_ip}"
         action = call.spec.name
         claim, running = self.idempotency.claim(action, who, key, call.params)
 

@@ -164,9 +164,7 @@ class IdentifyStep:
             if self.failed is not None:
                 self.failed(call.request, call.gate)
             raise
-        caller = call.caller
-        who = f"{caller.kind}:{caller.id}" if caller.id is not None else caller.kind
-        call_var.set((call.request.action, who))
+        call_var.set((call.request.action, call.caller.key))
         call.gate.absent.extend(revocations)
         if self.failed is None:
             return next(call)

@@ -21,7 +21,7 @@ def caller_identity(call: Call) -> tuple[str, str]:
     caller = call.caller
     public = call.spec.auth == "public"
     if caller.kind in ("user", "api_key") and caller.id is not None and not public:
-        return f"{caller.kind}:{caller.id}", caller.kind
+        return caller.key, caller.kind
     return f"ip:{call.request.client_ip}", "ip"
 
 

@@ -40,7 +40,6 @@ from core.transports.http_actions import (
     Answer,
     RequestBounds,
     cors_headers,
-    problem_body,
 )
 from core.transports.openapi import openapi_document
 
@@ -98,7 +97,7 @@ def to_response(answer: Answer) -> Response:
 
 
 def problem_response(error: ActionError) -> Response:
-    response = Response(problem_body(error, g.get("request_id")), error.status)
+    response = Response(error.problem_json(g.get("request_id")), error.status)
     response.mimetype = PROBLEM_JSON
     for name, value in error.headers.items():
         response.headers[name] = value

@@ -8,7 +8,6 @@ a WSGI deployment). What a caller sees is decided here: the request id, the body
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -97,10 +96,6 @@ def cors_headers(
     return found
 
 
-def problem_body(error: ActionError, request_id: str | None) -> bytes:
-    return json.dumps(error.problem(request_id), separators=(",", ":")).encode()
-
-
 class ActionEndpoint:
     """Answers action calls for one app (its pipeline, proxies, CORS and body limit)."""
 
@@ -171,4 +166,6 @@ class ActionEndpoint:
         headers = [("Content-Type", PROBLEM_JSON), *error.headers.items()]
         if request_id is not None:
             headers.append(("X-Request-ID", request_id))
-        return Answer(error.status, headers + (extra or []), problem_body(error, request_id))
+        return Answer(
+            error.status, headers + (extra or []), error.problem_json(request_id).encode()
+        )

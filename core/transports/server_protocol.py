@@ -37,7 +37,7 @@ from uvicorn.server import ServerState
 from core.base.errors import ActionError, HeadersTooLarge, RequestTimeout, UriTooLong
 from core.base.request_ids import new_request_id
 from core.config.config import Config
-from core.transports.http_actions import PROBLEM_JSON, problem_body
+from core.transports.http_actions import PROBLEM_JSON
 
 LINGER = 2.0  # seconds a refused connection is drained before it is closed
 MAX_LINGERING = 256  # refused connections drained at once; beyond, closed at once
@@ -100,7 +100,7 @@ def protocol(bounds: HeadBounds) -> Any:
 def problem_answer(error: ActionError) -> bytes:
     """A whole HTTP/1.1 answer carrying ``error``'s problem, closing the connection."""
     request_id = new_request_id()
-    body = problem_body(error, request_id)
+    body = error.problem_json(request_id).encode()
     return b"".join(
         [
             f"HTTP/1.1 {error.status} {error.title}\r\n".encode("latin-1"),

@@ -32,7 +32,7 @@ from core.base.store import KeyValueStore
 from core.config.settings import Setting, boolean, duration, integer, strings
 from core.contracts.limits import Decision, LimitState, RateLimiter
 from core.manager import Command, CommandRuntime, Health, Manager
-from core.pipeline.gate import Gate, GateOutcome, GateRequest
+from core.pipeline.gate import Gate, GateOutcome, GateRequest, LimitRequest, fall_back
 from core.pipeline.identity import AUTH_FAILURE
 from managers.rate_limiter.backends import open_limiter
 from managers.rate_limiter.backends.base import (
@@ -235,35 +235,22 @@ class RateLimiterManager(Manager):
         """
         if not self._enabled:
             return Decision(True, ())
-        if failure not in FAILURES:
-            raise ValueError(f"failure must be 'open' or 'closed', got {failure!r}")
         if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= MAX_COST:
             raise ValueError(f"cost must be an integer from 1 to {MAX_COST}, got {cost!r}")
         if not isinstance(identity, str):
             raise TypeError(f"identity must be a string, got {type(identity).__name__}")
-        plan = self._plan(
-            identity=identity,
-            kind=kind,
-            action=action,
-            action_limits=action_limits,
-            action_subjects=action_subjects,
-            own_limits=own_limits,
+        request = LimitRequest(
+            identity,
+            kind,
+            action,
+            action_limits,
+            action_subjects,
+            own_limits,
+            failure,
             cost=cost,
         )
-        backend = self._started()
-        degraded = False
-        try:
-            outcome = backend.evaluate(plan)
-        except DependencyUnavailable:
-            self._degraded = True
-            if failure == "closed" or self._fallback is None:
-                raise
-            outcome = self._fallback.evaluate(plan)
-            degraded = True
-        self._degraded = degraded
-        decision = decide(plan, outcome, degraded=degraded)
-        self._count(plan, decision, denying(plan, outcome))
-        return decision
+        decision = self.pass_gate(GateRequest(limits=request)).decision
+        return Decision(True, ()) if decision is None else decision  # None: nothing to ask
 
     def pass_gate(self, request: GateRequest) -> GateOutcome:
         """A call's gate (``core.gate``) in one step of the backend: one EVALSHA on Redis.
@@ -284,7 +271,7 @@ class RateLimiterManager(Manager):
             action_limits=limits.action_limits if limits else (),
             action_subjects=limits.action_subjects if limits else (),
             own_limits=limits.own_limits if limits else None,
-            cost=1,
+            cost=limits.cost if limits else 1,
             absent=tuple(p.key for p in request.absent),
             claim=Claim(claim.key, claim.value, max(1, round(claim.ttl * 1000))) if claim else None,
             limited=limits is not None,
@@ -294,12 +281,9 @@ class RateLimiterManager(Manager):
         degraded = False
         try:
             outcome = backend.evaluate(plan)
-        except DependencyUnavailable:
+        except DependencyUnavailable as outage:
             self._degraded = True
-            for precondition in request.absent:
-                if precondition.fallback is None:
-                    raise
-                precondition.fallback()
+            fall_back(request.absent, outage)
             if request.claim is not None or (limits and limits.failure == "closed"):
                 raise
             if limits is None or self._fallback is None:
