@@ -3,7 +3,8 @@
 One implementation serves both ways in: the ASGI server calls ``ActionEndpoint.answer``
 directly (the hot path skips Werkzeug), and the Flask route calls it too (the test client,
 a WSGI deployment). What a caller sees is decided here: the request id, the body rules
-(415, 400, 413), the client's address, the problem documents and CORS.
+(415, 400), the client's address, the problem documents and CORS. The body arrives
+bounded (413) by whoever read it: the ASGI app, or Werkzeug under a WSGI server.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from core.base.client_ip import Network, client_ip, parse_networks
 from core.base.errors import (
     ActionError,
     HeadersTooLarge,
-    PayloadTooLarge,
     UnsupportedMediaType,
     UriTooLong,
 )
@@ -105,13 +105,11 @@ class ActionEndpoint:
         *,
         trusted_proxies: tuple[Network, ...],
         cors_origins: frozenset[str],
-        max_body_bytes: int,
         max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self._invoke = invoke
         self._trusted = trusted_proxies
         self._origins = cors_origins
-        self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
 
     @classmethod
@@ -121,7 +119,6 @@ class ActionEndpoint:
             runtime.invoke,
             trusted_proxies=parse_networks(config["http.trusted_proxies"]),
             cors_origins=frozenset(config["http.cors_origins"]),
-            max_body_bytes=int(config["http.max_body_bytes"]),
             max_json_depth=int(config["http.max_json_depth"]),
         )
 
@@ -140,8 +137,6 @@ class ActionEndpoint:
             content_type = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             if content_type not in ("", "application/json") and not content_type.endswith("+json"):
                 raise UnsupportedMediaType(f"send application/json, not {content_type}")
-            if len(body) > self.max_body_bytes:
-                raise PayloadTooLarge(f"the body exceeds {self.max_body_bytes} bytes")
             result = self._invoke(
                 CallRequest(
                     action=name,
