@@ -38,6 +38,7 @@ from managers.action_discovery_manager import ActionDiscoveryManager
 from managers.api_keys import ApiKeyManager
 from managers.audit_manager import AuditManager
 from managers.db import DatabaseManager
+from managers.executions import ExecutionsManager
 from managers.hooks_manager import HooksManager
 from managers.jwt import JWTManager
 from managers.metrics_manager import MetricsManager
@@ -65,6 +66,7 @@ MANAGERS: tuple[type[Manager], ...] = (
     ApiKeyManager,
     RateLimiterManager,
     WebSocketManager,
+    ExecutionsManager,
     ServicesManager,
     ModuleManager,
     ActionDiscoveryManager,

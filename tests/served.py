@@ -40,6 +40,7 @@ def production_secrets(work: Path) -> dict[str, str]:
     )
     (secrets / "jwt.private_key").write_bytes(pem)
     (secrets / "api_keys.pepper").write_text(os.urandom(32).hex())
+    (secrets / "executions.secret_key").write_text(os.urandom(32).hex())
     return {"APP_ENV": "production", "SECRETS_DIR": str(secrets), "SB_SECRETS__MOUNTS": ""}
 
 

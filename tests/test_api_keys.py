@@ -544,6 +544,7 @@ def test_production_refuses_to_boot_without_a_pepper(tmp_path: Path) -> None:
         "APP_ENV": "production",
         "DATABASE_URL": sqlite_url(tmp_path),
         "SB_JWT__PRIVATE_KEY": "a PEM",
+        "SB_EXECUTIONS__SECRET_KEY": "e" * 40,
         "SB_SECRETS__MOUNTS": "",
     }
     with pytest.raises(ConfigError) as caught:  # refused as soon as the config loads
@@ -558,6 +559,7 @@ def test_production_boots_with_a_pepper(boot: BootKeys) -> None:
         APP_ENV="production",
         SB_API_KEYS__PEPPER=GOOD_PEPPER,
         SB_JWT__PRIVATE_KEY="a PEM (the config check only looks for one)",
+        SB_EXECUTIONS__SECRET_KEY="e" * 40,
     )
     _, raw = keys.create(name="k", owner="u1", scopes=[])
     assert keys.verify(raw).owner == "u1"

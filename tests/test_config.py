@@ -102,6 +102,7 @@ def test_environment_file_overrides_default_yaml(tmp_path: Path) -> None:
 PRODUCTION_SECRETS = {
     "SB_JWT__PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----test",
     "SB_API_KEYS__PEPPER": "p" * 40,
+    "SB_EXECUTIONS__SECRET_KEY": "e" * 40,
 }
 
 

@@ -162,6 +162,7 @@ PRODUCTION_OK = {
     "APP_ENV": "production",
     "SB_JWT__PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----",
     "SB_API_KEYS__PEPPER": "p" * 40,
+    "SB_EXECUTIONS__SECRET_KEY": "e" * 40,
     "REDIS_URL": "redis://cache/0",
     "SB_SECRETS__MOUNTS": "",
 }
@@ -173,6 +174,7 @@ PRODUCTION_OK = {
         ({"SB_JWT__ALGORITHM": "HS256"}, "jwt.algorithm"),
         ({"SB_JWT__PRIVATE_KEY": ""}, "jwt.private_key"),
         ({"SB_API_KEYS__PEPPER": ""}, "api_keys.pepper"),
+        ({"SB_EXECUTIONS__SECRET_KEY": ""}, "executions.secret_key"),
         ({"REDIS_URL": "memory://", "SB_HTTP__WORKERS": "2"}, "redis.url"),
         ({"SB_APP__DEBUG": "true"}, "app.debug"),
         ({"SB_HTTP__CORS_ORIGINS": "https://a.example,*"}, "http.cors_origins"),
@@ -198,6 +200,7 @@ def test_every_refusal_is_reported_at_once(tmp_path: Path) -> None:
     assert {p.field for p in caught.value.problems} >= {
         "jwt.private_key",
         "api_keys.pepper",
+        "executions.secret_key",
         "app.debug",
     }
 

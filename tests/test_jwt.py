@@ -821,6 +821,7 @@ def test_production_starts_with_a_configured_key(
             "APP_ENV": "production",
             "SB_JWT__PRIVATE_KEY": escaped,
             "SB_API_KEYS__PEPPER": "p" * 40,
+            "SB_EXECUTIONS__SECRET_KEY": "e" * 40,
         }
     )  # production needs one too
     assert manager.health().status == "ok"

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from core.contracts.context import Context
 
 AuthMode = Literal["public", "user", "api_key", "any"]
+RunMode = Literal["inline", "background", "either"]
 Invoker = Callable[["Context", dict[str, Any]], Any]
 
 
@@ -42,6 +43,10 @@ class ActionSpec:
     url_pattern: str | None = None
     cache: float | None = None  # seconds a result is kept (read-only actions)
     path_params: tuple[str, ...] = ()  # params that become a URL path segment (typed http)
+    # inline: answered in the call; background: an execution (202); either: the caller
+    # chooses with Prefer: respond-async. A background job's ``timeout`` is its time limit.
+    run: RunMode = "inline"
+    keep: float | None = None  # seconds an execution's record is kept (None: the setting)
 
     @cached_property
     def secret_params(self) -> frozenset[str]:
@@ -74,6 +79,7 @@ class ActionSpec:
             "rate_limit_by": list(self.rate_limit_by),
             "timeout": self.timeout,
             "deprecated": self.deprecated,
+            "run": self.run,
         }
         if self.examples:
             described["examples"] = list(self.examples)

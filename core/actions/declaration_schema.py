@@ -95,6 +95,8 @@ _COMMON: dict[str, Any] = {
     "examples": {"type": "array"},
     "url_pattern": {"type": "string"},
     "cache": DURATION_VALUE,  # read-only actions: keep results this long
+    "run": {"enum": ["inline", "background", "either"]},  # background: an execution
+    "keep": DURATION_VALUE,  # how long an execution's record and result are kept
 }
 
 _DEFS: dict[str, Any] = {

@@ -317,6 +317,17 @@ def _spec(
     if unknown:
         names = ", ".join(unknown)
         raise where.fail(f"rate_limit_by names {names}: not a declared param", "rate_limit_by")
+    run = decl.get("run", "inline")
+    if run == "inline" and "keep" in decl:
+        raise where.fail("keep is how long an execution is kept: add run: background", "keep")
+    if run != "inline" and decl.get("auth", "user") == "public":
+        raise where.fail(
+            f"run: {run} needs a caller who can read the execution later: "
+            "auth: user, api_key or any, not public",
+            "auth",
+        )
+    if run != "inline" and "cache" in decl:
+        raise where.fail(f"run: {run} actions answer with an execution; they cannot cache", "cache")
     return ActionSpec(
         name=where.action or "",
         module=where.module,
@@ -338,6 +349,8 @@ def _spec(
         examples=tuple(decl.get("examples", ())),
         url_pattern=decl.get("url_pattern"),
         cache=None if decl.get("cache") is None else parse_duration(decl["cache"]),
+        run=run,
+        keep=None if decl.get("keep") is None else parse_duration(decl["keep"]),
     )
 
 

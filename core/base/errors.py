@@ -180,6 +180,12 @@ class Conflict(ActionError):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class Cancelled(Conflict):
+    """A background execution was cancelled (``ctx.check_cancelled()`` raises it)."""
+
+    status, slug, title = 409, "cancelled", "Cancelled"
+
+
 class TransactionConflict(Conflict):
     """A transaction lost a race (deadlock, serialization failure): running it again may
     succeed. ``Database.run_transaction`` retries it."""

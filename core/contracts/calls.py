@@ -11,6 +11,7 @@ from typing import Any
 
 from core.base.headers import Headers
 from core.contracts.context import Caller
+from core.contracts.jobs import JobControl
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class CallRequest:
     headers: Mapping[str, str] = field(default_factory=Headers)  # any case: a ``Headers``
     caller: Caller | None = None  # preset by trusted transports (the CLI runs as system)
     idempotency_key: str | None = None  # the Idempotency-Key header
+    respond_async: bool = False  # Prefer: respond-async (a run: either action: an execution)
+    job: JobControl | None = None  # set by a worker: this call runs an execution's job
 
 
 @dataclass(frozen=True)

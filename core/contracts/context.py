@@ -7,10 +7,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
+from core.base.errors import Cancelled
+
 if TYPE_CHECKING:
     from core.config.config import Config
     from core.contracts.cache import Cache
     from core.contracts.facades import Documents, Hooks, Realtime, Secrets, StateMachines
+    from core.contracts.jobs import ExecutionRef, JobControl
 
 CallerKind = Literal["anonymous", "user", "api_key", "system"]
 
@@ -96,8 +99,31 @@ class Context:
     client_ip: str | None = None
     deadline: float | None = None  # time.monotonic() value past which the caller gets 504
     # The call's Idempotency-Key on an idempotent action: a handler can make its writes
-    # unique by it, so a retry after a store outage cannot apply them twice.
+    # unique by it, so a retry after a store outage cannot apply them twice. A background
+    # job's is its execution id, the same on every attempt.
     idempotency_key: str | None = None
+    job: JobControl | None = None  # set when this call runs an execution's job
+
+    @property
+    def execution(self) -> ExecutionRef | None:
+        """The execution this job runs (``id``, ``attempt``); None in an inline call."""
+        return None if self.job is None else self.job.ref
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the execution was asked to stop (cancel, or its time limit)."""
+        return self.job is not None and self.job.cancelled
+
+    def check_cancelled(self) -> None:
+        """End the job here, as ``cancelled``, if a cancel was asked; else nothing."""
+        if self.cancelled:
+            raise Cancelled("the execution was cancelled")
+
+    def progress(self, done: float, message: str | None = None) -> None:
+        """Report how far a background job is (``done`` from 0 to 1); stored at most every
+        ``executions.progress_interval`` and always at the end. Inline calls: nothing."""
+        if self.job is not None:
+            self.job.progress(done, message)
 
     @property
     def module(self) -> str:

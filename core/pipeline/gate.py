@@ -39,6 +39,10 @@ class Precondition:
     key: str
     error: Callable[[], ActionError]
     fallback: Callable[[], None] | None = None
+    # Whether it speaks for the caller beyond this one credential (an account's or a key's
+    # revocation, not one access token's logout): a background job enqueued with the
+    # credential checks these again when it starts.
+    lasting: bool = True
 
 
 @dataclass(frozen=True)

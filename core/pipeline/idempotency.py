@@ -15,8 +15,8 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.base.errors import (
@@ -53,6 +53,12 @@ class StoredResponse:
     status: int
     body: str
     content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # the ones that say where
+
+
+# Answer headers a replay repeats: where the result is (an execution's URL), not the
+# limits of the first call (a replay has its own).
+KEPT_HEADERS = ("Location", "Preference-Applied")
 
 
 def fingerprint(params: Any) -> str:
@@ -102,9 +108,18 @@ class Idempotency:
                 f"a request with {HEADER} {key!r} is still running; retry shortly",
                 headers={"Retry-After": "1"},
             )
-        return StoredResponse(stored["status"], stored["body"], stored["content_type"])
+        return StoredResponse(
+            stored["status"], stored["body"], stored["content_type"], stored.get("headers", {})
+        )
 
-    def finish(self, claim: Claim, status: int, body: str, content_type: str) -> None:
+    def finish(
+        self,
+        claim: Claim,
+        status: int,
+        body: str,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Store the response for replay (server errors release the claim instead)."""
         if status >= 500:
             self.release(claim)
@@ -118,6 +133,7 @@ class Idempotency:
                     "status": status,
                     "body": body,
                     "content_type": content_type,
+                    "headers": dict(headers or {}),
                 }
             ),
             ttl=self._ttl,
@@ -158,8 +174,9 @@ class IdempotencyStep:
 
         def taken(record: bytes) -> CallResult:
             stored = self.idempotency.held(claim, record, action, key)
+            headers = {**stored.headers, REPLAYED: "true"}
             return CallResult(
-                stored.body, stored.status, stored.content_type, {REPLAYED: "true"}, replayed=True
+                stored.body, stored.status, stored.content_type, headers, replayed=True
             )
 
         call.gate.claim = ClaimRequest(claim.record, running, self.claim_ttl, taken)
@@ -180,7 +197,8 @@ class IdempotencyStep:
             raise
         if call.claimed:
             status, body, content_type = result.status, result.body, result.content_type
-            self._settle(call, self.idempotency.finish, claim, status, body, content_type)
+            kept = {k: v for k, v in result.headers.items() if k in KEPT_HEADERS}
+            self._settle(call, self.idempotency.finish, claim, status, body, content_type, kept)
         return result
 
     @staticmethod

@@ -20,6 +20,7 @@ from core.base.logging import call_var, request_id_var, secret_params_var
 from core.base.store import KeyValueStore
 from core.contracts.calls import CallRequest, CallResult
 from core.contracts.context import Caller
+from core.contracts.executions import Executions
 from core.contracts.limits import RateLimiter
 from core.contracts.module import ModuleCatalog
 from core.pipeline.audit import AuditSink, AuditStep
@@ -173,6 +174,7 @@ def build_pipeline(app: Host) -> Pipeline:
         app.capability(ModuleCatalog),
         check_returns=not app.config.is_production,
         workers=int(app.config["actions.timeout_workers"]),
+        executions=app.capability(Executions),
     )
     middleware = arrange(builtins, app.middleware())
     return Pipeline(

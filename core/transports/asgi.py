@@ -22,15 +22,17 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from flask import Flask
 
 from core.base.errors import ActionError, PayloadTooLarge, RequestTimeout
 from core.base.headers import Headers
 from core.base.request_ids import request_id_of
+from core.contracts.executions import PREFIX as EXECUTIONS
 from core.runtime.booted import BootedApp
 from core.runtime.manager import AsgiMount
-from core.transports.http import CHECKED
+from core.transports.http import CHECKED, WAIT_POLL, finished, wait_seconds
 from core.transports.http_actions import PREFIX, ActionEndpoint, Answer, RequestBounds
 
 log = logging.getLogger("switchboard.server")
@@ -256,6 +258,26 @@ class AsgiApp:
 
     # --- requests ---------------------------------------------------------------------
 
+    async def _wait(self, scope: Scope, headers: Headers, body: bytes, request_id: str) -> Answer:
+        """``GET /api/v1/executions/<id>?wait=N`` on the event loop: each look is a quick
+        read in the call threads; the waiting between looks holds no thread."""
+        assert self._bridge is not None
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        given = dict(query).get("wait", "")
+        rest = [(k, v) for k, v in query if k != "wait"]
+        look = {**scope, "query_string": urlencode(rest).encode("latin-1")}
+        try:
+            seconds = wait_seconds(given)
+        except ActionError as error:
+            return ActionEndpoint.problem(error, request_id)
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            answer = await self._bridge.run(look, headers, body, request_id=request_id)
+            loop_time = asyncio.get_running_loop().time()
+            if answer.status != 200 or loop_time >= deadline or finished(answer):
+                return answer
+            await asyncio.sleep(min(WAIT_POLL, deadline - loop_time))
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint, bridge = self._endpoint, self._bridge
         if endpoint is None or bridge is None:
@@ -283,11 +305,17 @@ class AsgiApp:
                 client[0] if client else None,
                 request_id,
             )
+        elif scope["method"] == "GET" and path.startswith(EXECUTIONS) and _waits(scope):
+            answer = await self._wait(scope, headers, body, request_id)
         elif path in self._probe_paths:
             answer = await bridge.run(scope, headers, body, self._probes, request_id=request_id)
         else:
             answer = await bridge.run(scope, headers, body, request_id=request_id)
         await send_answer(send, answer)
+
+
+def _waits(scope: Scope) -> bool:
+    return b"wait=" in (scope.get("query_string") or b"")
 
 
 async def send_answer(send: Send, answer: Answer) -> None:

@@ -8,8 +8,10 @@ problem document.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from core.base.logging import request_id_var
 from core.base.request_ids import request_id_of
 from core.contracts.calls import CallRequest
 from core.contracts.context import Caller
+from core.contracts.executions import FINISHED
 from core.pipeline.authorize import may_call
 from core.pipeline.pipeline import Pipeline
 from core.transports.docs import docs_blueprint
@@ -144,6 +147,30 @@ def create_blueprint() -> Blueprint:
         answer = endpoint.answer(name, _headers(), body, request.remote_addr, g.request_id)
         return to_response(answer)
 
+    @bp.get("/api/v1/executions/<execution_id>")
+    def show_execution(execution_id: str) -> Response:
+        wait = wait_seconds(request.args.get("wait"))
+        deadline = time.monotonic() + wait
+        while True:
+            answer = _forward("executions.show", {"id": execution_id})
+            if answer.status != 200 or time.monotonic() >= deadline or finished(answer):
+                return to_response(answer)
+            time.sleep(WAIT_POLL)
+
+    @bp.get("/api/v1/executions")
+    def list_executions() -> Response:
+        params: dict[str, Any] = {k: v for k, v in request.args.items() if k in LIST_FILTERS}
+        if "limit" in params:
+            params["limit"] = int(params["limit"]) if params["limit"].isdigit() else params["limit"]
+        return to_response(_forward("executions.list", params))
+
+    @bp.post("/api/v1/executions/<execution_id>/cancel")
+    def cancel_execution(execution_id: str) -> Response:
+        answer = _forward("executions.cancel", {"id": execution_id})
+        return to_response(
+            dataclasses.replace(answer, status=202) if answer.status == 200 else answer
+        )
+
     @bp.get("/api/v1/actions")
     def list_actions() -> Response:
         return _json({"data": _caller_listing(extension())})
@@ -170,6 +197,38 @@ def create_blueprint() -> Blueprint:
         return _json(body, 200 if is_ready else 503)
 
     return bp
+
+
+# GET /api/v1/executions/<id>?wait=N holds the answer until the execution has ended or N
+# seconds (at most MAX_WAIT) have passed; the ASGI app waits on its event loop instead.
+MAX_WAIT = 30.0
+WAIT_POLL = 0.2
+LIST_FILTERS = ("action", "status", "caller", "limit", "cursor")
+
+
+def wait_seconds(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise MalformedRequest("wait takes a number of seconds") from None
+    if not seconds >= 0:  # NaN too
+        raise MalformedRequest("wait takes a number of seconds")
+    return min(seconds, MAX_WAIT)
+
+
+def finished(answer: Answer) -> bool:
+    try:
+        status = json.loads(answer.body)["data"]["status"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    return status in FINISHED
+
+
+def _forward(action: str, params: dict[str, Any]) -> Answer:
+    """A route that is an action under another URL: the same chain, the same answer."""
+    return extension().endpoint.call(action, params, _headers(), request.remote_addr, g.request_id)
 
 
 def _assign_request_id() -> None:

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/v1/actions/"
 PROBLEM_JSON = "application/problem+json"
-CORS_EXPOSE = "X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed"
-CORS_ALLOW = "Content-Type, Authorization, X-API-Key, Idempotency-Key, X-Request-ID"
+CORS_EXPOSE = (
+    "X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, Idempotent-Replayed, Location, "
+    "Preference-Applied"
+)
+CORS_ALLOW = "Content-Type, Authorization, X-API-Key, Idempotency-Key, X-Request-ID, Prefer"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,16 @@ class RequestBounds:
             raise HeadersTooLarge(f"the request has more than {self.max_headers} header fields")
         if size > self.max_header_bytes:
             raise HeadersTooLarge(f"the request headers exceed {self.max_header_bytes} bytes")
+
+
+def prefers_async(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` field (RFC 7240) asks for ``respond-async``."""
+    if not prefer:
+        return False
+    return any(
+        part.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async"
+        for part in prefer.split(",")
+    )
 
 
 def cors_headers(
@@ -132,20 +145,33 @@ class ActionEndpoint:
     ) -> Answer:
         """The answer to ``POST /api/v1/actions/<name>``; never raises for bad input."""
         request_id = request_id or request_id_of(headers.get("X-Request-ID"))
-        extra = cors_headers(self._origins, headers.get("Origin"), "POST", False)
         try:
             content_type = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             if content_type not in ("", "application/json") and not content_type.endswith("+json"):
                 raise UnsupportedMediaType(f"send application/json, not {content_type}")
+            params = parse_object(body, self.max_json_depth)
+        except ActionError as error:
+            extra = cors_headers(self._origins, headers.get("Origin"), "POST", False)
+            return self.problem(error, request_id, extra)
+        return self.call(name, params, headers, peer, request_id)
+
+    def call(
+        self, name: str, params: Any, headers: Headers, peer: str | None, request_id: str
+    ) -> Answer:
+        """``name`` called with ``params`` as this HTTP request (its credential, address,
+        Idempotency-Key and Prefer); the answer to send."""
+        extra = cors_headers(self._origins, headers.get("Origin"), "POST", False)
+        try:
             result = self._invoke(
                 CallRequest(
                     action=name,
-                    params=parse_object(body, self.max_json_depth),
+                    params=params,
                     request_id=request_id,
                     client_ip=client_ip(peer, headers.get("X-Forwarded-For"), self._trusted),
                     transport="http",
                     headers=headers,
                     idempotency_key=headers.get(IDEMPOTENCY_HEADER),
+                    respond_async=prefers_async(headers.get("Prefer")),
                 )
             )
         except ActionError as error:

@@ -10,6 +10,8 @@ SQLite file in ``tmp_path``, the in-process store; ``boot`` is app.py's, and its
   ``ANONYMOUS`` (the default), ``user(id, *roles)``, ``api_key(*scopes)``, ``SYSTEM``;
   ``harness.http`` is Flask's test client for the HTTP layer itself;
 - ``harness.db.collection(name)`` and ``harness.cache`` read what the module stored;
+- ``harness.run_executions()`` runs what background calls queued (a background call
+  answers 202 with the record) and returns the finished records;
 - ``harness.events(name)`` lists the hook events emitted (``HookEvent``: ``name``,
   ``data``), ``harness.pushes`` the realtime pushes delivered (``(event, data, target)``);
 - ``Harness.boot(..., frozen=True)`` freezes time for the memory:// store's TTLs and the
@@ -36,6 +38,7 @@ from core.base.store import KeyValueStore
 from core.contracts.cache import Cache
 from core.contracts.calls import CallRequest
 from core.contracts.context import ANONYMOUS, SYSTEM, Caller
+from core.contracts.executions import Executions
 from core.contracts.facades import Documents, Pushes
 from core.runtime.booted import BootedApp
 from core.transports.http import extension
@@ -66,7 +69,7 @@ class Answer:
 
     @property
     def ok(self) -> bool:
-        return self.status == 200
+        return self.status < 300
 
     @property
     def data(self) -> Any:
@@ -188,7 +191,8 @@ class Harness:
             idempotency_key=idempotency_key,
         )
         try:
-            return Answer(200, dict(self.runtime.invoke(request).envelope))
+            result = self.runtime.invoke(request)
+            return Answer(result.status, dict(result.envelope))
         except ActionError as error:
             return Answer(error.status, error.problem(request.request_id))
 
@@ -209,6 +213,14 @@ class Harness:
         if store is None:
             raise RuntimeError("this app runs no store")
         return Cache(store)
+
+    def run_executions(self) -> list[dict[str, Any]]:
+        """Run what background calls queued, in order, in this process; the finished
+        records (``status``, ``result``, ``error``, ``progress``) as their callers see them."""
+        executions = self.runtime.capability(Executions)
+        if executions is None:
+            raise RuntimeError("this app runs no executions manager")
+        return executions.run_queued(self.runtime)
 
     def events(self, name: str | None = None) -> list[HookEvent]:
         """The hook events emitted so far (named ``name``, or all)."""

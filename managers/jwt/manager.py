@@ -262,7 +262,7 @@ class JWTManager(Manager):
         """The markers ``logout``, refresh-token reuse and ``revoke_epoch`` set: this token,
         its session, every session of its account."""
         found = (
-            Precondition(f"jwt:deny:{claims['jti']}", _token_revoked),
+            Precondition(f"jwt:deny:{claims['jti']}", _token_revoked, lasting=False),
             Precondition(f"jwt:fam:{claims['fam']}", _session_revoked),
         )
         return (*found, Precondition(f"jwt:ep:{claims['ep']}", _account_revoked))

@@ -297,7 +297,9 @@ class SocketIOTransport:
 
     async def _call(self, sid: str, state: _Socket, payload: Any, request_id: str) -> Answer:
         if not isinstance(payload, dict):
-            raise MalformedRequest("call takes an object: {action, params, idempotency_key}")
+            raise MalformedRequest(
+                "call takes an object: {action, params, idempotency_key, respond_async}"
+            )
         if len(json.dumps(payload, default=str)) > self._max_body:
             raise PayloadTooLarge(f"the call exceeds {self._max_body} bytes")
         action, params = payload.get("action"), payload.get("params", {})
@@ -311,8 +313,19 @@ class SocketIOTransport:
         if key is not None and not isinstance(key, str):
             raise MalformedRequest("idempotency_key must be a string")
         check_value(params, self._max_depth)
+        respond_async = payload.get("respond_async", False)
+        if not isinstance(respond_async, bool):
+            raise MalformedRequest("respond_async must be true or false")
         request = CallRequest(
-            action, params, request_id, state.client_ip, "sio", state.headers, None, key
+            action,
+            params,
+            request_id,
+            state.client_ip,
+            "sio",
+            state.headers,
+            None,
+            key,
+            respond_async=respond_async,
         )
         result = await self._in_pool(self._booted().invoke, request)
         body: dict[str, Any] = json.loads(result.body)

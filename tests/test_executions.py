@@ -1,0 +1,368 @@
+"""Background executions (embedded runner): the 202 and its record, progress, cancel, the
+time limit, who may see what, replays, secrets, restarts; over HTTP, Socket.IO and a served
+process."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import app as app_module
+from core.base.errors import DeclarationError
+from core.runtime.booted import BootedApp
+from managers.executions import ExecutionsManager
+from tests.conftest import WriteModule
+from tests.served import Server, running
+
+ACTIONS = """
+actions:
+  build:
+    summary: Build a report
+    handler: handlers:build
+    auth: user
+    run: background
+    keep: 1d
+    params:
+      customer_id: {type: string, required: true}
+      steps: {type: integer, minimum: 1, default: 4}
+      token: {type: string, secret: true}
+  slow:
+    handler: handlers:slow
+    auth: user
+    run: background
+    timeout: 0.5s
+  patient:
+    handler: handlers:patient
+    auth: user
+    run: background
+  maybe:
+    handler: handlers:maybe
+    auth: user
+    run: either
+    idempotent: true
+    params:
+      n: {type: integer, required: true}
+  boom:
+    handler: handlers:boom
+    auth: user
+    run: background
+"""
+HANDLERS = """
+import time
+
+started = []
+
+def build(ctx, *, customer_id, steps=4, token=None):
+    for i in range(steps):
+        ctx.progress((i + 1) / steps, f"step {i + 1} of {steps}")
+    return {"customer": customer_id, "had_token": token, "execution": ctx.execution.id,
+            "attempt": ctx.execution.attempt, "key": ctx.idempotency_key}
+
+def slow(ctx):
+    while True:           # never checks: the time limit must interrupt it
+        time.sleep(0.01)
+
+def patient(ctx):
+    started.append(ctx.execution.id)
+    while True:
+        ctx.check_cancelled()
+        time.sleep(0.01)
+
+def maybe(ctx, *, n):
+    return {"n": n, "background": ctx.execution is not None}
+
+def boom(ctx):
+    raise ValueError("the report broke")
+"""
+PASSWORD = "correct horse battery staple"
+
+
+def post(booted: BootedApp, action: str, params: Any = None, **headers: str) -> Any:
+    assert booted.http is not None
+    return booted.http.test_client().post(
+        f"/api/v1/actions/{action}", json=params or {}, headers=headers
+    )
+
+
+def login(booted: BootedApp, email: str) -> dict[str, str]:
+    post(booted, "auth.register", {"email": email, "password": PASSWORD})
+    pair = post(booted, "auth.login", {"email": email, "password": PASSWORD}).get_json()
+    return {"Authorization": f"Bearer {pair['data']['access_token']}"}
+
+
+def executions(booted: BootedApp) -> ExecutionsManager:
+    return booted.app_manager.get(ExecutionsManager)
+
+
+@pytest.fixture
+def booted(tmp_path: Path, write_module: WriteModule) -> Iterator[BootedApp]:
+    parent = write_module("reports", {"actions.yaml": ACTIONS, "handlers.py": HANDLERS})
+    runtime = app_module.boot(
+        {
+            "APP_ENV": "test",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/app.db",
+            "MODULES_PATH": str(parent),
+            "SB_EXECUTIONS__PROGRESS_INTERVAL": "0",
+        }
+    )
+    yield runtime
+    runtime.close()
+
+
+def get(booted: BootedApp, path: str, headers: dict[str, str]) -> Any:
+    assert booted.http is not None
+    return booted.http.test_client().get(path, headers=headers)
+
+
+def test_a_background_call_answers_202_and_its_record_moves_to_succeeded(
+    booted: BootedApp,
+) -> None:
+    ann = login(booted, "ann@example.com")
+    answer = post(booted, "reports.build", {"customer_id": "c1", "token": "s3cr3t"}, **ann)
+    assert answer.status_code == 202
+    record = answer.get_json()["data"]
+    location = answer.headers["Location"]
+    assert location == f"/api/v1/executions/{record['id']}" == record["url"]
+    assert record["status"] == "queued" and record["action"] == "reports.build"
+    assert record["params"] == {"customer_id": "c1", "steps": 4, "token": "***"}
+    stored = executions(booted).store.get(record["id"])  # type: ignore[union-attr]
+    assert stored is not None and "s3cr3t" not in json.dumps(stored)  # sealed, not stored
+
+    shown = get(booted, location, ann).get_json()["data"]
+    assert shown["status"] == "queued" and shown["caller"]["kind"] == "user"
+
+    finished = executions(booted).run_queued(booted)
+    assert [f["id"] for f in finished] == [record["id"]]
+    done = get(booted, location, ann).get_json()["data"]
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert done["progress"] == {"done": 1.0, "message": "step 4 of 4"}
+    assert done["result"] == {
+        "customer": "c1",
+        "had_token": "s3cr3t",  # the job got the secret back
+        "execution": record["id"],
+        "attempt": 1,
+        "key": record["id"],  # a stable idempotency key: the execution id
+    }
+    assert done["params"]["token"] == "***"
+    assert done["started_at"] <= done["finished_at"]
+    after = executions(booted).store.get(record["id"])  # type: ignore[union-attr]
+    assert after is not None and after["sealed"] is None  # the secret is dropped at the end
+
+
+def test_a_422_enqueues_nothing_and_load_errors_name_the_field(
+    booted: BootedApp, make_app: Any, write_module: WriteModule
+) -> None:
+    ann = login(booted, "ann@example.com")
+    assert post(booted, "reports.build", {"steps": 0}, **ann).status_code == 422
+    assert executions(booted).run_queued(booted) == []
+    for declaration, field in (
+        ("run: later", "run"),
+        ("run: background\n    keep: forever", "keep"),
+        ("keep: 1d", "keep"),
+        ("run: background\n    auth: public", "auth"),
+    ):
+        parent = write_module(
+            "bad",
+            {
+                "actions.yaml": f"actions:\n  x:\n    handler: handlers:x\n    {declaration}\n",
+                "handlers.py": "def x(ctx):\n    return 1\n",
+            },
+            parent="bad",
+        )
+        with pytest.raises(DeclarationError) as caught:
+            make_app({"MODULES_PATH": str(parent)})
+        assert [p.field for p in caught.value.problems] == [field], declaration
+
+
+def test_another_caller_gets_404_and_lists_only_their_own(booted: BootedApp) -> None:
+    ann, bob = login(booted, "ann@example.com"), login(booted, "bob@example.com")
+    mine = post(booted, "reports.build", {"customer_id": "a"}, **ann).get_json()["data"]
+    post(booted, "reports.build", {"customer_id": "b"}, **bob)
+    url = mine["url"]
+    assert get(booted, url, bob).status_code == 404
+    assert booted.http is not None
+    client = booted.http.test_client()
+    assert client.post(f"{url}/cancel", headers=bob).status_code == 404
+    assert client.get(url).status_code == 401
+    listed = get(booted, "/api/v1/executions", ann).get_json()
+    assert [e["id"] for e in listed["data"]] == [mine["id"]]
+    assert get(booted, "/api/v1/executions?caller=user:x", ann).status_code == 403
+    assert get(booted, "/api/v1/executions/nope", ann).status_code == 404
+
+
+def test_cancel_a_queued_one_and_a_running_one_and_409_after(booted: BootedApp) -> None:
+    ann = login(booted, "ann@example.com")
+    assert booted.http is not None
+    client = booted.http.test_client()
+    queued = post(booted, "reports.build", {"customer_id": "a"}, **ann).get_json()["data"]
+    cancelled = client.post(f"{queued['url']}/cancel", headers=ann)
+    assert cancelled.status_code == 202 and cancelled.get_json()["data"]["status"] == "cancelled"
+    assert executions(booted).run_queued(booted) == []  # it never runs
+    assert client.post(f"{queued['url']}/cancel", headers=ann).status_code == 409
+
+    executions(booted).start_runner(booted)  # from now on each call is run on its pool
+    running_one = post(booted, "reports.patient", {}, **ann).get_json()["data"]
+
+    def status() -> str:
+        return str(get(booted, running_one["url"], ann).get_json()["data"]["status"])
+
+    _until(lambda: status() == "running")
+    assert client.post(f"{running_one['url']}/cancel", headers=ann).status_code == 202
+    _until(lambda: status() != "running")
+    ended = get(booted, running_one["url"], ann).get_json()["data"]
+    assert ended["status"] == "cancelled" and ended["error"]["status"] == 409
+    assert client.post(f"{running_one['url']}/cancel", headers=ann).status_code == 409
+
+
+def test_the_time_limit_interrupts_a_job_that_never_checks(booted: BootedApp) -> None:
+    ann = login(booted, "ann@example.com")
+    record = post(booted, "reports.slow", {}, **ann).get_json()["data"]
+    started = time.monotonic()
+    (finished,) = executions(booted).run_queued(booted)
+    assert time.monotonic() - started < 5
+    assert finished["status"] == "timed_out" and finished["error"]["status"] == 504
+    assert "0.5s" in finished["error"]["detail"] and finished["id"] == record["id"]
+
+
+def test_a_failing_job_is_failed_with_the_problem_a_call_would_get(booted: BootedApp) -> None:
+    ann = login(booted, "ann@example.com")
+    post(booted, "reports.boom", {}, **ann)
+    (finished,) = executions(booted).run_queued(booted)
+    assert finished["status"] == "failed" and finished["error"]["status"] == 500
+    error = finished["error"]
+    assert error["type"] == "/problems/internal" and error["request_id"] in error["detail"]
+
+
+def test_prefer_respond_async_on_either_and_the_same_execution_on_a_retry(
+    booted: BootedApp,
+) -> None:
+    ann = login(booted, "ann@example.com")
+    inline = post(booted, "reports.maybe", {"n": 1}, **ann)
+    assert inline.status_code == 200 and inline.get_json()["data"] == {
+        "n": 1,
+        "background": False,
+    }
+    asked = {**ann, "Prefer": "respond-async, wait=5", "Idempotency-Key": "k-1"}
+    first = post(booted, "reports.maybe", {"n": 2}, **asked)
+    assert first.status_code == 202 and first.headers["Preference-Applied"] == "respond-async"
+    again = post(booted, "reports.maybe", {"n": 2}, **asked)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.get_json()["data"]["id"] == first.get_json()["data"]["id"]
+    (finished,) = executions(booted).run_queued(booted)  # enqueued once
+    assert finished["result"] == {"n": 2, "background": True}
+
+
+def test_a_disabled_users_queued_job_fails_unauthenticated(booted: BootedApp) -> None:
+    ann = login(booted, "ann@example.com")
+    post(booted, "reports.build", {"customer_id": "a"}, **ann)
+    from core.base.request_ids import new_request_id
+    from core.contracts.calls import CallRequest
+    from core.contracts.context import SYSTEM
+
+    booted.invoke(
+        CallRequest(
+            "auth.users.disable", {"email": "ann@example.com"}, new_request_id(), caller=SYSTEM
+        )
+    )
+    (finished,) = executions(booted).run_queued(booted)
+    assert finished["status"] == "failed" and finished["error"]["status"] == 401
+
+
+def test_progress_and_status_are_pushed_to_the_users_room(booted: BootedApp) -> None:
+    pushes: list[tuple[str, Any, str]] = []
+    from core.contracts.facades import Pushes
+
+    watcher = booted.capability(Pushes)
+    assert watcher is not None
+    watcher.watch(lambda event, data, target: pushes.append((event, data, target)))
+    ann = login(booted, "ann@example.com")
+    record = post(booted, "reports.build", {"customer_id": "a", "steps": 2}, **ann).get_json()
+    executions(booted).run_queued(booted)
+    mine = [
+        (d["status"], (d["progress"] or {}).get("done")) for e, d, _ in pushes if e == "execution"
+    ]
+    assert mine == [
+        ("queued", None),
+        ("running", None),
+        ("running", 0.5),
+        ("running", 1.0),
+        ("succeeded", 1.0),
+    ]
+    user_id = record["data"]["caller"]["id"]
+    assert {target for e, _, target in pushes if e == "execution"} == {f"user:{user_id}"}
+
+
+def _until(check: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+# --- served: the embedded runner in serve, ?wait, a restart --------------------------------
+
+
+def _module(tmp_path: Path) -> Path:
+    folder = tmp_path / "mods" / "reports"
+    folder.mkdir(parents=True)
+    (folder / "actions.yaml").write_text(textwrap.dedent(ACTIONS))
+    (folder / "handlers.py").write_text(textwrap.dedent(HANDLERS))
+    return tmp_path / "mods"
+
+
+def _served_login(server: Server, email: str) -> dict[str, str]:
+    body = json.dumps({"email": email, "password": PASSWORD}).encode()
+    server.post("/api/v1/actions/auth.register", body)
+    token = server.post("/api/v1/actions/auth.login", body).json()["data"]["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_serve_runs_jobs_and_wait_answers_when_the_job_ends(tmp_path: Path) -> None:
+    from tests.served import http
+
+    env = {"MODULES_PATH": str(_module(tmp_path)), "SB_HTTP__WORKERS": "1"}
+    with running(tmp_path, "serve", env=env) as server:
+        ann = _served_login(server, "ann@example.com")
+        answer = server.post(
+            "/api/v1/actions/reports.build", b'{"customer_id": "c9", "steps": 3}', ann
+        )
+        assert answer.status == 202
+        url = server.base + answer.headers["Location"]
+        started = time.monotonic()
+        waited = http("GET", url + "?wait=20", headers=ann)
+        assert time.monotonic() - started < 10
+        assert waited.status == 200 and waited.json()["data"]["status"] == "succeeded"
+        assert waited.json()["data"]["result"]["customer"] == "c9"
+        short = http("GET", url + "?wait=abc", headers=ann)
+        assert short.status == 400
+
+
+def test_a_restart_runs_a_job_its_stop_left_queued(tmp_path: Path) -> None:
+    from tests.served import http
+
+    database = f"sqlite:///{tmp_path}/kept.db"
+    env = {
+        "MODULES_PATH": str(_module(tmp_path)),
+        "SB_HTTP__WORKERS": "1",
+        "DATABASE_URL": database,
+        "SB_EXECUTIONS__THREADS": "1",
+    }
+    with running(tmp_path, "serve", env=env) as server:
+        ann = _served_login(server, "ann@example.com")
+        # the only runner thread is held by a job that never ends on its own
+        server.post("/api/v1/actions/reports.patient", b"{}", ann)
+        queued = server.post("/api/v1/actions/reports.build", b'{"customer_id": "c1"}', ann)
+        url = queued.headers["Location"]
+        assert http("GET", server.base + url, headers=ann).json()["data"]["status"] == "queued"
+        assert server.stop() == 0  # the held job is interrupted and queued again
+    del env["SB_EXECUTIONS__THREADS"]
+    with running(tmp_path, "serve", env=env) as server:
+        done = http("GET", server.base + url + "?wait=20", headers=ann)
+        assert done.json()["data"]["status"] == "succeeded", done.json()
