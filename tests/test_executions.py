@@ -366,3 +366,88 @@ def test_a_restart_runs_a_job_its_stop_left_queued(tmp_path: Path) -> None:
     with running(tmp_path, "serve", env=env) as server:
         done = http("GET", server.base + url + "?wait=20", headers=ann)
         assert done.json()["data"]["status"] == "succeeded", done.json()
+
+
+def test_openapi_documents_the_202_location_prefer_and_the_routes(booted: BootedApp) -> None:
+    assert booted.http is not None
+    document = booted.http.test_client().get("/openapi.json").get_json()
+    build = document["paths"]["/api/v1/actions/reports.build"]["post"]
+    assert "200" not in build["responses"] and "Location" in build["responses"]["202"]["headers"]
+    maybe = document["paths"]["/api/v1/actions/reports.maybe"]["post"]
+    assert {"200", "202"} <= set(maybe["responses"])
+    assert any(p["name"] == "Prefer" for p in maybe["parameters"])
+    assert "Preference-Applied" in maybe["responses"]["202"]["headers"]
+    assert {
+        "/api/v1/executions/{id}",
+        "/api/v1/executions/{id}/cancel",
+        "/api/v1/executions",
+    } <= set(document["paths"])
+    from openapi_spec_validator import validate
+
+    validate(document)
+
+
+def test_the_cli_enqueues_runs_and_lists_executions(tmp_path: Path) -> None:
+    from tests.served import cli
+
+    env = {"MODULES_PATH": str(_module(tmp_path)), "SB_HTTP__WORKERS": "1"}
+    with running(tmp_path, "serve", env=env) as server:
+        ann = _served_login(server, "ann@example.com")
+        made = cli(server, "call", "reports.maybe", "--json", '{"n": 5}', "--background", "--wait")
+        assert made.returncode == 0, made.stderr
+        finished = json.loads(made.stdout)["data"]
+        assert finished["status"] == "succeeded" and finished["result"]["background"] is True
+        # queued by the CLI without waiting: the server's runner takes it up
+        queued = cli(server, "call", "reports.maybe", "--json", '{"n": 6}', "--background")
+        record = json.loads(queued.stdout)["data"]
+        assert record["status"] == "queued"
+        from tests.served import http
+
+        _until(
+            lambda: (
+                json.loads(cli(server, "executions", "show", record["id"]).stdout)["status"]
+                == "succeeded"
+            )
+        )
+        listed = cli(server, "executions", "list", "--action", "reports.maybe")
+        assert listed.returncode == 0 and record["id"] in listed.stdout
+        assert finished["id"] in listed.stdout and "succeeded" in listed.stdout
+        gone = cli(server, "executions", "cancel", record["id"])
+        assert gone.returncode == 1 and "already ended" in gone.stderr
+        # the system caller enqueued these: a user does not see them
+        mine = http("GET", server.base + "/api/v1/executions", headers=ann).json()["data"]
+        assert mine == []
+
+
+def test_socketio_calls_answer_the_execution_and_pushes_arrive_in_order(tmp_path: Path) -> None:
+    from tests.test_realtime import connect
+
+    env = {
+        "MODULES_PATH": str(_module(tmp_path)),
+        "SB_HTTP__WORKERS": "1",
+        "SB_EXECUTIONS__PROGRESS_INTERVAL": "0",
+    }
+    with running(tmp_path, "serve", env=env) as server:
+        token = _served_login(server, "ann@example.com")["Authorization"].split()[1]
+        sock = connect(server.base, {"token": token})
+        try:
+            ack = sock.call("reports.build", {"customer_id": "s1", "steps": 3})
+            record = ack["data"]
+            assert record["status"] == "queued" and record["action"] == "reports.build"
+            sock.wait_for("execution", lambda e: e["status"] == "succeeded")
+            seen = [e for e in sock.got("execution") if e["id"] == record["id"]]
+            statuses = [e["status"] for e in seen]
+            assert statuses[-1] == "succeeded" and "running" in statuses
+            order = ["queued", "running", "succeeded"]
+            assert [order.index(s) for s in statuses] == sorted(order.index(s) for s in statuses)
+            done = [e["progress"]["done"] for e in seen if e["progress"]]
+            assert done == sorted(done) and done[-1] == 1.0 and len(done) >= 3
+            # an either action runs inline over Socket.IO unless asked
+            inline = sock.call("reports.maybe", {"n": 1})
+            assert inline["data"] == {"n": 1, "background": False}
+            asked = sock.call("reports.maybe", {"n": 2}, respond_async=True)
+            assert asked["data"]["status"] == "queued"
+            shown = sock.call("executions.show", {"id": record["id"]})
+            assert shown["data"]["result"]["customer"] == "s1"
+        finally:
+            sock.client.disconnect()

@@ -47,6 +47,11 @@ class Executions(Protocol):
         caller sees it."""
         ...
 
+    def run_now(self, runtime: Any, execution_id: str) -> dict[str, Any] | None:
+        """Run one queued job now, in this thread (``call --wait``); its finished record,
+        or None when it was not queued any more."""
+        ...
+
     def run_queued(self, runtime: Any) -> list[dict[str, Any]]:
         """Run every queued job now, in this thread, oldest first (the test harness, the
         CLI); the finished records as their callers see them. ``runtime``: the booted app

@@ -266,6 +266,13 @@ class CommandRuntime(Protocol):
         """The app booted for the length of the block, as its ``AppManager``."""
         ...
 
+    def call(
+        self, action: str, params: Any, *, caller: Caller | None = ...
+    ) -> tuple[int, dict[str, Any]]:
+        """Run one action in an app booted for it (as the system caller by default):
+        (exit code, envelope or problem)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Command:

@@ -21,6 +21,7 @@ from core.base.request_ids import new_request_id
 from core.config.config import Config
 from core.contracts.calls import CallRequest
 from core.contracts.context import SYSTEM, Caller
+from core.contracts.executions import Executions
 from core.contracts.module import ModuleCatalog
 from core.runtime.app_manager import AppManager
 from core.runtime.booted import BootedApp
@@ -74,6 +75,8 @@ class Project:
         caller: Caller | None = SYSTEM,
         headers: Mapping[str, str] | None = None,
         as_user: str | None = None,
+        background: bool = False,
+        wait: bool = False,
     ) -> tuple[int, dict[str, Any]]:
         """Run one action in-process: (exit code, envelope or problem); ``params`` as
         given (anything but a JSON object is the pipeline's 400). The caller is ``caller``
@@ -89,7 +92,18 @@ class Project:
                     refused = Forbidden(f"user {as_user} is disabled")
                     return 1, refused.problem(new_request_id())
                 caller = Caller("user", id=user["id"], roles=frozenset(user["roles"]))
-            return _invoke(runtime, action, params, caller, headers or {})
+            code, body = _invoke(
+                runtime, action, params, caller, headers or {}, background=background
+            )
+            started = body.get("data") if code == 0 else None
+            executions = runtime.capability(Executions)
+            queued = isinstance(started, dict) and started.get("status") == "queued"
+            if wait and executions is not None and queued and isinstance(started, dict):
+                # no runner in this process: the CLI runs the job itself, and waits
+                finished = executions.run_now(runtime, str(started["id"]))
+                if finished is not None:
+                    body = {**body, "data": finished}
+            return code, body
 
 
 # The action --as looks a user up with (the shipped auth module's; without it, --as is a 404).
@@ -97,7 +111,13 @@ USER_LOOKUP = "auth.users.show"
 
 
 def _invoke(
-    runtime: BootedApp, action: str, params: Any, caller: Caller | None, headers: Mapping[str, str]
+    runtime: BootedApp,
+    action: str,
+    params: Any,
+    caller: Caller | None,
+    headers: Mapping[str, str],
+    *,
+    background: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     request = CallRequest(
         action=action,
@@ -105,6 +125,7 @@ def _invoke(
         request_id=new_request_id(),
         transport="cli",
         headers=Headers.of(headers),
+        respond_async=background,
         caller=caller,
     )
     try:
@@ -228,7 +249,13 @@ def _call(args: argparse.Namespace, runtime: Project) -> int:
         scopes = frozenset(s.strip() for s in args.scopes.split(",") if s.strip())
         caller = Caller("api_key", id="cli", scopes=scopes)
     code, body = runtime.call(
-        args.action, params, caller=caller, headers=headers, as_user=args.as_user
+        args.action,
+        params,
+        caller=caller,
+        headers=headers,
+        as_user=args.as_user,
+        background=args.background,
+        wait=args.wait,
     )
     print(json.dumps(body, indent=2), file=sys.stderr if code else sys.stdout)
     return code
@@ -243,6 +270,16 @@ def _call_arguments(parser: argparse.ArgumentParser) -> None:
     )
     who.add_argument("--token", help="call with this access token (as HTTP would)")
     who.add_argument("--api-key", help="call with this API key (as HTTP would)")
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="a run: either action as an execution (Prefer: respond-async)",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="a background call: run the job here and print the finished execution",
+    )
     who.add_argument(
         "--scopes",
         metavar="A,B",

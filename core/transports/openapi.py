@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 import core
 from core.actions.actions import Action
 from core.actions.params import object_schema
+from core.contracts.executions import STATUSES
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _PROBLEM_RESPONSE = {
@@ -88,6 +90,8 @@ def _operation(action: Action) -> dict[str, Any]:
                 "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
             }
         ]
+    if spec.run != "inline":
+        _background(operation, spec.run)
     operation["responses"].update(
         {str(status): _PROBLEM_RESPONSE for status in _problem_statuses(action)}
     )
@@ -101,6 +105,130 @@ def _operation(action: Action) -> dict[str, Any]:
     if spec.cache is not None:
         operation["x-switchboard"]["cache"] = spec.cache
     return operation
+
+
+_EXECUTION = {"$ref": "#/components/schemas/Execution"}
+_ACCEPTED = {
+    "description": "queued: the execution's record; follow Location (or data.url)",
+    "headers": {
+        "Location": {"description": "the execution's URL", "schema": {"type": "string"}},
+    },
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["data", "meta"],
+                "properties": {"data": _EXECUTION, "meta": {"$ref": "#/components/schemas/Meta"}},
+            }
+        }
+    },
+}
+
+
+def _background(operation: dict[str, Any], run: str) -> None:
+    """A background action answers 202 with its execution; an ``either`` one too when
+    asked with ``Prefer: respond-async``."""
+    accepted: dict[str, Any] = copy.deepcopy(_ACCEPTED)
+    if run == "background":
+        del operation["responses"]["200"]
+    else:
+        accepted["headers"]["Preference-Applied"] = {
+            "description": "respond-async, when the Prefer header asked for it",
+            "schema": {"type": "string"},
+        }
+        operation.setdefault("parameters", []).append(
+            {
+                "name": "Prefer",
+                "in": "header",
+                "required": False,
+                "description": "respond-async: run it in the background (202)",
+                "schema": {"type": "string"},
+            }
+        )
+    operation["responses"]["202"] = accepted
+
+
+def _executions_paths() -> dict[str, Any]:
+    """The executions routes (the executions module's actions under their own URLs)."""
+    one = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    record = {
+        "description": "the execution",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": _EXECUTION},
+                }
+            }
+        },
+    }
+    secured: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+    query = [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in (
+            ("action", {"type": "string"}),
+            ("status", {"enum": list(STATUSES)}),
+            ("caller", {"type": "string"}),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+            ("cursor", {"type": "string"}),
+        )
+    ]
+    return {
+        "/api/v1/executions/{id}": {
+            "get": {
+                "summary": "One execution of the caller's (admins: any); another's is 404",
+                "operationId": "executions.get",
+                "security": secured,
+                "parameters": [
+                    one,
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "description": "seconds (at most 30) to wait for the execution to end",
+                        "schema": {"type": "number", "minimum": 0},
+                    },
+                ],
+                "responses": {"200": record, "default": _PROBLEM_RESPONSE},
+            }
+        },
+        "/api/v1/executions/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a queued or running execution (409 once it has ended)",
+                "operationId": "executions.post_cancel",
+                "security": secured,
+                "parameters": [one],
+                "responses": {"202": record, "default": _PROBLEM_RESPONSE},
+            }
+        },
+        "/api/v1/executions": {
+            "get": {
+                "summary": "The caller's executions, newest first (meta.next_cursor pages on)",
+                "operationId": "executions.get_list",
+                "security": secured,
+                "parameters": query,
+                "responses": {
+                    "200": {
+                        "description": "a page of executions",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["data", "meta"],
+                                    "properties": {
+                                        "data": {"type": "array", "items": _EXECUTION},
+                                        "meta": {"type": "object"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "default": _PROBLEM_RESPONSE,
+                },
+            }
+        },
+    }
 
 
 def _access(action: Action) -> str:
@@ -117,6 +245,10 @@ def _access(action: Action) -> str:
         parts.append("**idempotent:** send `Idempotency-Key`")
     if spec.cache is not None:
         parts.append(f"**cached:** {spec.cache:g}s")
+    if spec.run == "background":
+        parts.append("**runs in the background:** 202 with the execution")
+    elif spec.run == "either":
+        parts.append("**background on request:** `Prefer: respond-async` → 202")
     return " · ".join(parts)
 
 
@@ -169,6 +301,8 @@ def openapi_document(actions: Sequence[Action], title: str) -> dict[str, Any]:
             "responses": {"200": health, "503": health, "default": _PROBLEM_RESPONSE},
         }
     }
+    if any(a.spec.name == "executions.show" for a in actions):
+        paths.update(_executions_paths())
     paths["/api/v1/actions"] = {
         "get": {
             "summary": "The actions the caller may call",
@@ -193,6 +327,31 @@ def openapi_document(actions: Sequence[Action], title: str) -> dict[str, Any]:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
             "schemas": {
+                "Execution": {
+                    "type": "object",
+                    "required": ["id", "action", "status", "url", "created_at"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "action": {"type": "string"},
+                        "status": {"enum": list(STATUSES)},
+                        "url": {"type": "string"},
+                        "params": {"type": "object"},
+                        "progress": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "done": {"type": "number"},
+                                "message": {"type": ["string", "null"]},
+                            },
+                        },
+                        "attempts": {"type": "integer"},
+                        "result": {},
+                        "error": _PROBLEM,
+                        "created_at": {"type": "string"},
+                        "started_at": {"type": ["string", "null"]},
+                        "finished_at": {"type": ["string", "null"]},
+                        "caller": {"type": "object"},
+                    },
+                },
                 "Meta": {
                     "type": "object",
                     "properties": {

@@ -25,7 +25,7 @@ from core.contracts.calls import WithMeta
 from core.contracts.context import Caller
 from core.contracts.executions import FINISHED, STATUSES, Enqueue, Executions
 from core.contracts.facades import Documents, Realtime
-from core.manager import AsgiMount, Health, Manager
+from core.manager import AsgiMount, Command, Health, Manager
 from managers.executions.runner import EmbeddedRunner
 from managers.executions.sealing import MIN_KEY_BYTES, Sealer, generate_key
 from managers.executions.store import ExecutionStore, check_limit, new_id, view
@@ -87,6 +87,12 @@ class ExecutionsManager(Manager, Executions):
         self._sealer: Sealer | None = None
         self._realtime: Realtime | None = None
         self._stopping = threading.Event()
+
+    @classmethod
+    def commands(cls) -> Sequence[Command]:
+        from managers.executions.commands import EXECUTIONS
+
+        return (EXECUTIONS,)
 
     @classmethod
     def production_problems(cls, config: Config) -> list[Problem]:
@@ -227,6 +233,10 @@ class ExecutionsManager(Manager, Executions):
         if found is not None and outcome == "cancelled":
             self._notify(found)
         return view(found or record)
+
+    def run_now(self, runtime: Runtime, execution_id: str) -> dict[str, Any] | None:
+        done = self.start_runner(runtime).run(execution_id)
+        return None if done is None else view(done)
 
     def run_queued(self, runtime: Runtime) -> list[dict[str, Any]]:
         """Run every queued job in this thread, oldest first (tests, the CLI); the

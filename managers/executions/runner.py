@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.executions")
 LEASE = 30.0  # a running record whose runner stops renewing is run again after this
 RENEW_EVERY = 10.0
+POLL_EVERY = 2.0  # queued records another process wrote (the CLI, a WSGI server) are seen
 RETRY_UNAVAILABLE = 5.0  # the store was down when a job started: it is tried again
 
 
@@ -151,8 +152,10 @@ class EmbeddedRunner:
         self._runtime, self._store, self._sealer, self._kv = runtime, store, sealer, kv
         self._interval = progress_interval
         self._notify = notify
+        self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="job")
         self._running: dict[str, _Control] = {}
+        self._waiting: set[str] = set()  # submitted to the pool, not started yet
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._renewer = threading.Thread(target=self._renew, name="job-lease", daemon=True)
@@ -161,8 +164,18 @@ class EmbeddedRunner:
     # --- Runner ---------------------------------------------------------------------
 
     def submit(self, execution_id: str) -> None:
-        if not self._closed.is_set():
-            self._pool.submit(self.run, execution_id)
+        with self._lock:
+            if self._closed.is_set() or execution_id in self._waiting:
+                return
+            if execution_id in self._running:
+                return
+            self._waiting.add(execution_id)
+        self._pool.submit(self._start, execution_id)
+
+    def _start(self, execution_id: str) -> None:
+        with self._lock:
+            self._waiting.discard(execution_id)
+        self.run(execution_id)
 
     def cancel(self, execution_id: str) -> None:
         with self._lock:
@@ -203,8 +216,9 @@ class EmbeddedRunner:
             return bool(self._running)
 
     def resume(self) -> int:
-        """Queue again what a stop left: queued records, and running ones nobody renews."""
-        found = self._store.pending()
+        """Queue again what a stop left (running records nobody renews) and take up queued
+        ones, as many as keep the pool busy; the rest on the next rounds."""
+        found = self._store.pending(limit=self._threads * 2)
         for record in found:
             if record["status"] == "running":
                 self._store.requeue(record["_id"])
@@ -348,9 +362,17 @@ class EmbeddedRunner:
         timer.start()
 
     def _renew(self) -> None:
-        while not self._closed.wait(RENEW_EVERY):
-            with self._lock:
-                running = list(self._running)
-            for execution_id in running:
-                with contextlib.suppress(DependencyUnavailable):
-                    self._store.renew(execution_id, LEASE)
+        """Renew the leases of this runner's jobs; take up what others left queued."""
+        renewed = time.monotonic()
+        while not self._closed.wait(POLL_EVERY):
+            if time.monotonic() - renewed >= RENEW_EVERY:
+                renewed = time.monotonic()
+                with self._lock:
+                    running = list(self._running)
+                for execution_id in running:
+                    with contextlib.suppress(DependencyUnavailable):
+                        self._store.renew(execution_id, LEASE)
+            try:
+                self.resume()
+            except Exception:  # the next round tries again
+                log.warning("executions: could not look for queued jobs", exc_info=True)

@@ -166,13 +166,13 @@ class ExecutionStore:
         record = self.get(execution_id)
         return record is None or bool(record.get("cancel_requested"))
 
-    def pending(self) -> list[dict[str, Any]]:
-        """Queued records, and running ones whose runner stopped renewing (oldest first)."""
+    def pending(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Running records whose runner stopped renewing, then queued ones (oldest first)."""
         now = self.clock()
-        queued = self._records.find({"status": "queued"}, sort=[("_id", 1)], limit=1000)
         stale = self._records.find(
-            {"status": "running", "lease_until": {"$lt": now}}, sort=[("_id", 1)], limit=1000
+            {"status": "running", "lease_until": {"$lt": now}}, sort=[("_id", 1)], limit=limit
         )
+        queued = self._records.find({"status": "queued"}, sort=[("_id", 1)], limit=limit)
         return [*stale, *queued]
 
     def page(
