@@ -15,6 +15,7 @@ import pytest
 
 import app as app_module
 from core.base.errors import DeclarationError
+from core.contracts.facades import Documents
 from core.runtime.booted import BootedApp
 from managers.executions import ExecutionsManager
 from tests.conftest import WriteModule
@@ -100,13 +101,24 @@ def executions(booted: BootedApp) -> ExecutionsManager:
     return booted.app_manager.get(ExecutionsManager)
 
 
-@pytest.fixture
-def booted(tmp_path: Path, write_module: WriteModule) -> Iterator[BootedApp]:
+@pytest.fixture(params=["sqlite", "postgres+redis"])
+def booted(
+    request: pytest.FixtureRequest, tmp_path: Path, write_module: WriteModule
+) -> Iterator[BootedApp]:
+    """The app with the reports module, on SQLite and memory://, and on PostgreSQL and
+    Redis (each test's own database and key prefix)."""
     parent = write_module("reports", {"actions.yaml": ACTIONS, "handlers.py": HANDLERS})
+    backends = {"DATABASE_URL": f"sqlite:///{tmp_path}/app.db"}
+    if request.param != "sqlite":
+        backends = {
+            "DATABASE_URL": request.getfixturevalue("postgres_url"),
+            "REDIS_URL": request.getfixturevalue("redis_url"),
+            "SB_REDIS__PREFIX": request.getfixturevalue("redis_prefix"),
+        }
     runtime = app_module.boot(
         {
             "APP_ENV": "test",
-            "DATABASE_URL": f"sqlite:///{tmp_path}/app.db",
+            **backends,
             "MODULES_PATH": str(parent),
             "SB_EXECUTIONS__PROGRESS_INTERVAL": "0",
         }
@@ -153,6 +165,35 @@ def test_a_background_call_answers_202_and_its_record_moves_to_succeeded(
     assert done["started_at"] <= done["finished_at"]
     after = executions(booted).store.get(record["id"])  # type: ignore[union-attr]
     assert after is not None and after["sealed"] is None  # the secret is dropped at the end
+    documents = booted.capability(Documents)
+    assert documents is not None
+
+    def audited() -> list[dict[str, Any]]:
+        return documents.collection("sb_audit").find({"action": "reports.build"})
+
+    _until(lambda: len(audited()) >= 2)  # the call (http) and the job (worker)
+    assert sorted(r["transport"] for r in audited()) == ["http", "worker"]
+    assert all("s3cr3t" not in json.dumps(r) for r in audited())
+
+
+def test_finished_records_past_their_keep_are_pruned(booted: BootedApp) -> None:
+    ann = login(booted, "ann@example.com")
+    kept = post(booted, "reports.build", {"customer_id": "a"}, **ann).get_json()["data"]
+    waiting = post(booted, "reports.patient", {}, **ann).get_json()["data"]
+    store = executions(booted).store
+    assert store is not None
+    store.cancel(waiting["id"])  # ended now: cancelled
+    now = store.clock
+    store.clock = lambda: now() + 2 * 86400  # two days on: past build's keep of 1d
+    try:
+        assert store.prune() == 0  # the cancelled one keeps 7 days; a queued one is kept
+        assert store.get(kept["id"]) is not None
+        executions(booted).run_queued(booted)
+        store.clock = lambda: now() + 4 * 86400
+        assert store.prune() == 1 and store.get(kept["id"]) is None  # finished, past 1d
+        assert store.get(waiting["id"]) is not None
+    finally:
+        store.clock = now
 
 
 def test_a_422_enqueues_nothing_and_load_errors_name_the_field(
