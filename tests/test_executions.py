@@ -492,3 +492,25 @@ def test_socketio_calls_answer_the_execution_and_pushes_arrive_in_order(tmp_path
             assert shown["data"]["result"]["customer"] == "s1"
         finally:
             sock.client.disconnect()
+
+
+def test_the_harness_runs_executions_only_when_told_in_order(tmp_path: Path) -> None:
+    from core.testing import Harness, user
+
+    folder = _module(tmp_path) / "reports"
+    with Harness.boot(app_module.boot, folder, tmp_path=tmp_path) as harness:
+        ann = user("u1")
+        first = harness.call("reports.build", {"customer_id": "a", "steps": 2}, as_=ann)
+        second = harness.call("reports.maybe", {"n": 3}, as_=ann)
+        assert first.status == 202 and first.data["status"] == "queued"
+        assert second.status == 200  # either, not asked: inline
+        third = harness.call("reports.build", {"customer_id": "b"}, as_=ann)
+        time.sleep(0.3)  # nothing runs behind the test's back
+        shown = harness.call("executions.show", {"id": first.data["id"]}, as_=ann)
+        assert shown.data["status"] == "queued"
+        finished = harness.run_executions()
+        assert [f["id"] for f in finished] == [first.data["id"], third.data["id"]]
+        assert [f["result"]["customer"] for f in finished] == ["a", "b"]
+        pushed = [d["status"] for e, d, _ in harness.pushes if e == "execution"]
+        assert pushed.count("succeeded") == 2 and pushed[0] == "queued"
+        assert harness.run_executions() == []

@@ -83,7 +83,8 @@ class ExecutionsManager(Manager, Executions):
 
     def __init__(self) -> None:
         self.store: ExecutionStore | None = None
-        self.runner: EmbeddedRunner | None = None
+        self.runner: EmbeddedRunner | None = None  # serve's: jobs run on its pool
+        self._foreground: EmbeddedRunner | None = None  # run_now / run_queued
         self._sealer: Sealer | None = None
         self._realtime: Realtime | None = None
         self._stopping = threading.Event()
@@ -135,9 +136,10 @@ class ExecutionsManager(Manager, Executions):
 
     def stop(self) -> None:
         self._stopping.set()
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
+        for runner in (self.runner, self._foreground):
+            if runner is not None:
+                runner.close()
+        self.runner = self._foreground = None
 
     def health(self) -> Health:
         return Health("ok", {"runner": "embedded" if self.runner is not None else "none"})
@@ -154,18 +156,28 @@ class ExecutionsManager(Manager, Executions):
         threading.Thread(target=self._prune_loop, name="executions-prune", daemon=True).start()
 
     def start_runner(self, runtime: Runtime) -> EmbeddedRunner:
-        """The embedded runner of this process (made once)."""
+        """The embedded runner of this process (made once): every job queued from now on
+        is run on its pool, and it takes up what other processes queue."""
         if self.runner is None:
-            self.runner = EmbeddedRunner(
-                runtime,
-                self._ready_store(),
-                self._ready_sealer(),
-                self._kv,
-                threads=self._threads,
-                progress_interval=self._interval,
-                notify=self._notify,
-            )
+            self.runner = self._runner(runtime, background=True)
         return self.runner
+
+    def _runner(self, runtime: Runtime, *, background: bool) -> EmbeddedRunner:
+        return EmbeddedRunner(
+            runtime,
+            self._ready_store(),
+            self._ready_sealer(),
+            self._kv,
+            threads=self._threads,
+            progress_interval=self._interval,
+            notify=self._notify,
+            background=background,
+        )
+
+    def _in_this_thread(self, runtime: Runtime) -> EmbeddedRunner:
+        if self._foreground is None:
+            self._foreground = self._runner(runtime, background=False)
+        return self._foreground
 
     def _prune_loop(self) -> None:
         while not self._stopping.wait(PRUNE_EVERY):
@@ -227,21 +239,23 @@ class ExecutionsManager(Manager, Executions):
             raise Conflict(f"execution {execution_id} has already ended ({outcome})")
         if outcome == "cancelled" and record["status"] != "queued":
             raise Conflict(f"execution {execution_id} has already ended (cancelled)")
-        if outcome == "cancelling" and self.runner is not None:
-            self.runner.cancel(execution_id)
+        if outcome == "cancelling":
+            for runner in (self.runner, self._foreground):
+                if runner is not None:
+                    runner.cancel(execution_id)
         found = store.get(execution_id)
         if found is not None and outcome == "cancelled":
             self._notify(found)
         return view(found or record)
 
     def run_now(self, runtime: Runtime, execution_id: str) -> dict[str, Any] | None:
-        done = self.start_runner(runtime).run(execution_id)
+        done = self._in_this_thread(runtime).run(execution_id)
         return None if done is None else view(done)
 
     def run_queued(self, runtime: Runtime) -> list[dict[str, Any]]:
         """Run every queued job in this thread, oldest first (tests, the CLI); the
         finished records."""
-        runner = self.start_runner(runtime)
+        runner = self._in_this_thread(runtime)
         finished = []
         for record in self._ready_store().pending():
             if record["status"] == "queued":
@@ -285,6 +299,13 @@ def _is_admin(caller: Caller) -> bool:
 
 
 async def _nothing(scope: Any, receive: Any, send: Any) -> None:
-    if scope.get("type") == "http":
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+    """The mount serves nothing: its path answers the 404 any unknown path gets."""
+    if scope.get("type") != "http":
+        return
+    body = NotFound(f"no route for {scope.get('path', '')}").problem_json(None).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -148,6 +148,7 @@ class EmbeddedRunner:
         threads: int,
         progress_interval: float,
         notify: Callable[[Mapping[str, Any]], None],
+        background: bool = True,
     ) -> None:
         self._runtime, self._store, self._sealer, self._kv = runtime, store, sealer, kv
         self._interval = progress_interval
@@ -158,8 +159,14 @@ class EmbeddedRunner:
         self._waiting: set[str] = set()  # submitted to the pool, not started yet
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._renewer = threading.Thread(target=self._renew, name="job-lease", daemon=True)
-        self._renewer.start()
+        # background: a pool takes submitted jobs, and a thread renews leases and takes up
+        # what other processes queued. Otherwise (the harness, the CLI) jobs run only when
+        # ``run`` is called, in the caller's thread: nothing happens behind a test's back.
+        self.background = background
+        if background:
+            threading.Thread(target=self._renew, name="job-lease", daemon=True).start()
+        else:
+            self._closed.set()  # submit() does nothing
 
     # --- Runner ---------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """``make bench``: Switchboard's speed, always beside a bare Flask route in the same run.
 
-Run as ``python -m tests.bench.run`` from the project root (``make bench``). Four parts:
+Run as ``python -m tests.bench.run`` from the project root (``make bench``). Five parts:
 
 1. in process: params validation and the pipeline of ``system.echo`` (no network);
 2. HTTP, side by side (``tests/bench/http.py``): the bare route on gunicorn gthread and on
@@ -9,7 +9,9 @@ Run as ``python -m tests.bench.run`` from the project root (``make bench``). Fou
 3. slow clients (``tests/bench/slow.py``): 200 trickling bodies against the server;
    Socket.IO (``tests/bench/realtime.py``): acks with 50 sockets, 2,000 idle sockets, and
    the public call on a Switchboard without realtime beside the one with it;
-4. boot (``tests/bench/boot.py``): ``app.py check`` with 50 generated modules vs without.
+4. executions (``tests/bench/executions.py``): the echo action as a background call (202)
+   against inline, on PostgreSQL and Redis; what 10,000 ``ctx.progress`` calls cost a job;
+5. boot (``tests/bench/boot.py``): ``app.py check`` with 50 generated modules vs without.
 
 The tables are printed and written to ``var/bench/<date>.json``. ``BENCH_ROUNDS`` and
 ``BENCH_SECONDS`` change the HTTP rounds and their length (defaults 5 and 4).
@@ -34,7 +36,7 @@ from core.actions.params import ParamSpec, ParamsValidator, compile_schema, obje
 from core.contracts.calls import CallRequest
 from core.transports.flask_app import shutdown_app
 from core.transports.http import extension
-from tests.bench import boot, slow
+from tests.bench import boot, executions, slow
 from tests.bench import http as http_bench
 
 BUDGET_SECONDS = 3.0  # per measurement
@@ -261,18 +263,37 @@ def main() -> int:
             f"{idle.mib_per_1000:.1f} MiB per 1,000 (RSS {idle.rss_mib_before:.0f} -> "
             f"{idle.rss_mib_after:.0f} MiB), /health/live {idle.live_ms:.1f} ms meanwhile"
         )
+    background = executions.measure(
+        rounds=int(os.environ.get("BENCH_ROUNDS", "5")),
+        seconds=float(os.environ.get("BENCH_SECONDS", "4")),
+    )
+    print(
+        f"\nexecutions (PostgreSQL, Redis, audit stored; API key; medians of {background.rounds} "
+        f"alternated rounds): inline {background.inline_rps:,.0f} req/s, background 202 "
+        f"{background.background_rps:,.0f} req/s, ratio {background.ratio:.2f}; "
+        f"{background.errors} errors"
+    )
+    print(
+        f"executions, ctx.progress 10,000 times: {background.chatty_ms:.1f} ms against "
+        f"{background.quiet_ms:.1f} ms without, ratio {background.progress_cost:.2f}"
+    )
     booted = boot.measure()
     print(
         f"\nboot (app.py check, median of 3): shipped modules {booted.shipped_s:.2f}s, "
         f"+{booted.modules} modules / {booted.actions} actions {booted.generated_s:.2f}s, "
         f"ratio {booted.ratio:.2f}"
     )
-    _save(rows, result, booted)
+    _save(rows, result, booted, background)
     print(f"total {time.perf_counter() - started:.1f}s")
     return 0
 
 
-def _save(rows: list[Row], result: http_bench.Result, booted: boot.Boot) -> None:
+def _save(
+    rows: list[Row],
+    result: http_bench.Result,
+    booted: boot.Boot,
+    background: executions.Executions,
+) -> None:
     folder = ROOT / "var" / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.strftime('%Y-%m-%dT%H-%M-%S')}.json"
@@ -312,6 +333,8 @@ def _save(rows: list[Row], result: http_bench.Result, booted: boot.Boot) -> None
             ),
         },
         "boot": dataclasses.asdict(booted) | {"ratio": booted.ratio},
+        "executions": dataclasses.asdict(background)
+        | {"ratio": background.ratio, "progress_cost": background.progress_cost},
     }
     path.write_text(json.dumps(document, indent=2))
     print(f"written to {path.relative_to(ROOT)}")
