@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from core.manager import Runtime
 
 log = logging.getLogger("switchboard.executions")
+_monotonic = time.monotonic
 LEASE = 30.0  # a running record whose runner stops renewing is run again after this
 RENEW_EVERY = 10.0
 POLL_EVERY = 2.0  # queued records another process wrote (the CLI, a WSGI server) are seen
@@ -86,9 +87,12 @@ class _Control:
         self.timed_out = False
         self.shutdown = False  # the process is stopping: the job is queued again
         self.thread_id = threading.get_ident()
-        self._written = 0.0
+        # The first store of progress comes one interval in: a job shorter than that
+        # writes its progress once, with its end.
+        self._written = time.monotonic()
         self._polled = 0.0
-        self.last: dict[str, Any] | None = None
+        self._done: float | None = None
+        self._message: str | None = None
         self._unwritten = False
 
     @property
@@ -109,30 +113,40 @@ class _Control:
                 pass
         return self.stop.is_set()
 
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The last progress reported, stored or not."""
+        return None if self._done is None else {"done": self._done, "message": self._message}
+
     def progress(self, done: float, message: str | None = None) -> None:
-        if isinstance(done, bool) or not isinstance(done, int | float) or not 0 <= done <= 1:
+        # A handler may call this in its innermost loop: two checks and a clock read.
+        kind = done.__class__
+        if (kind is not float and kind is not int) or not 0 <= done <= 1:
             raise ValueError(f"progress takes a number from 0 to 1, got {done!r}")
-        if message is not None and not isinstance(message, str):
+        if message is not None and message.__class__ is not str:
             raise ValueError("the progress message must be a string")
-        self.last = {"done": float(done), "message": message}
-        self._unwritten = True
-        now = time.monotonic()
-        if now - self._written < self._interval:
-            return  # kept; written with the next one, or at the end
-        self._written = now
-        self.flush()
+        self._done, self._message, self._unwritten = done, message, True
+        now = _monotonic()
+        if now - self._written >= self._interval:
+            self._written = now
+            self.flush()  # else kept: stored with a later one, or with the job's end
+
+    def ended(self, message: str | None) -> None:
+        """The job succeeded: its progress is 1 (stored with its end, not here)."""
+        self._done, self._message, self._unwritten = 1.0, message, False
 
     def flush(self) -> None:
         """Store the last progress reported, unless it is stored already."""
-        if self.last is None or not self._unwritten:
+        last = self.last
+        if last is None or not self._unwritten:
             return
         self._unwritten = False
         try:
-            self._store.progress(self._ref.id, self.last["done"], self.last["message"])
+            self._store.progress(self._ref.id, last["done"], last["message"])
         except DependencyUnavailable:
             log.warning("progress of execution %s not stored: the database is down", self._ref.id)
             return
-        self._on_progress(self._ref.id, self.last)
+        self._on_progress(self._ref.id, last)
 
 
 class EmbeddedRunner:
@@ -262,13 +276,14 @@ class EmbeddedRunner:
         finally:
             with self._lock:
                 self._running.pop(execution_id, None)
-        if control.last is not None:
-            control.flush()
-        progress = {"done": 1.0, "message": (control.last or {}).get("message")}
+        message = (control.last or {}).get("message")
+        progress = {"done": 1.0, "message": message}
         if status == "succeeded":
-            control.last = progress
+            control.ended(message)  # stored with the end, below
+        else:
+            control.flush()  # how far it got
         try:
-            self._store.finish(
+            changes = self._store.finish(
                 execution_id,
                 status,
                 result=result,
@@ -278,9 +293,12 @@ class EmbeddedRunner:
         except DependencyUnavailable:
             log.error("execution %s ended %s but could not be recorded", execution_id, status)
             return None
-        finished = self._store.get(execution_id)
-        if finished is not None:
-            self._notify(finished)
+        if changes is None:  # it had ended another way meanwhile
+            return self._store.get(execution_id)
+        finished = {**record, **changes}
+        if "progress" not in changes:  # how far it got, as stored
+            finished["progress"] = (self._store.get(execution_id) or finished).get("progress")
+        self._notify(finished)
         return finished
 
     def _outcome(

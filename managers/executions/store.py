@@ -90,8 +90,7 @@ class ExecutionStore:
         """Move a queued record to ``running`` (one more attempt); None when it is not
         queued any more (cancelled, or another runner took it)."""
         now = self.clock()
-        record = self.get(execution_id)
-        if record is None or record["status"] != "queued":
+        if not isinstance(execution_id, str) or not execution_id:
             return None
         moved = self._records.update_one(
             {"_id": execution_id, "status": "queued"},
@@ -131,8 +130,8 @@ class ExecutionStore:
         result: Any = None,
         error: Mapping[str, Any] | None = None,
         progress: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """End a running record (False when it had ended already)."""
+    ) -> dict[str, Any] | None:
+        """End a running record: the changes made (None when it had ended already)."""
         changes: dict[str, Any] = {
             "status": status,
             "finished_at": self.clock(),
@@ -143,9 +142,10 @@ class ExecutionStore:
         }
         if progress is not None:
             changes["progress"] = dict(progress)
-        return bool(
-            self._records.update_one({"_id": execution_id, "status": "running"}, {"$set": changes})
+        moved = self._records.update_one(
+            {"_id": execution_id, "status": "running"}, {"$set": changes}
         )
+        return changes if moved else None
 
     def cancel(self, execution_id: str) -> str:
         """``cancelled`` (it was queued and never runs), ``cancelling`` (running: its job

@@ -98,6 +98,16 @@ class _Session:
 _TRANSIENT = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
+class _KeepingPool(psycopg2.pool.ThreadedConnectionPool):
+    """psycopg2's pool closes every connection handed back beyond ``minconn`` and opens
+    ``minconn`` of them at once: with 0, each query paid a new connection. This one opens
+    connections as they are needed and keeps up to ``maxconn`` of them for the next."""
+
+    def __init__(self, maxconn: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(0, maxconn, *args, **kwargs)
+        self.minconn = maxconn  # what putconn keeps
+
+
 class PostgresBackend(SqlBackend):
     """``postgresql://user:pass@host:port/db``."""
 
@@ -131,8 +141,7 @@ class PostgresBackend(SqlBackend):
 
     def start(self) -> None:
         self._pool = self._with_retries(
-            lambda: psycopg2.pool.ThreadedConnectionPool(
-                0,
+            lambda: _KeepingPool(
                 self._pool_size,
                 self._url,
                 options=f"-c statement_timeout={self._statement_timeout_ms}",
