@@ -26,7 +26,7 @@ actions:
   build:
     summary: Build a report
     handler: handlers:build
-    auth: user
+    auth: any
     run: background
     keep: 1d
     params:
@@ -514,3 +514,63 @@ def test_the_harness_runs_executions_only_when_told_in_order(tmp_path: Path) -> 
         pushed = [d["status"] for e, d, _ in harness.pushes if e == "execution"]
         assert pushed.count("succeeded") == 2 and pushed[0] == "queued"
         assert harness.run_executions() == []
+
+
+def test_a_revoked_keys_queued_job_fails_even_after_its_marker_expired(
+    booted: BootedApp,
+) -> None:
+    from core.base.store import KeyValueStore
+    from managers.api_keys import ApiKeyManager
+
+    keys = booted.app_manager.get(ApiKeyManager)
+    record, raw = keys.create(name="jobs", owner=None, scopes=[])
+    queued = post(booted, "reports.build", {"customer_id": "k"}, **{"X-API-Key": raw})
+    assert queued.status_code == 202
+    keys.revoke(record["id"])
+    store = booted.capability(KeyValueStore)
+    assert store is not None
+    stored = executions(booted).store.get(queued.get_json()["data"]["id"])  # type: ignore[union-attr]
+    assert stored is not None and stored["revocations"]
+    for marker in stored["revocations"]:
+        store.delete(marker)  # the marker lives a minute; the job may start later
+    (finished,) = executions(booted).run_queued(booted)
+    assert finished["status"] == "failed" and finished["error"]["status"] == 401
+
+
+def test_an_attempt_whose_lease_was_taken_over_cannot_end_the_record(booted: BootedApp) -> None:
+    ann = login(booted, "ann@example.com")
+    record = post(booted, "reports.build", {"customer_id": "a"}, **ann).get_json()["data"]
+    store = executions(booted).store
+    assert store is not None
+    first = store.claim(record["id"], lease=30)
+    assert first is not None and first["attempts"] == 1
+    assert not store.requeue_stale(record["id"])  # its lease holds
+    now = store.clock
+    store.clock = lambda: now() + 60  # the first runner lost the database past its lease
+    try:
+        assert store.requeue_stale(record["id"])
+        second = store.claim(record["id"], lease=30)
+        assert second is not None and second["attempts"] == 2
+        assert not store.renew(record["id"], 1, 30)  # the first learns it lost the lease
+        assert store.finish(record["id"], 1, "succeeded", keep=60) is None
+        assert store.get(record["id"])["status"] == "running"  # type: ignore[index]
+        assert store.finish(record["id"], 2, "succeeded", keep=60) is not None
+    finally:
+        store.clock = now
+
+
+def test_keep_counts_from_the_end_and_bad_list_filters_are_422(booted: BootedApp) -> None:
+    ann = login(booted, "ann@example.com")
+    record = post(booted, "reports.build", {"customer_id": "a"}, **ann).get_json()["data"]
+    store = executions(booted).store
+    assert store is not None
+    now = store.clock
+    store.clock = lambda: now() + 3 * 86400  # it waited three days, longer than its keep
+    try:
+        executions(booted).run_queued(booted)
+        assert store.prune() == 0 and store.get(record["id"]) is not None
+    finally:
+        store.clock = now
+    for query in ("limit=²", "limit=0", "limit=x", "status=done"):
+        answer = get(booted, f"/api/v1/executions?{query}", ann)
+        assert answer.status_code == 422, (query, answer.get_json())

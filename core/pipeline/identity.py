@@ -66,6 +66,11 @@ class KeyVerifier(Protocol):
 
     def revocations(self, identity: KeyIdentity) -> Sequence[Precondition]: ...
 
+    def recheck(self, key_id: str) -> None:
+        """``Unauthorized`` unless the key is still valid, read from the database (not the
+        short-lived markers): for work done later in its name, a background job."""
+        ...
+
 
 class FailedIdentification:
     """Each failed identification takes one from its client IP's ``auth_failure`` limits

@@ -315,7 +315,8 @@ class AsgiApp:
 
 
 def _waits(scope: Scope) -> bool:
-    return b"wait=" in (scope.get("query_string") or b"")
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    return any(name == "wait" for name, _ in parse_qsl(query, keep_blank_values=True))
 
 
 async def send_answer(send: Send, answer: Answer) -> None:

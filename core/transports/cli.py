@@ -21,6 +21,7 @@ from core.base.request_ids import new_request_id
 from core.config.config import Config
 from core.contracts.calls import CallRequest
 from core.contracts.context import SYSTEM, Caller
+from core.contracts.executions import PREFIX as EXECUTIONS
 from core.contracts.executions import Executions
 from core.contracts.module import ModuleCatalog
 from core.runtime.app_manager import AppManager
@@ -97,7 +98,11 @@ class Project:
             )
             started = body.get("data") if code == 0 else None
             executions = runtime.capability(Executions)
-            queued = isinstance(started, dict) and started.get("status") == "queued"
+            queued = (
+                isinstance(started, dict)
+                and started.get("status") == "queued"
+                and str(started.get("url", "")) == f"{EXECUTIONS}{started.get('id')}"
+            )
             if wait and executions is not None and queued and isinstance(started, dict):
                 # no runner in this process: the CLI runs the job itself, and waits
                 finished = executions.run_now(runtime, str(started["id"]))

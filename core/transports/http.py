@@ -160,8 +160,9 @@ def create_blueprint() -> Blueprint:
     @bp.get("/api/v1/executions")
     def list_executions() -> Response:
         params: dict[str, Any] = {k: v for k, v in request.args.items() if k in LIST_FILTERS}
-        if "limit" in params:
-            params["limit"] = int(params["limit"]) if params["limit"].isdigit() else params["limit"]
+        limit = params.get("limit")
+        if isinstance(limit, str) and limit.isascii() and limit.isdecimal():
+            params["limit"] = int(limit)  # else validate says what limit takes
         return to_response(_forward("executions.list", params))
 
     @bp.post("/api/v1/executions/<execution_id>/cancel")

@@ -368,6 +368,13 @@ class ApiKeyManager(Manager):
         if record is None or record.get("revoked"):
             raise Unauthorized(REVOKED, reason="revoked")
 
+    def recheck(self, key_id: str) -> None:
+        self._check_in_database(key_id)
+        record = self._record(key_id, fresh=False)
+        expires_at = None if record is None else record.get("expires_at")
+        if expires_at is not None and self._clock() >= expires_at:
+            raise Unauthorized(EXPIRED, reason="expired")
+
     def get(self, key_id: str) -> PublicRecord | None:
         """The public record of a key, or None."""
         if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):

@@ -25,7 +25,7 @@ from core.contracts.calls import WithMeta
 from core.contracts.context import Caller
 from core.contracts.executions import FINISHED, STATUSES, Enqueue, Executions
 from core.contracts.facades import Documents, Realtime
-from core.manager import AsgiMount, Command, Health, Manager
+from core.manager import AsgiMount, Command, Health, KeyVerifier, Manager
 from managers.executions.runner import EmbeddedRunner
 from managers.executions.sealing import MIN_KEY_BYTES, Sealer, generate_key
 from managers.executions.store import ExecutionStore, check_limit, new_id, view
@@ -87,6 +87,7 @@ class ExecutionsManager(Manager, Executions):
         self._foreground: EmbeddedRunner | None = None  # run_now / run_queued
         self._sealer: Sealer | None = None
         self._realtime: Realtime | None = None
+        self._keys: KeyVerifier | None = None
         self._stopping = threading.Event()
 
     @classmethod
@@ -128,6 +129,7 @@ class ExecutionsManager(Manager, Executions):
         self.store.ensure_indexes()
         self._kv = self.require(KeyValueStore)
         self._realtime = app.capability(Realtime)
+        self._keys = app.capability(KeyVerifier)
         self._hooks = app.capability(HookBus)
         self._threads = int(config["executions.threads"])
         self._keep = float(config["executions.keep"])
@@ -172,6 +174,7 @@ class ExecutionsManager(Manager, Executions):
             progress_interval=self._interval,
             notify=self._notify,
             background=background,
+            keys=self._keys,
         )
 
     def _in_this_thread(self, runtime: Runtime) -> EmbeddedRunner:

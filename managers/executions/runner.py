@@ -26,6 +26,7 @@ from core.base.request_ids import new_request_id
 from core.base.store import KeyValueStore
 from core.contracts.calls import CallRequest
 from core.contracts.jobs import ExecutionRef
+from core.pipeline.identity import KeyVerifier
 from managers.executions.sealing import Sealer
 from managers.executions.store import ExecutionStore, caller_of
 
@@ -65,10 +66,13 @@ class JobShutdown(BaseException):
 GRACE = 5.0  # seconds a stopping runner lets its jobs end (ctx.cancelled is true meanwhile)
 
 
-def _interrupt(thread_id: int, exception: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exception)
-    )
+def _interrupt(control: _Control, exception: type[BaseException]) -> None:
+    """Raise ``exception`` in the job's thread, if its handler is still running."""
+    with control.lock:
+        if control.in_handler:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(control.thread_id), ctypes.py_object(exception)
+            )
 
 
 class _Control:
@@ -87,6 +91,10 @@ class _Control:
         self.timed_out = False
         self.shutdown = False  # the process is stopping: the job is queued again
         self.thread_id = threading.get_ident()
+        # An interrupt (time limit, stop) is raised only while the handler runs: never in
+        # the runner's own bookkeeping, nor in the next job of the same thread.
+        self.lock = threading.Lock()
+        self.in_handler = False
         # The first store of progress comes one interval in: a job shorter than that
         # writes its progress once, with its end.
         self._written = time.monotonic()
@@ -142,7 +150,7 @@ class _Control:
             return
         self._unwritten = False
         try:
-            self._store.progress(self._ref.id, last["done"], last["message"])
+            self._store.progress(self._ref.id, self._ref.attempt, last["done"], last["message"])
         except DependencyUnavailable:
             log.warning("progress of execution %s not stored: the database is down", self._ref.id)
             return
@@ -163,9 +171,11 @@ class EmbeddedRunner:
         progress_interval: float,
         notify: Callable[[Mapping[str, Any]], None],
         background: bool = True,
+        keys: KeyVerifier | None = None,
     ) -> None:
         self._runtime, self._store, self._sealer, self._kv = runtime, store, sealer, kv
         self._interval = progress_interval
+        self._keys = keys
         self._notify = notify
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="job")
@@ -177,16 +187,16 @@ class EmbeddedRunner:
         # what other processes queued. Otherwise (the harness, the CLI) jobs run only when
         # ``run`` is called, in the caller's thread: nothing happens behind a test's back.
         self.background = background
-        if background:
-            threading.Thread(target=self._renew, name="job-lease", daemon=True).start()
-        else:
-            self._closed.set()  # submit() does nothing
+        self._taking = threading.Event()  # set: submit() does nothing (foreground, closed)
+        if not background:
+            self._taking.set()
+        threading.Thread(target=self._renew, name="job-lease", daemon=True).start()
 
     # --- Runner ---------------------------------------------------------------------
 
     def submit(self, execution_id: str) -> None:
         with self._lock:
-            if self._closed.is_set() or execution_id in self._waiting:
+            if self._taking.is_set() or execution_id in self._waiting:
                 return
             if execution_id in self._running:
                 return
@@ -209,6 +219,7 @@ class EmbeddedRunner:
         to end; then they are interrupted. Either way they are queued again for the next
         start (not cancelled: nobody asked for that)."""
         self._closed.set()
+        self._taking.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             controls = list(self._running.values())
@@ -221,16 +232,16 @@ class EmbeddedRunner:
         with self._lock:
             controls = list(self._running.values())
         for control in controls:
-            _interrupt(control.thread_id, JobShutdown)
+            _interrupt(control, JobShutdown)
         deadline = time.monotonic() + 1.0
         while self._busy() and time.monotonic() < deadline:
             time.sleep(0.02)
         with self._lock:
-            left = list(self._running)
-        for execution_id in left:  # stuck in C: queued again; its thread dies with us
+            left = [(c.ref.id, c.ref.attempt) for c in self._running.values()]
+        for execution_id, attempt in left:  # stuck in C: queued again; dies with us
             # if the database is down its lease runs out, and the next start runs it again
             with contextlib.suppress(DependencyUnavailable):
-                self._store.requeue(execution_id)
+                self._store.requeue(execution_id, attempt)
 
     def _busy(self) -> bool:
         with self._lock:
@@ -241,8 +252,8 @@ class EmbeddedRunner:
         ones, as many as keep the pool busy; the rest on the next rounds."""
         found = self._store.pending(limit=self._threads * 2)
         for record in found:
-            if record["status"] == "running":
-                self._store.requeue(record["_id"])
+            if record["status"] == "running" and not self._store.requeue_stale(record["_id"]):
+                continue  # renewed meanwhile: its runner is alive
             self.submit(record["_id"])
         return len(found)
 
@@ -265,13 +276,15 @@ class EmbeddedRunner:
             self._running[execution_id] = control
         try:
             status, result, error = self._outcome(record, control)
-            if control.shutdown and status != "succeeded":
+            if status == "later" or (control.shutdown and status != "succeeded"):
                 with contextlib.suppress(DependencyUnavailable):
-                    self._store.requeue(execution_id)
+                    self._store.requeue(execution_id, ref.attempt)
+                if status == "later":
+                    self._later(execution_id)
                 return None
         except JobShutdown:
             with contextlib.suppress(DependencyUnavailable):
-                self._store.requeue(execution_id)
+                self._store.requeue(execution_id, ref.attempt)
             return None
         finally:
             with self._lock:
@@ -285,7 +298,9 @@ class EmbeddedRunner:
         try:
             changes = self._store.finish(
                 execution_id,
+                ref.attempt,
                 status,
+                keep=float(record.get("keep") or 0),
                 result=result,
                 error=error,
                 progress=progress if status == "succeeded" else None,
@@ -308,6 +323,11 @@ class EmbeddedRunner:
         request_id = new_request_id()
         try:
             self._recheck(record)
+        except DependencyUnavailable:
+            return "later", None, None  # the store is down as it starts: queued again
+        except ActionError as error:
+            return "failed", None, error.problem(request_id)
+        try:
             params = dict(record["params"])
             if record.get("sealed"):
                 params.update(self._sealer.open(str(record["sealed"]), execution_id))
@@ -321,7 +341,13 @@ class EmbeddedRunner:
             )
             timer = self._time_limit(record.get("timeout"), control)
             try:
-                result = self._runtime.invoke(request)
+                with control.lock:
+                    control.in_handler = True
+                try:
+                    result = self._runtime.invoke(request)
+                finally:
+                    with control.lock:
+                        control.in_handler = False
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -358,15 +384,21 @@ class EmbeddedRunner:
                     "the credential this execution was enqueued with has been revoked",
                     reason="revoked",
                 )
+        who = record["caller"]
+        if who.get("kind") == "api_key" and who.get("id") and self._keys is not None:
+            self._keys.recheck(str(who["id"]))  # its marker lives a minute; the record stays
 
     def _time_limit(self, limit: Any, control: _Control) -> threading.Timer | None:
         if not isinstance(limit, int | float) or limit <= 0:
             return None
 
         def interrupt() -> None:
-            control.timed_out = True
+            with control.lock:
+                if not control.in_handler:
+                    return  # it ended just now
+                control.timed_out = True
             control.stop.set()
-            _interrupt(control.thread_id, TimeLimitExceeded)
+            _interrupt(control, TimeLimitExceeded)
 
         timer = threading.Timer(float(limit), interrupt)
         timer.daemon = True
@@ -374,7 +406,10 @@ class EmbeddedRunner:
         return timer
 
     def _progressed(self, execution_id: str, progress: Mapping[str, Any]) -> None:
-        record = self._store.get(execution_id)
+        try:
+            record = self._store.get(execution_id)
+        except DependencyUnavailable:
+            return  # a push is a courtesy
         if record is not None:
             self._notify(record)
 
@@ -387,16 +422,29 @@ class EmbeddedRunner:
         timer.start()
 
     def _renew(self) -> None:
-        """Renew the leases of this runner's jobs; take up what others left queued."""
+        """Renew the leases of this runner's jobs; in the background, take up what other
+        processes queued. A lease another runner took over (this one lost the database for
+        longer than it) stops the job here: the other runs it."""
         renewed = time.monotonic()
         while not self._closed.wait(POLL_EVERY):
             if time.monotonic() - renewed >= RENEW_EVERY:
                 renewed = time.monotonic()
                 with self._lock:
-                    running = list(self._running)
-                for execution_id in running:
-                    with contextlib.suppress(DependencyUnavailable):
-                        self._store.renew(execution_id, LEASE)
+                    running = list(self._running.values())
+                for control in running:
+                    try:
+                        held = self._store.renew(control.ref.id, control.ref.attempt, LEASE)
+                    except DependencyUnavailable:
+                        continue
+                    if not held and not control.stop.is_set():
+                        log.warning(
+                            "execution %s: its lease was taken over; this attempt stops",
+                            control.ref.id,
+                        )
+                        control.shutdown = True
+                        control.stop.set()
+            if self._taking.is_set():
+                continue
             try:
                 self.resume()
             except Exception:  # the next round tries again

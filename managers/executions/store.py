@@ -62,7 +62,8 @@ class ExecutionStore:
             "created_at": now,
             "started_at": None,
             "finished_at": None,
-            "expires_at": now + keep,
+            "keep": keep,
+            "expires_at": None,  # set when it ends: kept ``keep`` from then
             "caller": {
                 "kind": job.caller.kind,
                 "id": job.caller.id,
@@ -101,40 +102,58 @@ class ExecutionStore:
         )
         return self.get(execution_id) if moved else None
 
-    def requeue(self, execution_id: str) -> bool:
-        """A running record whose runner stopped before it ended: queued again."""
+    # Every move of a running record names its attempt: a runner whose lease was taken
+    # over (it lost the database for longer than the lease) can no longer touch it.
+
+    def requeue(self, execution_id: str, attempt: int) -> bool:
+        """A running attempt that its runner gave up (a stop): queued again."""
         return bool(
             self._records.update_one(
-                {"_id": execution_id, "status": "running"},
+                {"_id": execution_id, "status": "running", "attempts": attempt},
                 {"$set": {"status": "queued", "lease_until": None}},
             )
         )
 
-    def renew(self, execution_id: str, lease: float) -> None:
-        self._records.update_one(
-            {"_id": execution_id, "status": "running"},
-            {"$set": {"lease_until": self.clock() + lease}},
+    def requeue_stale(self, execution_id: str) -> bool:
+        """A running record nobody renewed within its lease: queued again."""
+        return bool(
+            self._records.update_one(
+                {"_id": execution_id, "status": "running", "lease_until": {"$lt": self.clock()}},
+                {"$set": {"status": "queued", "lease_until": None}},
+            )
         )
 
-    def progress(self, execution_id: str, done: float, message: str | None) -> None:
+    def renew(self, execution_id: str, attempt: int, lease: float) -> bool:
+        return bool(
+            self._records.update_one(
+                {"_id": execution_id, "status": "running", "attempts": attempt},
+                {"$set": {"lease_until": self.clock() + lease}},
+            )
+        )
+
+    def progress(self, execution_id: str, attempt: int, done: float, message: str | None) -> None:
         self._records.update_one(
-            {"_id": execution_id, "status": "running"},
+            {"_id": execution_id, "status": "running", "attempts": attempt},
             {"$set": {"progress": {"done": done, "message": message}}},
         )
 
     def finish(
         self,
         execution_id: str,
+        attempt: int,
         status: str,
         *,
+        keep: float,
         result: Any = None,
         error: Mapping[str, Any] | None = None,
         progress: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """End a running record: the changes made (None when it had ended already)."""
+        now = self.clock()
         changes: dict[str, Any] = {
             "status": status,
-            "finished_at": self.clock(),
+            "finished_at": now,
+            "expires_at": now + keep,
             "result": result,
             "error": None if error is None else dict(error),
             "lease_until": None,
@@ -143,16 +162,27 @@ class ExecutionStore:
         if progress is not None:
             changes["progress"] = dict(progress)
         moved = self._records.update_one(
-            {"_id": execution_id, "status": "running"}, {"$set": changes}
+            {"_id": execution_id, "status": "running", "attempts": attempt}, {"$set": changes}
         )
         return changes if moved else None
 
     def cancel(self, execution_id: str) -> str:
         """``cancelled`` (it was queued and never runs), ``cancelling`` (running: its job
         sees ``ctx.cancelled``), or the finished status it already had."""
-        if self._records.update_one(
+        record = self.get(execution_id)
+        if record is None:
+            return "gone"
+        now = self.clock()
+        if record["status"] == "queued" and self._records.update_one(
             {"_id": execution_id, "status": "queued"},
-            {"$set": {"status": "cancelled", "finished_at": self.clock(), "sealed": None}},
+            {
+                "$set": {
+                    "status": "cancelled",
+                    "finished_at": now,
+                    "expires_at": now + float(record.get("keep") or 0),
+                    "sealed": None,
+                }
+            },
         ):
             return "cancelled"
         if self._records.update_one(

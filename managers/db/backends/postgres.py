@@ -9,6 +9,7 @@ order, whatever the database's collation), the same order SQLite and MongoDB use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -107,6 +108,17 @@ class _KeepingPool(psycopg2.pool.ThreadedConnectionPool):
         super().__init__(0, maxconn, *args, **kwargs)
         self.minconn = maxconn  # what putconn keeps
 
+    def discard_idle(self) -> None:
+        """A connection just failed: the ones kept from before it most likely share its
+        fate (the server restarted), so none of them is handed out again."""
+        state = vars(self)  # psycopg2's own fields (its stubs do not declare them)
+        with state["_lock"]:
+            idle: list[Any] = state["_pool"]
+            state["_pool"] = []
+        for connection in idle:
+            with contextlib.suppress(Exception):
+                connection.close()
+
 
 class PostgresBackend(SqlBackend):
     """``postgresql://user:pass@host:port/db``."""
@@ -132,7 +144,7 @@ class PostgresBackend(SqlBackend):
         self._statement_timeout_ms = int(statement_timeout * 1000)
         self._retries = connect_retries
         self._slots = threading.BoundedSemaphore(pool_size)
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._pool: _KeepingPool | None = None
 
     def describe(self) -> str:
         """Host, port and database of the URL, never its password."""
@@ -146,6 +158,11 @@ class PostgresBackend(SqlBackend):
                 self._url,
                 options=f"-c statement_timeout={self._statement_timeout_ms}",
                 connect_timeout=max(1, int(self._pool_timeout)),
+                # A kept connection to a host that vanished fails in about 40 s, not 15 min.
+                keepalives=1,
+                keepalives_idle=20,
+                keepalives_interval=5,
+                keepalives_count=4,
             )
         )
         self.ping()
@@ -181,6 +198,7 @@ class PostgresBackend(SqlBackend):
                 yield connection
             except _TRANSIENT:
                 broken = True
+                pool.discard_idle()
                 raise
             finally:
                 ready = connection.status == psycopg2.extensions.STATUS_READY
