@@ -438,6 +438,9 @@ def test_the_cli_enqueues_runs_and_lists_executions(tmp_path: Path) -> None:
         assert made.returncode == 0, made.stderr
         finished = json.loads(made.stdout)["data"]
         assert finished["status"] == "succeeded" and finished["result"]["background"] is True
+        built = cli(server, "call", "reports.build", "--json", '{"customer_id": "c"}', "--wait")
+        assert json.loads(built.stdout)["data"]["progress"]["done"] == 1.0
+        assert "100% step 4 of 4" in built.stderr  # the progress, drawn on stderr
         # queued by the CLI without waiting: the server's runner takes it up
         queued = cli(server, "call", "reports.maybe", "--json", '{"n": 6}', "--background")
         record = json.loads(queued.stdout)["data"]

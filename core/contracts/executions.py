@@ -10,7 +10,7 @@ cancellation through that ``JobControl``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,9 +47,14 @@ class Executions(Protocol):
         caller sees it."""
         ...
 
-    def run_now(self, runtime: Any, execution_id: str) -> dict[str, Any] | None:
+    def run_now(
+        self,
+        runtime: Any,
+        execution_id: str,
+        watch: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> dict[str, Any] | None:
         """Run one queued job now, in this thread (``call --wait``); its finished record,
-        or None when it was not queued any more."""
+        or None when it was not queued any more. ``watch`` gets each stored progress."""
         ...
 
     def run_queued(self, runtime: Any) -> list[dict[str, Any]]:

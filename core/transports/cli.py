@@ -105,8 +105,10 @@ class Project:
             )
             if wait and executions is not None and queued and isinstance(started, dict):
                 # no runner in this process: the CLI runs the job itself, and waits
-                finished = executions.run_now(runtime, str(started["id"]))
+                finished = executions.run_now(runtime, str(started["id"]), _show_progress)
                 if finished is not None:
+                    if sys.stderr.isatty():
+                        print(file=sys.stderr)  # end the bar's line
                     body = {**body, "data": finished}
             return code, body
 
@@ -137,6 +139,18 @@ def _invoke(
         return 0, runtime.invoke(request).envelope
     except ActionError as error:
         return 1, error.problem(request.request_id)
+
+
+def _show_progress(progress: Mapping[str, Any]) -> None:
+    """``call --wait``: a bar on a terminal, a line each otherwise (both on stderr)."""
+    done = float(progress.get("done") or 0)
+    filled = round(done * 30)
+    message = progress.get("message") or ""
+    line = f"[{'#' * filled}{'.' * (30 - filled)}] {done:4.0%} {message}"
+    if sys.stderr.isatty():
+        print(f"\r{line[:100]:<100}", end="", file=sys.stderr, flush=True)
+    else:
+        print(line, file=sys.stderr)
 
 
 def report(code: int, body: Mapping[str, Any], show: Callable[[Any], None]) -> int:

@@ -203,7 +203,7 @@ def create_blueprint() -> Blueprint:
 # GET /api/v1/executions/<id>?wait=N holds the answer until the execution has ended or N
 # seconds (at most MAX_WAIT) have passed; the ASGI app waits on its event loop instead.
 MAX_WAIT = 30.0
-WAIT_POLL = 0.2
+WAIT_POLL = 0.5
 LIST_FILTERS = ("action", "status", "caller", "limit", "cursor")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -251,8 +251,13 @@ class ExecutionsManager(Manager, Executions):
             self._notify(found)
         return view(found or record)
 
-    def run_now(self, runtime: Runtime, execution_id: str) -> dict[str, Any] | None:
-        done = self._in_this_thread(runtime).run(execution_id)
+    def run_now(
+        self,
+        runtime: Runtime,
+        execution_id: str,
+        watch: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> dict[str, Any] | None:
+        done = self._in_this_thread(runtime).run(execution_id, watch)
         return None if done is None else view(done)
 
     def run_queued(self, runtime: Runtime) -> list[dict[str, Any]]:

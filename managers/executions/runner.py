@@ -259,7 +259,9 @@ class EmbeddedRunner:
 
     # --- one job --------------------------------------------------------------------
 
-    def run(self, execution_id: str) -> dict[str, Any] | None:
+    def run(
+        self, execution_id: str, watch: Callable[[Mapping[str, Any]], None] | None = None
+    ) -> dict[str, Any] | None:
         """Run the job of a queued record to its end; the finished record (None when it
         was not queued: cancelled, or taken by another runner)."""
         try:
@@ -271,7 +273,13 @@ class EmbeddedRunner:
             return None
         self._notify(record)
         ref = ExecutionRef(execution_id, int(record["attempts"]))
-        control = _Control(self._store, ref, self._interval, self._progressed)
+
+        def progressed(execution_id: str, progress: Mapping[str, Any]) -> None:
+            self._progressed(execution_id, progress)
+            if watch is not None:
+                watch(progress)
+
+        control = _Control(self._store, ref, self._interval, progressed)
         with self._lock:
             self._running[execution_id] = control
         try:
@@ -314,6 +322,8 @@ class EmbeddedRunner:
         if "progress" not in changes:  # how far it got, as stored
             finished["progress"] = (self._store.get(execution_id) or finished).get("progress")
         self._notify(finished)
+        if watch is not None and finished.get("progress"):
+            watch(finished["progress"])
         return finished
 
     def _outcome(
